@@ -1,0 +1,163 @@
+// Whole-graph transformations every pass relies on: topological sort, dead-code elimination, and
+// splicing one graph's computation into another with fresh names.
+import { GraphBuilder } from './builder.js';
+import { type Attribute, Graph, Node, Value } from './graph.js';
+import type { Tensor } from './tensor.js';
+
+/** Producers inside `graph` that `node` depends on, including through its subgraphs' outer reads. */
+function localDependencies(node: Node, graph: Graph): Node[] {
+  const deps: Node[] = [];
+  for (const v of [...node.inputs, ...node.implicitInputs()]) {
+    const producer = v?.producer;
+    if (producer && producer.graph === graph) deps.push(producer);
+  }
+  return deps;
+}
+
+/**
+ * Order nodes so that every value is defined before it is used, moving as little as possible
+ * (depth-first from each node in its current order). Returns whether the order changed.
+ */
+export function toposort(graph: Graph): boolean {
+  const state = new Map<Node, 'visiting' | 'done'>();
+  const order: Node[] = [];
+  for (const root of graph.nodes) {
+    if (state.has(root)) continue;
+    const stack: { node: Node; deps: Node[]; next: number }[] = [{ node: root, deps: localDependencies(root, graph), next: 0 }];
+    state.set(root, 'visiting');
+    while (stack.length) {
+      const top = stack[stack.length - 1];
+      if (top.next < top.deps.length) {
+        const dep = top.deps[top.next++];
+        const s = state.get(dep);
+        if (s === 'visiting') throw new Error(`graph ${graph.name ?? ''} has a cycle through ${dep}`);
+        if (!s) {
+          state.set(dep, 'visiting');
+          stack.push({ node: dep, deps: localDependencies(dep, graph), next: 0 });
+        }
+        continue;
+      }
+      state.set(top.node, 'done');
+      order.push(top.node);
+      stack.pop();
+    }
+  }
+  const changed = order.some((n, i) => n !== graph.nodes[i]);
+  if (changed) graph.nodes.splice(0, graph.nodes.length, ...order);
+  for (const node of graph.nodes) for (const sub of node.subgraphs()) toposort(sub);
+  return changed;
+}
+
+/**
+ * Remove nodes that no graph output depends on (in this graph and, recursively, in the subgraphs of
+ * the nodes that stay), then initializers nothing reads. Graph inputs are kept: they are the interface.
+ */
+export function eliminateDeadCode(graph: Graph): { nodes: number; initializers: number } {
+  const live = new Set<Node>();
+  const pending = graph.outputs.map((v) => v.producer).filter((p): p is Node => !!p && p.graph === graph);
+  while (pending.length) {
+    const node = pending.pop()!;
+    if (live.has(node)) continue;
+    live.add(node);
+    pending.push(...localDependencies(node, graph));
+  }
+  const dead = graph.nodes.filter((n) => !live.has(n));
+  if (dead.length) graph.removeNodes(dead);
+  let removed = { nodes: dead.length, initializers: 0 };
+  for (const node of graph.nodes) {
+    for (const sub of node.subgraphs()) {
+      const inner = eliminateDeadCode(sub);
+      removed = { nodes: removed.nodes + inner.nodes, initializers: removed.initializers + inner.initializers };
+    }
+  }
+  removed.initializers += graph.removeUnusedInitializers();
+  return removed;
+}
+
+/**
+ * Copy `source`'s computation into the builder's graph: `inputs` maps each of source's graph inputs to
+ * a value of the target; weights are copied as new initializers (or taken from `sharedWeights`, so one
+ * plugin applied to many layers stores its weights once). Returns the target values of source's outputs.
+ */
+export function spliceGraph(
+  source: Graph,
+  b: GraphBuilder,
+  inputs: Map<Value, Value>,
+  sharedWeights?: Map<Value, Value>,
+): Value[] {
+  const mapping = new Map(inputs);
+  for (const input of source.inputs) {
+    if (!mapping.has(input) && !input.initializer) throw new Error(`splice: graph input ${input.name} is not connected`);
+  }
+  for (const weight of source.initializers) {
+    if (mapping.has(weight)) continue;
+    const shared = sharedWeights?.get(weight);
+    const copy = shared ?? b.initializer(weight.name, cloneTensorRef(weight));
+    sharedWeights?.set(weight, copy);
+    mapping.set(weight, copy);
+  }
+  for (const node of source.nodes) cloneNodeInto(node, b, mapping);
+  return source.outputs.map((v) => {
+    const mapped = mapping.get(v);
+    if (!mapped) throw new Error(`splice: output ${v.name} is not computed by the graph`);
+    return mapped;
+  });
+}
+
+/** A new Tensor object (it gets its own name) over the same data: passes never mutate tensor data. */
+function cloneTensorRef(weight: Value): Tensor {
+  const t = weight.initializer!;
+  return Object.assign(Object.create(Object.getPrototypeOf(t) as object) as Tensor, t);
+}
+
+function cloneNodeInto(node: Node, b: GraphBuilder, mapping: Map<Value, Value>): void {
+  const inputs = node.inputs.map((v) => (v ? mapped(v, mapping) : null));
+  const copy = b.node(node.opType, inputs, {}, node.outputs.length, node.domain);
+  copy.overload = node.overload;
+  copy.docString = node.docString;
+  copy.metadataProps = node.metadataProps && [...node.metadataProps];
+  copy.attributes = node.attributes.map((a) => cloneAttribute(a, b, mapping));
+  for (const sub of copy.subgraphs()) sub.outerScope = b.graph;
+  node.outputs.forEach((out, i) => {
+    const target = copy.outputs[i]!;
+    if (!out) {
+      copy.setOutput(i, null);
+      return;
+    }
+    target.type = out.type;
+    mapping.set(out, target);
+  });
+}
+
+function mapped(v: Value, mapping: Map<Value, Value>): Value {
+  const m = mapping.get(v);
+  if (!m) throw new Error(`splice: value ${v.name} is used before it is defined`);
+  return m;
+}
+
+function cloneAttribute(a: Attribute, b: GraphBuilder, mapping: Map<Value, Value>): Attribute {
+  const copy: Attribute = { ...a };
+  if (a.g) copy.g = cloneSubgraph(a.g, b, mapping);
+  if (a.graphs) copy.graphs = a.graphs.map((g) => cloneSubgraph(g, b, mapping));
+  return copy;
+}
+
+/** A subgraph copy whose outer reads point at the mapped values; its own names are made fresh too. */
+function cloneSubgraph(g: Graph, outer: GraphBuilder, outerMapping: Map<Value, Value>): Graph {
+  const copy = new Graph(g.name);
+  copy.docString = g.docString;
+  const inner = new GraphBuilder(copy, outer.names);
+  const mapping = new Map(outerMapping);
+  for (const input of g.inputs) {
+    const v = copy.addInput(new Value(outer.names.fresh(input.name), input.type));
+    mapping.set(input, v);
+  }
+  for (const weight of g.initializers) mapping.set(weight, inner.initializer(weight.name, cloneTensorRef(weight)));
+  for (const node of g.nodes) cloneNodeInto(node, inner, mapping);
+  copy.outputs = g.outputs.map((v) => {
+    const out = mapped(v, mapping);
+    if (!out.type) out.type = v.type;
+    return out;
+  });
+  return copy;
+}
