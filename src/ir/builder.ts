@@ -99,8 +99,9 @@ function attributeValue(value: AttrValue): Omit<Attribute, 'name'> {
   if (value instanceof FloatAttr) {
     return Array.isArray(value.values) ? { type: AttributeType.FLOATS, floats: value.values } : { type: AttributeType.FLOAT, f: value.values };
   }
-  if (typeof value === 'number') return Number.isInteger(value) ? { type: AttributeType.INT, i: BigInt(value) } : { type: AttributeType.FLOAT, f: value };
-  if (typeof value === 'bigint') return { type: AttributeType.INT, i: value };
+  // Only safe integers are taken for INT: a whole number like 3.4e38 or 2^63 is a float that int64 cannot hold.
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? { type: AttributeType.INT, i: BigInt(value) } : { type: AttributeType.FLOAT, f: value };
+  if (typeof value === 'bigint') return { type: AttributeType.INT, i: int64(value) };
   if (typeof value === 'string') return { type: AttributeType.STRING, s: new TextEncoder().encode(value) };
   if (value instanceof Tensor) return { type: AttributeType.TENSOR, t: value };
   if (value instanceof Graph) return { type: AttributeType.GRAPH, g: value };
@@ -110,10 +111,17 @@ function attributeValue(value: AttrValue): Omit<Attribute, 'name'> {
 
 function listAttribute(values: number[] | bigint[] | string[] | Graph[]): Omit<Attribute, 'name'> {
   const items = values as unknown[];
+  // An empty list carries no type of its own; INTS is what empty lists (axes, perm, pads) almost always are.
+  if (items.length === 0) return { type: AttributeType.INTS, ints: [] };
   if (items.every((v) => v instanceof Graph)) return { type: AttributeType.GRAPHS, graphs: items as Graph[] };
   if (items.every((v) => typeof v === 'string')) return { type: AttributeType.STRINGS, strings: (items as string[]).map((s) => new TextEncoder().encode(s)) };
-  if (items.every((v) => typeof v === 'bigint' || Number.isInteger(v))) return { type: AttributeType.INTS, ints: items.map((v) => BigInt(v as number)) };
+  if (items.every((v) => typeof v === 'bigint' || Number.isSafeInteger(v))) return { type: AttributeType.INTS, ints: items.map((v) => int64(BigInt(v as number))) };
   return { type: AttributeType.FLOATS, floats: items as number[] };
+}
+
+function int64(value: bigint): bigint {
+  if (BigInt.asIntN(64, value) !== value) throw new RangeError(`attribute value ${value} does not fit in int64`);
+  return value;
 }
 
 /** A new model with one graph, for plugins, fixtures and tests. */

@@ -215,8 +215,12 @@ function safeNumber(node: Node, name: string, value: bigint): number {
   return n;
 }
 
-/** Reads, anywhere inside `graph` (nested subgraphs included), of values defined outside it. */
+/**
+ * Reads, anywhere inside `graph` (nested subgraphs included), of values defined outside it. A subgraph
+ * may return an outer value as its own output without any node reading it: that is a read too.
+ */
 function collectOuterReads(graph: Graph, found: Set<Value>): void {
+  for (const out of graph.outputs) if (!graph.encloses(out)) found.add(out);
   for (const node of graph.nodes) {
     for (const input of node.inputs) if (input && !graph.encloses(input)) found.add(input);
     for (const sub of node.subgraphs()) {
@@ -313,6 +317,7 @@ export class Graph {
    */
   removeNodes(nodes: readonly Node[]): void {
     const removing = new Set(nodes);
+    let nested: Graph[] | undefined;
     for (const node of removing) {
       if (node.graph !== this) throw new Error(`${node}: not in graph ${this.name ?? ''}`);
       for (const out of node.outputs) {
@@ -320,6 +325,8 @@ export class Graph {
         const outside = out.uses().find((u) => !removing.has(u.node) && !insideAny(u.node, removing));
         if (outside) throw new Error(`cannot remove ${node}: its output ${out.name} is used by ${outside.node}`);
         if (this.outputs.includes(out)) throw new Error(`cannot remove ${node}: its output ${out.name} is a graph output`);
+        const returning = (nested ??= [...this.subgraphsDeep()]).find((g) => returnsOuter(g, out) && !insideAny(g, removing));
+        if (returning) throw new Error(`cannot remove ${node}: its output ${out.name} is an output of subgraph ${returning.name ?? ''}`);
       }
     }
     for (const node of removing) {
@@ -342,12 +349,33 @@ export class Graph {
   /** Remove initializers that nothing reads any more. */
   removeUnusedInitializers(): number {
     const before = this.initializers.length;
-    const keep = (v: Value) => v.useCount > 0 || this.outputs.includes(v) || this.inputs.includes(v);
+    const returned = new Set([...this.subgraphsDeep()].flatMap((g) => g.outputs.filter((v) => !g.encloses(v))));
+    const keep = (v: Value) => v.useCount > 0 || this.outputs.includes(v) || this.inputs.includes(v) || returned.has(v);
     const dropped = this.initializers.filter((v) => !keep(v));
     this.initializers = this.initializers.filter(keep);
     const droppedSet = new Set(dropped);
     this.valueInfos = this.valueInfos.filter((v) => !droppedSet.has(v));
     return before - this.initializers.length;
+  }
+
+  /** Nested graphs that list `value` among their outputs without defining it (it is from an outer scope). */
+  subgraphsReturning(value: Value): Graph[] {
+    // A plain walk over attributes: replaceAllUses calls this on every rewrite, mostly on graphs with no subgraphs.
+    const found: Graph[] = [];
+    const visit = (graph: Graph) => {
+      for (const node of graph.nodes) {
+        for (const a of node.attributes) {
+          if (a.g) check(a.g);
+          if (a.graphs) a.graphs.forEach(check);
+        }
+      }
+    };
+    const check = (g: Graph) => {
+      if (returnsOuter(g, value)) found.push(g);
+      visit(g);
+    };
+    visit(this);
+    return found;
   }
 
   /** Every graph nested in this one's nodes, depth first. */
@@ -361,8 +389,13 @@ export class Graph {
   }
 }
 
-function insideAny(node: Node, removing: Set<Node>): boolean {
-  for (let g = node.graph; g; g = g.outerScope) {
+function returnsOuter(g: Graph, value: Value): boolean {
+  return g.outputs.includes(value) && !g.encloses(value);
+}
+
+/** Whether `at` (a node, or a graph) lies inside a subgraph of one of `removing`. */
+function insideAny(at: Node | Graph, removing: Set<Node>): boolean {
+  for (let g = at instanceof Graph ? at : at.graph; g; g = g.outerScope) {
     for (const outer of removing) if (outer.subgraphs().includes(g)) return true;
   }
   return false;
@@ -377,10 +410,14 @@ function detachSubgraphInputs(node: Node): void {
   }
 }
 
-/** Point every use of `from` (node inputs, including inside subgraphs, and graph outputs) at `to`. */
+/**
+ * Point every use of `from` at `to`: node inputs (inside subgraphs too), its graph's outputs, and the
+ * outputs of nested subgraphs that return `from` directly.
+ */
 export function replaceAllUses(from: Value, to: Value): void {
   if (from === to) return;
   for (const use of from.uses()) use.node.setInput(use.index, to);
   const scope = from.graph;
-  if (scope) scope.outputs = scope.outputs.map((v) => (v === from ? to : v));
+  if (!scope) return;
+  for (const g of [scope, ...scope.subgraphsReturning(from)]) g.outputs = g.outputs.map((v) => (v === from ? to : v));
 }

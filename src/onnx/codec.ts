@@ -22,6 +22,12 @@ const WIRE_FIXED32 = 5;
 
 const utf8 = new TextDecoder('utf-8');
 
+/**
+ * How deeply messages may nest, as in protobuf's reference parser (100): a real model's subgraphs stay far
+ * below it, and a crafted file nesting deeper would overflow the JavaScript stack in the recursive decoder.
+ */
+const MAX_NESTING = 100;
+
 class Reader {
   pos: number;
   private readonly view: DataView;
@@ -29,6 +35,8 @@ class Reader {
     readonly buf: Uint8Array,
     start: number,
     readonly end: number,
+    /** messages enclosing the one being read */
+    readonly depth = 0,
   ) {
     this.pos = start;
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
@@ -47,7 +55,8 @@ class Reader {
       if (this.pos >= this.end) this.fail('truncated varint');
       const byte = buf[this.pos++];
       if (i < 4) result |= (byte & 0x7f) << (7 * i);
-      else result = (result >>> 0) + (byte & 0x7f) * scale;
+      // No `>>> 0` here: past 32 bits it would drop the bits already accumulated above bit 31.
+      else result += (byte & 0x7f) * scale;
       scale *= 128;
       if (byte < 0x80) return i < 4 ? result >>> 0 : result;
     }
@@ -214,8 +223,9 @@ function readScalar(field: FieldDesc, r: Reader): unknown {
     case 'bytes':
       return r.bytes();
     case 'message': {
+      if (r.depth >= MAX_NESTING) r.fail(`messages nested more than ${MAX_NESTING} deep`);
       const [start, end] = r.span();
-      return decodeMessage(messageDesc(field.message!), new Reader(r.buf, start, end));
+      return decodeMessage(messageDesc(field.message!), new Reader(r.buf, start, end, r.depth + 1));
     }
   }
 }

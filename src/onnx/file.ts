@@ -137,6 +137,7 @@ export function saveModel(model: Model, file: string, options: SaveOptions = {})
   const external = useExternalData(model, options);
   const temps: string[] = [];
   try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
     let dataFile: { final: string; temp: string; location: string } | undefined;
     let placeExternal;
     if (external) {

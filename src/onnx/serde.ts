@@ -488,3 +488,15 @@ export function typeToProto(t: IrType): P {
 function dimToProto(d: Dim): P {
   return defined({ dim_value: d.value === undefined ? undefined : BigInt(d.value), dim_param: d.param, denotation: d.denotation });
 }
+
+// ------------------------------------------------------------------------------------ lone tensors
+
+/** A decoded TensorProto message (as in ONNX's test_data_set_N/*.pb files) as an IR tensor; data must be inline. */
+export function tensorFromMessage(p: P): Tensor {
+  return tensorFromProto(p, {});
+}
+
+/** An IR tensor as a TensorProto message, data inline. */
+export function tensorToMessage(t: Tensor): P {
+  return tensorToProto(t, {});
+}
