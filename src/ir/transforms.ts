@@ -1,7 +1,8 @@
 // Whole-graph transformations every pass relies on: topological sort, dead-code elimination, and
 // splicing one graph's computation into another with fresh names.
 import { GraphBuilder } from './builder.js';
-import { type Attribute, Graph, Node, Value } from './graph.js';
+import { type Attribute, Graph, Node, Value, replaceAllUses } from './graph.js';
+import type { NameAuthority } from './names.js';
 import type { Tensor } from './tensor.js';
 
 /** Producers inside `graph` that `node` depends on, including through its subgraphs' outer reads. */
@@ -110,13 +111,21 @@ function cloneTensorRef(weight: Value): Tensor {
   return Object.assign(Object.create(Object.getPrototypeOf(t) as object) as Tensor, t);
 }
 
-function cloneNodeInto(node: Node, b: GraphBuilder, mapping: Map<Value, Value>): void {
-  const inputs = node.inputs.map((v) => (v ? mapped(v, mapping) : null));
+/**
+ * Copy `nodes` (in topological order) into the builder's graph. Inputs found in `mapping` are replaced
+ * (and each copied output is added to it); other inputs are read as they are, shared with the originals.
+ */
+export function cloneNodes(nodes: readonly Node[], b: GraphBuilder, mapping: Map<Value, Value>): void {
+  for (const node of nodes) cloneNodeInto(node, b, mapping, true);
+}
+
+function cloneNodeInto(node: Node, b: GraphBuilder, mapping: Map<Value, Value>, shareUnmapped = false): void {
+  const inputs = node.inputs.map((v) => (v ? (shareUnmapped ? (mapping.get(v) ?? v) : mapped(v, mapping)) : null));
   const copy = b.node(node.opType, inputs, {}, node.outputs.length, node.domain);
   copy.overload = node.overload;
   copy.docString = node.docString;
   copy.metadataProps = node.metadataProps && [...node.metadataProps];
-  copy.attributes = node.attributes.map((a) => cloneAttribute(a, b, mapping));
+  copy.attributes = node.attributes.map((a) => cloneAttribute(a, b, mapping, shareUnmapped));
   for (const sub of copy.subgraphs()) sub.outerScope = b.graph;
   node.outputs.forEach((out, i) => {
     const target = copy.outputs[i]!;
@@ -135,15 +144,15 @@ function mapped(v: Value, mapping: Map<Value, Value>): Value {
   return m;
 }
 
-function cloneAttribute(a: Attribute, b: GraphBuilder, mapping: Map<Value, Value>): Attribute {
+function cloneAttribute(a: Attribute, b: GraphBuilder, mapping: Map<Value, Value>, share: boolean): Attribute {
   const copy: Attribute = { ...a };
-  if (a.g) copy.g = cloneSubgraph(a.g, b, mapping);
-  if (a.graphs) copy.graphs = a.graphs.map((g) => cloneSubgraph(g, b, mapping));
+  if (a.g) copy.g = cloneSubgraph(a.g, b, mapping, share);
+  if (a.graphs) copy.graphs = a.graphs.map((g) => cloneSubgraph(g, b, mapping, share));
   return copy;
 }
 
 /** A subgraph copy whose outer reads point at the mapped values; its own names are made fresh too. */
-function cloneSubgraph(g: Graph, outer: GraphBuilder, outerMapping: Map<Value, Value>): Graph {
+function cloneSubgraph(g: Graph, outer: GraphBuilder, outerMapping: Map<Value, Value>, share: boolean): Graph {
   const copy = new Graph(g.name);
   copy.docString = g.docString;
   const inner = new GraphBuilder(copy, outer.names);
@@ -153,11 +162,25 @@ function cloneSubgraph(g: Graph, outer: GraphBuilder, outerMapping: Map<Value, V
     mapping.set(input, v);
   }
   for (const weight of g.initializers) mapping.set(weight, inner.initializer(weight.name, cloneTensorRef(weight)));
-  for (const node of g.nodes) cloneNodeInto(node, inner, mapping);
+  for (const node of g.nodes) cloneNodeInto(node, inner, mapping, share);
   copy.outputs = g.outputs.map((v) => {
-    const out = mapped(v, mapping);
+    const out = share ? (mapping.get(v) ?? v) : mapped(v, mapping);
     if (!out.type) out.type = v.type;
     return out;
   });
   return copy;
+}
+
+/**
+ * Route every use of `old` to `replacement`. When `old` is an output of its graph, the replacement takes
+ * over its name and type, so the model's interface is unchanged; `old` gets a fresh name.
+ */
+export function takePlace(old: Value, replacement: Value, names: NameAuthority): void {
+  const isOutput = old.graph?.outputs.includes(old) ?? false;
+  replaceAllUses(old, replacement);
+  if (!isOutput) return;
+  const name = old.name;
+  old.name = names.fresh(`${name}_replaced`);
+  replacement.name = name;
+  replacement.type = old.type;
 }

@@ -149,13 +149,9 @@ class Reader {
 function decodeUtf8(buf: Uint8Array, start: number, end: number): string {
   // Short ASCII names dominate ONNX graphs; building them directly avoids TextDecoder's call overhead.
   if (end - start < 48) {
-    let ascii = '';
-    for (let i = start; i < end; i++) {
-      const c = buf[i];
-      if (c >= 0x80) return utf8.decode(buf.subarray(start, end));
-      ascii += String.fromCharCode(c);
-    }
-    return ascii;
+    for (let i = start; i < end; i++) if (buf[i] >= 0x80) return utf8.decode(buf.subarray(start, end));
+    // One call builds the string flat; appending a character at a time leaves a chain of partial strings.
+    return String.fromCharCode.apply(null, buf.subarray(start, end) as unknown as number[]);
   }
   return utf8.decode(buf.subarray(start, end));
 }
@@ -404,19 +400,53 @@ function int32Size(value: number): number {
   return value < 0 ? 10 : varintSize(value);
 }
 
+/** How one field is written, worked out once per message type instead of once per message. */
+interface WireField {
+  readonly field: FieldDesc;
+  readonly name: string;
+  readonly tag: number;
+  readonly tagSize: number;
+  /** a repeated number written as one length-delimited run */
+  readonly packedNumbers: boolean;
+  /** the nested message type, for message fields */
+  readonly message?: MessageDesc;
+}
+
+const wirePlans = new Map<MessageDesc, readonly WireField[]>();
+
+// Encoding runs mostly before V8 has optimized it (a model is written once per process), so the
+// per-field work it repeats for every message (tags, packing, nested types) is looked up here once.
+function wirePlan(desc: MessageDesc): readonly WireField[] {
+  let plan = wirePlans.get(desc);
+  if (!plan) {
+    plan = fieldsInWireOrder(desc).map((field) => {
+      const packedNumbers = field.repeated === true && field.packed === true && isNumeric(field);
+      const tag = (field.no << 3) | (packedNumbers ? WIRE_LDELIM : expectedWireType(field));
+      const message = field.message === undefined ? undefined : messageDesc(field.message);
+      return { field, name: field.name, tag, tagSize: varintSize(tag), packedNumbers, message };
+    });
+    wirePlans.set(desc, plan);
+  }
+  return plan;
+}
+
 type Sizes = Map<object, number>;
 
-function scalarSize(field: FieldDesc, value: unknown, sizes: Sizes): number {
-  switch (field.kind) {
+function numberSize(kind: FieldDesc['kind'], value: unknown): number {
+  switch (kind) {
     case 'int32':
       return int32Size(value as number);
-    case 'int64':
-    case 'uint64':
-      return varint64Size(value as bigint);
     case 'float':
       return 4;
     case 'double':
       return 8;
+    default:
+      return varint64Size(value as bigint);
+  }
+}
+
+function scalarSize(f: WireField, value: unknown, sizes: Sizes): number {
+  switch (f.field.kind) {
     case 'string': {
       const n = Buffer.byteLength(value as string, 'utf8');
       return varintSize(n) + n;
@@ -426,9 +456,11 @@ function scalarSize(field: FieldDesc, value: unknown, sizes: Sizes): number {
       return varintSize(n) + n;
     }
     case 'message': {
-      const n = messageSize(messageDesc(field.message!), value as ProtoMessage, sizes);
+      const n = messageSize(f.message!, value as ProtoMessage, sizes);
       return varintSize(n) + n;
     }
+    default:
+      return numberSize(f.field.kind, value);
   }
 }
 
@@ -436,45 +468,52 @@ function packedPayloadSize(field: FieldDesc, values: NumericArray): number {
   if (field.kind === 'float') return values.length * 4;
   if (field.kind === 'double') return values.length * 8;
   let size = 0;
-  for (const v of values) size += scalarSize(field, v, new Map());
+  for (let i = 0; i < values.length; i++) size += numberSize(field.kind, values[i]);
   return size;
 }
 
 function messageSize(desc: MessageDesc, m: ProtoMessage, sizes: Sizes): number {
   const cached = sizes.get(m);
   if (cached !== undefined) return cached;
+  const plan = wirePlan(desc);
   let size = 0;
-  for (const field of fieldsInWireOrder(desc)) {
-    const value = m[field.name];
+  for (let i = 0; i < plan.length; i++) {
+    const f = plan[i];
+    const value = m[f.name];
     if (value === undefined) continue;
-    const tagSize = varintSize(field.no << 3);
-    if (!field.repeated) {
-      size += tagSize + scalarSize(field, value, sizes);
-    } else if (isNumeric(field) && field.packed) {
+    if (!f.field.repeated) {
+      size += f.tagSize + scalarSize(f, value, sizes);
+    } else if (f.packedNumbers) {
       const values = value as NumericArray;
       if (values.length === 0) continue;
-      const payload = packedPayloadSize(field, values);
-      size += tagSize + varintSize(payload) + payload;
+      const payload = packedPayloadSize(f.field, values);
+      size += f.tagSize + varintSize(payload) + payload;
     } else {
-      for (const item of value as Iterable<unknown>) size += tagSize + scalarSize(field, item, sizes);
+      const items = value as ArrayLike<unknown>;
+      for (let j = 0; j < items.length; j++) size += f.tagSize + scalarSize(f, items[j], sizes);
     }
   }
-  for (const raw of m.$unknown ?? []) size += raw.length;
+  const unknown = m.$unknown;
+  if (unknown) for (let i = 0; i < unknown.length; i++) size += unknown[i].length;
   sizes.set(m, size);
   return size;
 }
 
-function writeScalar(field: FieldDesc, value: unknown, w: ChunkWriter, sizes: Sizes): void {
-  switch (field.kind) {
+function writeNumber(kind: FieldDesc['kind'], value: unknown, w: ChunkWriter): void {
+  switch (kind) {
     case 'int32':
       return (value as number) < 0 ? w.varint64(BigInt(value as number)) : w.varint(value as number);
-    case 'int64':
-    case 'uint64':
-      return w.varint64(value as bigint);
     case 'float':
       return w.float(value as number);
     case 'double':
       return w.double(value as number);
+    default:
+      return w.varint64(value as bigint);
+  }
+}
+
+function writeScalar(f: WireField, value: unknown, w: ChunkWriter, sizes: Sizes): void {
+  switch (f.field.kind) {
     case 'string': {
       const n = Buffer.byteLength(value as string, 'utf8');
       w.varint(n);
@@ -483,11 +522,11 @@ function writeScalar(field: FieldDesc, value: unknown, w: ChunkWriter, sizes: Si
     case 'bytes':
       w.varint((value as Uint8Array).length);
       return w.bytes(value as Uint8Array);
-    case 'message': {
-      const desc = messageDesc(field.message!);
-      w.varint(messageSize(desc, value as ProtoMessage, sizes));
-      return writeMessage(desc, value as ProtoMessage, w, sizes);
-    }
+    case 'message':
+      w.varint(messageSize(f.message!, value as ProtoMessage, sizes));
+      return writeMessage(f.message!, value as ProtoMessage, w, sizes);
+    default:
+      return writeNumber(f.field.kind, value, w);
   }
 }
 
@@ -499,29 +538,32 @@ function writePacked(field: FieldDesc, values: NumericArray, w: ChunkWriter): vo
     return;
   }
   w.varint(packedPayloadSize(field, values));
-  for (const v of values) writeScalar(field, v, w, new Map());
+  for (let i = 0; i < values.length; i++) writeNumber(field.kind, values[i], w);
 }
 
 function writeMessage(desc: MessageDesc, m: ProtoMessage, w: ChunkWriter, sizes: Sizes): void {
-  for (const field of fieldsInWireOrder(desc)) {
-    const value = m[field.name];
+  const plan = wirePlan(desc);
+  for (let i = 0; i < plan.length; i++) {
+    const f = plan[i];
+    const value = m[f.name];
     if (value === undefined) continue;
-    const tag = (field.no << 3) | expectedWireType(field);
-    if (!field.repeated) {
-      w.varint(tag);
-      writeScalar(field, value, w, sizes);
-    } else if (isNumeric(field) && field.packed) {
+    if (!f.field.repeated) {
+      w.varint(f.tag);
+      writeScalar(f, value, w, sizes);
+    } else if (f.packedNumbers) {
       if ((value as NumericArray).length === 0) continue;
-      w.varint((field.no << 3) | WIRE_LDELIM);
-      writePacked(field, value as NumericArray, w);
+      w.varint(f.tag);
+      writePacked(f.field, value as NumericArray, w);
     } else {
-      for (const item of value as Iterable<unknown>) {
-        w.varint(tag);
-        writeScalar(field, item, w, sizes);
+      const items = value as ArrayLike<unknown>;
+      for (let j = 0; j < items.length; j++) {
+        w.varint(f.tag);
+        writeScalar(f, items[j], w, sizes);
       }
     }
   }
-  for (const raw of m.$unknown ?? []) w.bytes(raw);
+  const unknown = m.$unknown;
+  if (unknown) for (let i = 0; i < unknown.length; i++) w.bytes(unknown[i]);
 }
 
 export interface Encoded {

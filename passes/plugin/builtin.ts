@@ -1,0 +1,142 @@
+// Built-in plugins, written with the builder and parameterised by their weights, so that a plugin can
+// be generated, trained elsewhere, fitted in closed form, or brought back from another framework.
+//   mean      compress = mean of each group of k; restore = repeat each compressed vector k times
+//   variator  compress = softmax-weighted merge of the k vectors (a [k, k·d] linear scores them);
+//             restore = repeat + a tanh bottleneck adapter on [repeated inner ; hidden] (Variator)
+//   identity  k = 1: compressed = hidden, restored = inner (the plumbing check)
+import { type GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
+import type { Value } from '../../src/ir/graph.js';
+import type { Model } from '../../src/ir/model.js';
+import { VersionedOps } from '../../src/ir/ops.js';
+import { DataType, tensorType } from '../../src/ir/types.js';
+
+export type Scope = 'ffn' | 'attention' | 'layer';
+export const SCOPES: readonly Scope[] = ['ffn', 'attention', 'layer'];
+export type BuiltinKind = 'mean' | 'variator' | 'identity';
+export const BUILTIN_KINDS: readonly BuiltinKind[] = ['mean', 'variator', 'identity'];
+
+export interface PluginShape {
+  ratio: number;
+  hidden: number;
+  scope: Scope;
+  /** default-domain opset to write the plugin for (default 17) */
+  opset?: number;
+}
+
+/** Variator's weights in PyTorch Linear layout ([out, in], row-major). */
+export interface VariatorWeights {
+  /** [k, k·d] and [k]: scores the k vectors of a group */
+  mergeWeight: Float32Array;
+  mergeBias: Float32Array;
+  /** [bottleneck, 2d] and [bottleneck] */
+  adapterInWeight: Float32Array;
+  adapterInBias: Float32Array;
+  /** [d, bottleneck] and [d] */
+  adapterOutWeight: Float32Array;
+  adapterOutBias: Float32Array;
+}
+
+export const VARIATOR_BOTTLENECK = 64;
+
+export function buildMeanPlugin(shape: PluginShape): Model {
+  return buildPlugin(shape, 'mean', (b, ops, hidden) => {
+    const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, shape.ratio, shape.hidden]));
+    return ops.reduce('ReduceMean', groups, [2], false);
+  }, (b, ops, inner) => repeatGroups(b, ops, inner, shape));
+}
+
+export function buildIdentityPlugin(shape: PluginShape): Model {
+  if (shape.ratio !== 1) throw new Error('the identity plugin has ratio 1');
+  return buildPlugin(shape, 'identity', (b, _ops, hidden) => b.op.Identity(hidden), (b, _ops, inner) => b.op.Identity(inner));
+}
+
+export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights): Model {
+  const { ratio: k, hidden: d } = shape;
+  const bottleneck = weights.adapterInBias.length;
+  checkLength('mergeWeight', weights.mergeWeight, k * k * d);
+  checkLength('mergeBias', weights.mergeBias, k);
+  checkLength('adapterInWeight', weights.adapterInWeight, bottleneck * 2 * d);
+  checkLength('adapterOutWeight', weights.adapterOutWeight, d * bottleneck);
+  checkLength('adapterOutBias', weights.adapterOutBias, d);
+  return buildPlugin(
+    shape,
+    'variator',
+    (b, ops, hidden) => {
+      const concatenated = b.op.Reshape(hidden, b.int64s('concat_shape', [0, -1, k * d]));
+      const scores = b.op.Add(b.op.MatMul(concatenated, b.floats('merge_weight_t', [k * d, k], transpose(weights.mergeWeight, k, k * d))), b.floats('merge_bias', [k], weights.mergeBias));
+      const mix = b.op.Reshape(ops.softmaxLastAxis(scores, 3), b.int64s('mix_shape', [0, -1, 1, k]));
+      const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, k, d]));
+      return b.op.Reshape(b.op.MatMul(mix, groups), b.int64s('merged_shape', [0, -1, d]));
+    },
+    (b, ops, inner, hidden) => {
+      const repeated = repeatGroups(b, ops, inner, shape);
+      const both = b.op.Concat(repeated, hidden, { axis: -1 });
+      const down = b.op.Add(b.op.MatMul(both, b.floats('adapter_in_weight_t', [2 * d, bottleneck], transpose(weights.adapterInWeight, bottleneck, 2 * d))), b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias));
+      const up = b.op.Add(b.op.MatMul(b.op.Tanh(down), b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck))), b.floats('adapter_out_bias', [d], weights.adapterOutBias));
+      return b.op.Add(repeated, up);
+    },
+  );
+}
+
+/** Variator weights drawn from a seeded generator (PyTorch's Linear init range); `zeroAdapter` makes restore a plain repeat. */
+export function initVariatorWeights(ratio: number, hidden: number, options: { seed?: number; zeroAdapter?: boolean; bottleneck?: number } = {}): VariatorWeights {
+  const random = mulberry32(options.seed ?? 0);
+  const bottleneck = options.bottleneck ?? VARIATOR_BOTTLENECK;
+  const uniform = (n: number, fanIn: number) => Float32Array.from({ length: n }, () => (random() * 2 - 1) / Math.sqrt(fanIn));
+  const adapterOut = (n: number) => (options.zeroAdapter ? new Float32Array(n) : uniform(n, bottleneck));
+  return {
+    mergeWeight: uniform(ratio * ratio * hidden, ratio * hidden),
+    mergeBias: uniform(ratio, ratio * hidden),
+    adapterInWeight: uniform(bottleneck * 2 * hidden, 2 * hidden),
+    adapterInBias: uniform(bottleneck, 2 * hidden),
+    adapterOutWeight: adapterOut(hidden * bottleneck),
+    adapterOutBias: adapterOut(hidden),
+  };
+}
+
+type Stage = (b: GraphBuilder, ops: VersionedOps, x: Value, hidden: Value) => Value;
+
+function buildPlugin(shape: PluginShape, kind: BuiltinKind, compress: Stage, restore: Stage): Model {
+  const { ratio, hidden: d, scope } = shape;
+  if (!Number.isInteger(ratio) || ratio < 1) throw new Error(`ratio must be an integer >= 1, got ${ratio}`);
+  const b = new ModelBuilder(shape.opset ?? 17, `vcompile_${kind}_plugin`);
+  const ops = new VersionedOps(b, shape.opset ?? 17);
+  const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+  const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'compressed_seq', d]));
+  b.output(compress(b, ops, hidden, hidden), 'compressed', tensorType(DataType.FLOAT, ['batch', 'compressed_seq', d]));
+  b.output(restore(b, ops, inner, hidden), 'restored', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+  b.model.metadataProps = [
+    ['vcompile.ratio', String(ratio)],
+    ['vcompile.scope', scope],
+    ['vcompile.kind', kind],
+  ];
+  return b.model;
+}
+
+/** [b, n/k, d] -> [b, n, d], each vector repeated k times in place. */
+function repeatGroups(b: GraphBuilder, ops: VersionedOps, inner: Value, shape: PluginShape): Value {
+  const expanded = b.op.Expand(ops.unsqueeze(inner, [2]), b.int64s('repeat_shape', [1, 1, shape.ratio, 1]));
+  return b.op.Reshape(expanded, b.int64s('restored_shape', [0, -1, shape.hidden]));
+}
+
+function transpose(values: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c];
+  return out;
+}
+
+function checkLength(name: string, values: Float32Array, expected: number): void {
+  if (values.length !== expected) throw new Error(`variator weights: ${name} has ${values.length} values, expected ${expected}`);
+}
+
+/** A small seeded PRNG (mulberry32): reproducible plugin initialisation without a dependency. */
+export function mulberry32(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

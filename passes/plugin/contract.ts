@@ -1,0 +1,144 @@
+// The plugin file contract, checked before anything is written:
+//   inputs  hidden [batch, seq, d] float, inner [batch, seq/k, d] float
+//   outputs compressed [batch, seq/k, d] (from hidden only), restored [batch, seq, d] (from inner and hidden)
+//   metadata_props vcompile.ratio = k (integer >= 1), vcompile.scope = ffn | attention | layer
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { VcompileError } from '../../src/errors.js';
+import type { Value } from '../../src/ir/graph.js';
+import type { Model } from '../../src/ir/model.js';
+import { DataType } from '../../src/ir/types.js';
+import { decodeModel, describeFsError, encodeModel } from '../../src/onnx/file.js';
+import * as path from 'node:path';
+import {
+  BUILTIN_KINDS, type BuiltinKind, SCOPES, type Scope, buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights,
+} from './builtin.js';
+
+export interface Plugin {
+  /** how the user named it: a file path or builtin:KIND:K[:SCOPE] */
+  source: string;
+  model: Model;
+  ratio: number;
+  scope: Scope;
+  /** the plugin's hidden size when its `hidden` input fixes it */
+  hidden?: number;
+  /** sha256 of the plugin's bytes, recorded in the compiled model's metadata */
+  sha256: string;
+  hiddenInput: Value;
+  innerInput: Value;
+  compressed: Value;
+  restored: Value;
+}
+
+/** What a `builtin:` plugin is generated for. */
+export interface PluginTarget {
+  hidden: number;
+  opset: number;
+}
+
+/** `builtin:mean:4`, `builtin:variator:2:layer`, `builtin:identity:1`: kind, ratio, scope (default ffn). */
+export function parseBuiltin(spec: string): { kind: BuiltinKind; ratio: number; scope: Scope } | undefined {
+  if (!spec.startsWith('builtin:')) return undefined;
+  const [kind, ratioText, scopeText = 'ffn', ...rest] = spec.slice('builtin:'.length).split(':');
+  const usage = `plugin ${spec}: expected builtin:KIND:K[:SCOPE] with KIND ${BUILTIN_KINDS.join('|')} and SCOPE ${SCOPES.join('|')}`;
+  const ratio = Number(ratioText);
+  if (!BUILTIN_KINDS.includes(kind as BuiltinKind) || !Number.isInteger(ratio) || ratio < 1 || !SCOPES.includes(scopeText as Scope) || rest.length) {
+    throw new VcompileError(usage);
+  }
+  if (kind === 'identity' && ratio !== 1) throw new VcompileError(`plugin ${spec}: the identity plugin has ratio 1`);
+  return { kind: kind as BuiltinKind, ratio, scope: scopeText as Scope };
+}
+
+export function loadPlugin(source: string, target: PluginTarget): Plugin {
+  const builtin = parseBuiltin(source);
+  if (builtin) {
+    const shape = { ratio: builtin.ratio, hidden: target.hidden, scope: builtin.scope, opset: target.opset };
+    const model =
+      builtin.kind === 'mean' ? buildMeanPlugin(shape)
+      : builtin.kind === 'identity' ? buildIdentityPlugin(shape)
+      : buildVariatorPlugin(shape, initVariatorWeights(builtin.ratio, target.hidden, { seed: 0 }));
+    return checkPlugin(model, source, encodeModel(model));
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = fs.readFileSync(source);
+  } catch (error) {
+    throw new VcompileError(`plugin ${source}: ${describeFsError(error)}`);
+  }
+  const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `plugin ${source}` });
+  return checkPlugin(model, source, bytes);
+}
+
+/** Check a plugin model against the contract; every violation is a one-line error naming the plugin. */
+export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Plugin {
+  const refuse = (why: string) => new VcompileError(`plugin ${source}: ${why}`);
+  const graph = model.graph;
+  const inputs = graph.inputs.filter((v) => !v.initializer);
+  const hiddenInput = contractValue(inputs, 'hidden', 'input', refuse);
+  const innerInput = contractValue(inputs, 'inner', 'input', refuse);
+  const extra = inputs.find((v) => v !== hiddenInput && v !== innerInput);
+  if (extra) throw refuse(`input '${extra.name}' is not part of the contract (the inputs are hidden and inner)`);
+  const compressed = contractValue(graph.outputs, 'compressed', 'output', refuse);
+  const restored = contractValue(graph.outputs, 'restored', 'output', refuse);
+  if (dependsOn(compressed, innerInput)) throw refuse("output 'compressed' depends on input 'inner' (it must be computed from hidden only)");
+  const hiddenSize = checkRank3(hiddenInput, refuse);
+  const innerSize = checkRank3(innerInput, refuse);
+  if (hiddenSize !== undefined && innerSize !== undefined && hiddenSize !== innerSize) {
+    throw refuse(`inputs hidden and inner have different sizes (${hiddenSize} and ${innerSize})`);
+  }
+  return {
+    source,
+    model,
+    ratio: readRatio(model, refuse),
+    scope: readScope(model, refuse),
+    hidden: hiddenSize ?? innerSize,
+    sha256: createHash('sha256').update(bytes).digest('hex'),
+    hiddenInput,
+    innerInput,
+    compressed,
+    restored,
+  };
+}
+
+function contractValue(values: Value[], name: string, kind: string, refuse: (why: string) => Error): Value {
+  const found = values.find((v) => v.name === name);
+  if (!found) throw refuse(`missing ${kind} '${name}' (found ${values.map((v) => `'${v.name}'`).join(', ') || 'none'})`);
+  return found;
+}
+
+/** The last dim of a float [batch, seq, d] input, when fixed. */
+function checkRank3(value: Value, refuse: (why: string) => Error): number | undefined {
+  const type = value.type;
+  if (type?.kind !== 'tensor' || type.elemType !== DataType.FLOAT) throw refuse(`input '${value.name}' must be a float tensor`);
+  if (type.shape && type.shape.length !== 3) throw refuse(`input '${value.name}' must have rank 3 ([batch, seq, d]), not ${type.shape.length}`);
+  return type.shape?.[2]?.value;
+}
+
+function readRatio(model: Model, refuse: (why: string) => Error): number {
+  const text = model.getMetadata('vcompile.ratio');
+  if (text === undefined) throw refuse('metadata_props has no vcompile.ratio');
+  const ratio = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(ratio) || ratio < 1) throw refuse(`vcompile.ratio must be an integer >= 1, got '${text}'`);
+  return ratio;
+}
+
+function readScope(model: Model, refuse: (why: string) => Error): Scope {
+  const text = model.getMetadata('vcompile.scope');
+  if (text === undefined) throw refuse('metadata_props has no vcompile.scope');
+  if (!SCOPES.includes(text as Scope)) throw refuse(`vcompile.scope must be ${SCOPES.join(', ')}; got '${text}'`);
+  return text as Scope;
+}
+
+/** Whether `value` is computed (through nodes, subgraph reads included) from `source`. */
+function dependsOn(value: Value, source: Value): boolean {
+  const seen = new Set<Value>();
+  const pending = [value];
+  while (pending.length) {
+    const v = pending.pop()!;
+    if (v === source) return true;
+    if (seen.has(v) || !v.producer) continue;
+    seen.add(v);
+    for (const input of [...v.producer.inputs, ...v.producer.implicitInputs()]) if (input) pending.push(input);
+  }
+  return false;
+}

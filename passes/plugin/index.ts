@@ -1,0 +1,249 @@
+// The plugin pass (Variator): around a block of each selected layer, compress the block's input by k,
+// run the unchanged block on the short sequence, and restore the length:
+//   hidden -> pad to a multiple of k -> plugin.compressed -> [block, copied] -> inner
+//   plugin.restored(inner, hidden) -> crop -> where the block's result was used
+// Scopes: ffn (the feed-forward block), attention (the self-attention block), layer (the whole layer);
+// for attention and layer the scores' masks and position biases are pooled to the compressed length.
+// Everything is planned and checked first; the graph changes only once every layer is known to work.
+import { type AttentionBlock, type Layer, type ScoreTerm, type ShapeTable, type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
+import { VcompileError } from '../../src/errors.js';
+import { GraphBuilder } from '../../src/ir/builder.js';
+import { type Node, type Value, replaceAllUses, Value as IrValue } from '../../src/ir/graph.js';
+import type { Model } from '../../src/ir/model.js';
+import { NameAuthority } from '../../src/ir/names.js';
+import { MIN_OPSET, VersionedOps } from '../../src/ir/ops.js';
+import { cloneNodes, eliminateDeadCode, spliceGraph, takePlace, toposort } from '../../src/ir/transforms.js';
+import { DataType } from '../../src/ir/types.js';
+import type { Pass } from '../pipeline.js';
+import type { Scope } from './builtin.js';
+import { type Plugin, loadPlugin } from './contract.js';
+import { checkOpsetMerge } from './opsets.js';
+import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
+import { cropTo, padToMultiple, poolGroups } from './sequence.js';
+
+export const VCOMPILE_VERSION = '0.1.0';
+
+export interface PluginRequest {
+  /** a plugin file or builtin:KIND:K[:SCOPE] */
+  source: string;
+  /** apply to this layer only (`--plugin L=FILE`); otherwise to every selected layer */
+  layer?: number;
+}
+
+export interface PluginPassOptions {
+  plugins: PluginRequest[];
+  /** layers to compress (0-based); default: every layer whose self-attention is not causal */
+  layers?: number[];
+  /** causal self-attention layers the user explicitly accepts compressing (leaks future tokens) */
+  compressCausal?: number[];
+}
+
+/** A score term to shorten: which axes follow the sequence, and how it acts on the scores. */
+interface PooledTerm {
+  term: ScoreTerm;
+  axes: number[];
+  rank: number;
+  elemType: number;
+}
+
+interface Placement {
+  layer: Layer;
+  plugin: Plugin;
+  hidden: Value;
+  output: Value;
+  region: Node[];
+  terms: PooledTerm[];
+}
+
+export function pluginPass(options: PluginPassOptions): Pass {
+  return {
+    name: 'plugins',
+    run(model) {
+      const analysis = analyzeTransformer(model);
+      if (analysis.error) throw new VcompileError(`cannot place plugins: transformer analysis stopped: ${analysis.error.message}`);
+      const placements = plan(model, analysis, options);
+      const rewriter = new Rewriter(model);
+      for (const p of placements) rewriter.apply(p);
+      const removed = eliminateDeadCode(model.graph);
+      toposort(model.graph);
+      recordProvenance(model, placements);
+      return {
+        model,
+        modified: placements.length > 0,
+        report: {
+          layers: placements.map((p) => ({ layer: p.layer.index, scope: p.plugin.scope, ratio: p.plugin.ratio, plugin: p.plugin.source })),
+          skippedCausal: causalLayers(analysis).filter((i) => !placements.some((p) => p.layer.index === i)),
+          removedNodes: removed.nodes,
+        },
+      };
+    },
+  };
+}
+
+// ------------------------------------------------------------------------------------------ plan
+
+function plan(model: Model, analysis: TransformerAnalysis, options: PluginPassOptions): Placement[] {
+  const opset = model.opsetVersion('') ?? 0;
+  if (opset < MIN_OPSET) throw new VcompileError(`plugins need opset >= ${MIN_OPSET} (dynamic Pad and Slice); the model declares opset ${opset}`);
+  const hidden = analysis.hidden;
+  if (hidden === undefined) throw new VcompileError('cannot place plugins: the hidden size of the model is not fixed');
+  const loaded = new Map<string, Plugin>();
+  const load = (source: string) => {
+    if (!loaded.has(source)) loaded.set(source, loadPlugin(source, { hidden, opset }));
+    return loaded.get(source)!;
+  };
+  const defaults = options.plugins.filter((r) => r.layer === undefined);
+  if (defaults.length > 1) throw new VcompileError('give one --plugin for all layers, and --plugin L=FILE for single layers');
+  const byLayer = new Map(options.plugins.filter((r) => r.layer !== undefined).map((r) => [r.layer!, load(r.source)]));
+  const fallback = defaults[0] && load(defaults[0].source);
+  for (const plugin of loaded.values()) checkPluginFits(plugin, model, hidden);
+
+  const count = analysis.layers.length;
+  for (const index of [...(options.layers ?? []), ...byLayer.keys(), ...(options.compressCausal ?? [])]) {
+    if (!Number.isInteger(index) || index < 0 || index >= count) throw new VcompileError(`layer ${index} does not exist (the model has layers 0-${count - 1})`);
+  }
+  const explicit = new Set([...(options.layers ?? []), ...byLayer.keys()]);
+  const allowedCausal = new Set(options.compressCausal ?? []);
+  const selected = analysis.layers.filter((layer) => {
+    const chosen = options.layers ? options.layers.includes(layer.index) || byLayer.has(layer.index) : byLayer.has(layer.index) || !!fallback;
+    if (!chosen) return false;
+    if (!layer.selfAttention.causal || allowedCausal.has(layer.index)) return true;
+    if (explicit.has(layer.index)) {
+      throw new VcompileError(`layer ${layer.index} uses causal self-attention: merging positions would leak future tokens (--compress-causal ${layer.index} forces it)`);
+    }
+    return false;
+  });
+  return selected.map((layer) => place(layer, byLayer.get(layer.index) ?? fallback!, analysis));
+}
+
+function causalLayers(analysis: TransformerAnalysis): number[] {
+  return analysis.layers.filter((l) => l.selfAttention.causal).map((l) => l.index);
+}
+
+function checkPluginFits(plugin: Plugin, model: Model, hidden: number): void {
+  if (plugin.hidden !== undefined && plugin.hidden !== hidden) {
+    throw new VcompileError(`plugin ${plugin.source}: hidden size ${plugin.hidden} does not match the model's ${hidden}`);
+  }
+  for (const { domain, version } of checkOpsetMerge(plugin.model, model, plugin.source)) model.requireOpset(domain, version);
+}
+
+/** Where the plugin goes in `layer`, checked: the region must be able to run on a shorter sequence. */
+function place(layer: Layer, plugin: Plugin, analysis: TransformerAnalysis): Placement {
+  const { hidden, output, attention } = scopeBounds(layer, plugin.scope);
+  const region = regionBetween(hidden, output, analysis.context.graph.nodes);
+  const where = `layer ${layer.index} (${plugin.scope} scope)`;
+  if (region.length === 0) throw new VcompileError(`${where}: nothing lies between ${hidden.name} and ${output.name}`);
+  const inside = new Set(region);
+  const terms = (attention?.terms ?? []).filter((t) => !(t.value.producer && inside.has(t.value.producer)));
+  const unknown = terms.find((t) => t.kind === 'unknown');
+  if (unknown) throw new VcompileError(`${where}: cannot tell how to shorten ${unknown.value.name}, added to the attention scores at ${unknown.node}`);
+  const shapes = analysis.context.shapes;
+  const seqAtoms = new Set(shapes.dim(hidden, 1)?.atoms() ?? []);
+  const dependent = sequenceDependentInput(regionInputs(region), new Set([hidden, ...terms.map((t) => t.value)]), seqAtoms, shapes);
+  if (dependent) {
+    throw new VcompileError(`${where}: the block reads ${dependent.name}${dependent.producer ? ` (from ${dependent.producer})` : ''}, which follows the sequence length; it cannot run on the compressed sequence`);
+  }
+  const pooled = terms.map((term) => ({
+    term,
+    axes: poolAxes(term, hidden, shapes, where),
+    rank: shapes.rank(term.value)!,
+    elemType: shapes.get(term.value).dtype ?? DataType.FLOAT,
+  }));
+  return { layer, plugin, hidden, output, region, terms: pooled };
+}
+
+function scopeBounds(layer: Layer, scope: Scope): { hidden: Value; output: Value; attention?: AttentionBlock } {
+  switch (scope) {
+    case 'ffn':
+      return { hidden: layer.ffn.input, output: layer.ffn.output };
+    case 'attention':
+      return { hidden: layer.selfAttention.input, output: layer.selfAttention.output, attention: layer.selfAttention };
+    case 'layer':
+      return { hidden: layer.input, output: layer.output, attention: layer.selfAttention };
+  }
+}
+
+/** The axes of a score term that follow the sequence: the last (keys) must; the one before (queries) may. */
+function poolAxes(term: ScoreTerm, hidden: Value, shapes: ShapeTable, where: string): number[] {
+  const shape = shapes.shape(term.value);
+  const seq = shapes.dim(hidden, 1);
+  const isSeq = (axis: number) => !!seq && !!shape && shape.length >= -axis && !!shape[shape.length + axis]?.equals(seq);
+  if (!isSeq(-1)) {
+    throw new VcompileError(`${where}: cannot tell which axes of ${term.value.name} (applied to the attention scores) follow the sequence`);
+  }
+  return isSeq(-2) ? [-1, -2] : [-1];
+}
+
+// --------------------------------------------------------------------------------------- rewrite
+
+class Rewriter {
+  private readonly names: NameAuthority;
+  private readonly ops: (b: GraphBuilder) => VersionedOps;
+  /** values replaced by earlier placements (a layer-scope output is the next layer's input) */
+  private readonly replaced = new Map<Value, Value>();
+  private readonly sharedWeights = new Map<Plugin, Map<Value, Value>>();
+  private readonly pooled = new Map<string, Value>();
+
+  constructor(private readonly model: Model) {
+    this.names = NameAuthority.forModel(model);
+    const opset = model.opsetVersion('') ?? MIN_OPSET;
+    this.ops = (b) => new VersionedOps(b, opset);
+  }
+
+  private current(v: Value): Value {
+    let cur = v;
+    while (this.replaced.has(cur)) cur = this.replaced.get(cur)!;
+    return cur;
+  }
+
+  apply(p: Placement): void {
+    const k = p.plugin.ratio;
+    const b = new GraphBuilder(this.model.graph, this.names, { prefix: `vcompile/plugin/L${p.layer.index}/` });
+    const ops = this.ops(b);
+    const hidden = this.current(p.hidden);
+    const padded = k > 1 ? padToMultiple(b, ops, hidden, 1, 3, k, b.scalar('zero', 0)) : undefined;
+    const inner = new IrValue(this.names.fresh(`vcompile/plugin/L${p.layer.index}/inner`));
+    const weights = this.sharedWeights.get(p.plugin) ?? new Map<Value, Value>();
+    this.sharedWeights.set(p.plugin, weights);
+    const inputs = new Map([[p.plugin.hiddenInput, padded?.value ?? hidden], [p.plugin.innerInput, inner]]);
+    const outputs = spliceGraph(p.plugin.model.graph, b, inputs, weights);
+    const pluginOutput = (v: Value) => outputs[p.plugin.model.graph.outputs.indexOf(v)];
+    const compressedOut = pluginOutput(p.plugin.compressed);
+    const restoredOut = pluginOutput(p.plugin.restored);
+    const mapping = new Map<Value, Value>([[p.hidden, compressedOut], [hidden, compressedOut]]);
+    for (const pooled of p.terms) mapping.set(pooled.term.value, this.pool(b, ops, pooled, k));
+    cloneNodes(p.region, b, mapping);
+    const blockOnShort = mapping.get(p.output);
+    if (!blockOnShort) throw new Error(`internal: the copied region does not compute ${p.output.name}`);
+    replaceAllUses(inner, blockOnShort);
+    const result = padded ? cropTo(b, ops, restoredOut, 1, padded.length) : restoredOut;
+    takePlace(p.output, result, this.names);
+    this.replaced.set(p.output, result);
+  }
+
+  /** A score term pooled to the compressed length, shared by every layer that reads it. */
+  private pool(b: GraphBuilder, ops: VersionedOps, { term, axes, rank, elemType }: PooledTerm, k: number): Value {
+    if (k === 1) return term.value;
+    const key = `${term.value.name}|${k}|${term.mode}|${term.keepWhen}`;
+    const cached = this.pooled.get(key);
+    if (cached) return cached;
+    const pooled = poolGroups(b, ops, term.value, rank, axes, k, { mode: term.mode, keepWhen: term.keepWhen, elemType });
+    this.pooled.set(key, pooled);
+    return pooled;
+  }
+}
+
+function recordProvenance(model: Model, placements: Placement[]): void {
+  if (placements.length === 0) return;
+  const byPlugin = new Map<Plugin, number[]>();
+  for (const p of placements) byPlugin.set(p.plugin, [...(byPlugin.get(p.plugin) ?? []), p.layer.index]);
+  const applied = [...byPlugin].map(([plugin, layers]) => ({
+    source: plugin.source,
+    sha256: plugin.sha256,
+    ratio: plugin.ratio,
+    scope: plugin.scope,
+    layers,
+  }));
+  model.setMetadata('vcompile.plugins', JSON.stringify(applied));
+  model.setMetadata('vcompile.version', VCOMPILE_VERSION);
+}
