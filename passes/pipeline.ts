@@ -7,6 +7,8 @@ export interface PassResult {
   modified: boolean;
   /** what the pass did, for the CLI's report and --json */
   report: Record<string, unknown>;
+  /** the same in one line for people, when the report is not self-explanatory */
+  summary?: string;
 }
 
 export interface Pass {
@@ -17,7 +19,7 @@ export interface Pass {
 export interface PipelineResult {
   model: Model;
   modified: boolean;
-  passes: { name: string; modified: boolean; report: Record<string, unknown> }[];
+  passes: { name: string; modified: boolean; report: Record<string, unknown>; summary?: string }[];
 }
 
 /** Run passes in order; with `verify`, the IR verifier checks the model after each one. */
@@ -27,7 +29,7 @@ export function runPasses(model: Model, passes: readonly Pass[], options: { veri
   for (const pass of passes) {
     const result = pass.run(current);
     if (options.verify) assertValid(result.model, pass.name);
-    results.push({ name: pass.name, modified: result.modified, report: result.report });
+    results.push({ name: pass.name, modified: result.modified, report: result.report, summary: result.summary });
     current = result.model;
   }
   return { model: current, modified: results.some((r) => r.modified), passes: results };

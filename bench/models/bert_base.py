@@ -1,11 +1,15 @@
 """Export a BERT-base-shaped encoder with random weights for benchmarks.
 
     /usr/bin/python3 bench/models/bert_base.py OUT.onnx [--layers 12] [--hidden 768]
-        [--heads 12] [--ffn 3072] [--opset 14]
+        [--heads 12] [--ffn 3072] [--opset 14] [--variator-ffn K [--bottleneck 64]]
 
 Same module code as the committed BERT fixtures (fixtures/models.py), at full
 size: about 340 MB with the defaults. The output is a benchmark input, not a
 fixture, so writing into fixtures/ is refused.
+
+--variator-ffn K exports the same backbone (same seed, same weights) with a
+Variator plugin applied by hand around every layer's FFN (fixtures/plugins.py:
+FFN scope, k = K): the reference a compiled model is timed against.
 """
 
 import argparse
@@ -21,6 +25,7 @@ sys.path.insert(0, str(FIXTURE_DIR))
 sys.dont_write_bytecode = True  # keep __pycache__ out of fixtures/
 
 import models  # noqa: E402  (needs the path above)
+import plugins  # noqa: E402
 
 
 def parse_args():
@@ -34,7 +39,13 @@ def parse_args():
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--max-positions", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variator-ffn", type=int, metavar="K",
+                        help="apply a Variator plugin with ratio K around every FFN (by hand)")
+    parser.add_argument("--bottleneck", type=int, default=64,
+                        help="the plugins' restore bottleneck width")
     args = parser.parse_args()
+    if args.variator_ffn is not None and args.variator_ffn < 2:
+        parser.error("--variator-ffn K needs K >= 2")
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
     if FIXTURE_DIR in args.out.resolve().parents:
@@ -48,6 +59,9 @@ def build(args):
                                heads=args.heads, ffn=args.ffn, max_positions=args.max_positions)
     model = models.BertEncoder(config)
     models.init_norm_weights(model)
+    if args.variator_ffn:
+        # Drawn after the backbone: its weights are those of the plain model with the same seed.
+        plugins.apply_ffn_plugins(model, args.variator_ffn, args.bottleneck)
     return model.eval()
 
 

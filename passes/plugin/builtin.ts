@@ -9,6 +9,7 @@ import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { VersionedOps } from '../../src/ir/ops.js';
 import { DataType, tensorType } from '../../src/ir/types.js';
+import { Rng } from '../../src/runtime/random.js';
 
 export type Scope = 'ffn' | 'attention' | 'layer';
 export const SCOPES: readonly Scope[] = ['ffn', 'attention', 'layer'];
@@ -80,9 +81,9 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
 
 /** Variator weights drawn from a seeded generator (PyTorch's Linear init range); `zeroAdapter` makes restore a plain repeat. */
 export function initVariatorWeights(ratio: number, hidden: number, options: { seed?: number; zeroAdapter?: boolean; bottleneck?: number } = {}): VariatorWeights {
-  const random = mulberry32(options.seed ?? 0);
+  const rng = new Rng(options.seed ?? 0, 'variator');
   const bottleneck = options.bottleneck ?? VARIATOR_BOTTLENECK;
-  const uniform = (n: number, fanIn: number) => Float32Array.from({ length: n }, () => (random() * 2 - 1) / Math.sqrt(fanIn));
+  const uniform = (n: number, fanIn: number) => Float32Array.from({ length: n }, () => (rng.next() * 2 - 1) / Math.sqrt(fanIn));
   const adapterOut = (n: number) => (options.zeroAdapter ? new Float32Array(n) : uniform(n, bottleneck));
   return {
     mergeWeight: uniform(ratio * ratio * hidden, ratio * hidden),
@@ -127,16 +128,4 @@ function transpose(values: Float32Array, rows: number, cols: number): Float32Arr
 
 function checkLength(name: string, values: Float32Array, expected: number): void {
   if (values.length !== expected) throw new Error(`variator weights: ${name} has ${values.length} values, expected ${expected}`);
-}
-
-/** A small seeded PRNG (mulberry32): reproducible plugin initialisation without a dependency. */
-export function mulberry32(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

@@ -8,7 +8,7 @@
 import { type AttentionBlock, type Layer, type ScoreTerm, type ShapeTable, type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
 import { VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
-import { type Node, type Value, replaceAllUses, Value as IrValue } from '../../src/ir/graph.js';
+import { type Graph, type Node, type Value, replaceAllUses, Value as IrValue } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { NameAuthority } from '../../src/ir/names.js';
 import { MIN_OPSET, VersionedOps } from '../../src/ir/ops.js';
@@ -46,7 +46,7 @@ interface PooledTerm {
   elemType: number;
 }
 
-interface Placement {
+export interface Placement {
   layer: Layer;
   plugin: Plugin;
   hidden: Value;
@@ -67,12 +67,14 @@ export function pluginPass(options: PluginPassOptions): Pass {
       const removed = eliminateDeadCode(model.graph);
       toposort(model.graph);
       recordProvenance(model, placements);
+      const skipped = causalLayers(analysis).filter((i) => !placements.some((p) => p.layer.index === i));
       return {
         model,
         modified: placements.length > 0,
+        summary: summarizePlacements(placements) + (skipped.length ? `; causal layers left alone: ${skipped.join(', ')}` : ''),
         report: {
           layers: placements.map((p) => ({ layer: p.layer.index, scope: p.plugin.scope, ratio: p.plugin.ratio, plugin: p.plugin.source })),
-          skippedCausal: causalLayers(analysis).filter((i) => !placements.some((p) => p.layer.index === i)),
+          skippedCausal: skipped,
           removedNodes: removed.nodes,
         },
       };
@@ -82,7 +84,7 @@ export function pluginPass(options: PluginPassOptions): Pass {
 
 // ------------------------------------------------------------------------------------------ plan
 
-function plan(model: Model, analysis: TransformerAnalysis, options: PluginPassOptions): Placement[] {
+export function plan(model: Model, analysis: TransformerAnalysis, options: PluginPassOptions): Placement[] {
   const opset = model.opsetVersion('') ?? 0;
   if (opset < MIN_OPSET) throw new VcompileError(`plugins need opset >= ${MIN_OPSET} (dynamic Pad and Slice); the model declares opset ${opset}`);
   const hidden = analysis.hidden;
@@ -176,29 +178,47 @@ function poolAxes(term: ScoreTerm, hidden: Value, shapes: ShapeTable, where: str
 
 // --------------------------------------------------------------------------------------- rewrite
 
-class Rewriter {
-  private readonly names: NameAuthority;
-  private readonly ops: (b: GraphBuilder) => VersionedOps;
+export class Rewriter {
+  readonly names: NameAuthority;
+  readonly ops: (b: GraphBuilder) => VersionedOps;
   /** values replaced by earlier placements (a layer-scope output is the next layer's input) */
   private readonly replaced = new Map<Value, Value>();
   private readonly sharedWeights = new Map<Plugin, Map<Value, Value>>();
   private readonly pooled = new Map<string, Value>();
 
-  constructor(private readonly model: Model) {
+  constructor(readonly model: Model) {
     this.names = NameAuthority.forModel(model);
     const opset = model.opsetVersion('') ?? MIN_OPSET;
     this.ops = (b) => new VersionedOps(b, opset);
   }
 
-  private current(v: Value): Value {
+  current(v: Value): Value {
     let cur = v;
     while (this.replaced.has(cur)) cur = this.replaced.get(cur)!;
     return cur;
   }
 
+  /** Rewrite the model's graph: the block's result is replaced by the plugin-wrapped computation. */
   apply(p: Placement): void {
+    const main = this.builder(this.model.graph, p);
+    this.replace(p.output, this.compressedRun(p, main, main));
+  }
+
+  replace(old: Value, result: Value): void {
+    takePlace(old, result, this.names);
+    this.replaced.set(old, result);
+  }
+
+  builder(graph: Graph, p: Placement): GraphBuilder {
+    return new GraphBuilder(graph, this.names, { prefix: `vcompile/plugin/L${p.layer.index}/` });
+  }
+
+  /**
+   * Build, with `b` (the main graph or an If branch), the block run on the compressed sequence, wrapped in
+   * the plugin; returns the restored, cropped result. Plugin weights and pooled masks go to `main`.
+   */
+  compressedRun(p: Placement, b: GraphBuilder, main: GraphBuilder): Value {
     const k = p.plugin.ratio;
-    const b = new GraphBuilder(this.model.graph, this.names, { prefix: `vcompile/plugin/L${p.layer.index}/` });
     const ops = this.ops(b);
     const hidden = this.current(p.hidden);
     const padded = k > 1 ? padToMultiple(b, ops, hidden, 1, 3, k, b.scalar('zero', 0)) : undefined;
@@ -206,19 +226,25 @@ class Rewriter {
     const weights = this.sharedWeights.get(p.plugin) ?? new Map<Value, Value>();
     this.sharedWeights.set(p.plugin, weights);
     const inputs = new Map([[p.plugin.hiddenInput, padded?.value ?? hidden], [p.plugin.innerInput, inner]]);
-    const outputs = spliceGraph(p.plugin.model.graph, b, inputs, weights);
+    const outputs = spliceGraph(p.plugin.model.graph, b, inputs, weights, main);
     const pluginOutput = (v: Value) => outputs[p.plugin.model.graph.outputs.indexOf(v)];
-    const compressedOut = pluginOutput(p.plugin.compressed);
-    const restoredOut = pluginOutput(p.plugin.restored);
-    const mapping = new Map<Value, Value>([[p.hidden, compressedOut], [hidden, compressedOut]]);
-    for (const pooled of p.terms) mapping.set(pooled.term.value, this.pool(b, ops, pooled, k));
+    const mapping = new Map<Value, Value>([[p.hidden, pluginOutput(p.plugin.compressed)], [hidden, pluginOutput(p.plugin.compressed)]]);
+    for (const pooled of p.terms) mapping.set(pooled.term.value, this.pool(main, this.ops(main), pooled, k));
+    replaceAllUses(inner, this.copyRegion(p, b, mapping));
+    const restored = pluginOutput(p.plugin.restored);
+    return padded ? cropTo(b, ops, restored, 1, padded.length) : restored;
+  }
+
+  /** The block as it is (no plugin), built with `b`: the uncompressed branch of a switchable model. */
+  uncompressedRun(p: Placement, b: GraphBuilder): Value {
+    return this.copyRegion(p, b, new Map([[p.hidden, this.current(p.hidden)]]));
+  }
+
+  private copyRegion(p: Placement, b: GraphBuilder, mapping: Map<Value, Value>): Value {
     cloneNodes(p.region, b, mapping);
-    const blockOnShort = mapping.get(p.output);
-    if (!blockOnShort) throw new Error(`internal: the copied region does not compute ${p.output.name}`);
-    replaceAllUses(inner, blockOnShort);
-    const result = padded ? cropTo(b, ops, restoredOut, 1, padded.length) : restoredOut;
-    takePlace(p.output, result, this.names);
-    this.replaced.set(p.output, result);
+    const result = mapping.get(p.output);
+    if (!result) throw new Error(`internal: the copied region does not compute ${p.output.name}`);
+    return result;
   }
 
   /** A score term pooled to the compressed length, shared by every layer that reads it. */
@@ -233,7 +259,26 @@ class Rewriter {
   }
 }
 
-function recordProvenance(model: Model, placements: Placement[]): void {
+/** "layers 0-2: ffn k=4 (builtin:mean:4)", one clause per plugin. */
+export function summarizePlacements(placements: readonly Placement[]): string {
+  if (placements.length === 0) return 'no layer compressed';
+  const byPlugin = new Map<Plugin, number[]>();
+  for (const p of placements) byPlugin.set(p.plugin, [...(byPlugin.get(p.plugin) ?? []), p.layer.index]);
+  return [...byPlugin].map(([plugin, layers]) => `layer${layers.length > 1 ? 's' : ''} ${formatLayers(layers)}: ${plugin.scope} k=${plugin.ratio} (${plugin.source})`).join('; ');
+}
+
+function formatLayers(layers: number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < layers.length; i++) {
+    let j = i;
+    while (j + 1 < layers.length && layers[j + 1] === layers[j] + 1) j++;
+    runs.push(i === j ? `${layers[i]}` : `${layers[i]}-${layers[j]}`);
+    i = j;
+  }
+  return runs.join(',');
+}
+
+export function recordProvenance(model: Model, placements: Placement[]): void {
   if (placements.length === 0) return;
   const byPlugin = new Map<Plugin, number[]>();
   for (const p of placements) byPlugin.set(p.plugin, [...(byPlugin.get(p.plugin) ?? []), p.layer.index]);

@@ -321,6 +321,13 @@ function combine(op: string, args: SymDim[]): SymDim {
       if (x !== undefined && y !== undefined && y !== 0) return num(Math.trunc(x / y));
       return a.divExact(b);
     }
+    case 'Mod': {
+      // Only where both Mod definitions agree (fmod 0 takes the divisor's sign, fmod 1 the dividend's),
+      // so the attribute does not matter: sizes padded to a multiple of k compute (k - n % k) % k.
+      const x = a.constant;
+      const y = b.constant;
+      return x !== undefined && y !== undefined && x >= 0 && y > 0 ? num(x % y) : undefined;
+    }
     case 'Equal': return decideEqual(a, b);
     case 'Max': return maxMin(a, b, true);
     case 'Min': return maxMin(a, b, false);

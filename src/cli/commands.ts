@@ -1,15 +1,30 @@
 // What each CLI command does, on top of the library. Output goes to stdout; --json prints one object.
-import { runPasses } from '../../passes/pipeline.js';
+import { type Pass, runPasses } from '../../passes/pipeline.js';
+import { type PluginRequest, pluginPass } from '../../passes/plugin/index.js';
+import { switchablePass } from '../../passes/plugin/switchable.js';
 import { deadCodePass } from '../../passes/dce/index.js';
+import { describeLayers, formatLayerTable } from '../analysis/index.js';
 import { ExitCode, VcompileError } from '../errors.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
 import { loadModel, saveModel } from '../onnx/file.js';
 import { verifyModel } from '../verify/ir.js';
+import { type CompileVerifyFlags, compiledFailure, describeVerify, verifyCompiled } from './runtime-commands.js';
 
-export function inspectFile(file: string, options: { json: boolean }): number {
-  const summary = summarize(loadModel(file));
-  print(options.json ? JSON.stringify({ file, ...summary }, null, 2) : formatSummary(summary, file));
+export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
+  const model = loadModel(file);
+  const summary = summarize(model);
+  const layers = options.layers ? describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') }) : undefined;
+  if (options.json) {
+    print(JSON.stringify({ file, ...summary, ...(layers ? { transformer: layers } : {}) }, null, 2));
+  } else {
+    print(formatSummary(summary, file) + (layers ? `\n\n${formatLayerTable(layers)}` : ''));
+  }
   return ExitCode.ok;
+}
+
+function positive(value: number, flag: string): number {
+  if (!Number.isInteger(value) || value < 1) throw new VcompileError(`${flag} must be a positive integer, got ${value}`);
+  return value;
 }
 
 export interface CompileOptions {
@@ -21,13 +36,59 @@ export interface CompileOptions {
   eliminateDeadCode: boolean;
   verifyIr: boolean;
   json: boolean;
+  /** check the written model against MODEL on ONNX Runtime; undefined with --no-verify */
+  verify?: CompileVerifyFlags;
+  /** --plugin values: FILE, builtin:KIND:K[:SCOPE], or L=FILE for layer L */
+  plugins: string[];
+  /** --layers, e.g. "2-9" or "0,3,5-7" */
+  layers?: string;
+  /** --compress-causal, same syntax */
+  compressCausal?: string;
+  switchable: boolean;
+  defaultRatio?: number;
 }
 
-export function compileFile(file: string, options: CompileOptions): number {
+/** The passes a compile runs, from its flags, in order. */
+function compilePasses(options: CompileOptions): Pass[] {
+  const passes: Pass[] = [];
+  if (options.plugins.length) {
+    const pluginOptions = {
+      plugins: options.plugins.map(parsePluginFlag),
+      layers: options.layers === undefined ? undefined : parseLayerList(options.layers, '--layers'),
+      compressCausal: options.compressCausal === undefined ? undefined : parseLayerList(options.compressCausal, '--compress-causal'),
+    };
+    passes.push(options.switchable ? switchablePass({ ...pluginOptions, defaultRatio: options.defaultRatio }) : pluginPass(pluginOptions));
+  } else if (options.switchable) {
+    throw new VcompileError('--switchable needs at least one --plugin');
+  }
+  if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
+  if (options.eliminateDeadCode) passes.push(deadCodePass);
+  return passes;
+}
+
+/** `FILE`, `builtin:...`, or `L=FILE` (L a 0-based layer index). */
+export function parsePluginFlag(flag: string): PluginRequest {
+  const perLayer = /^(\d+)=(.+)$/.exec(flag);
+  return perLayer ? { layer: Number(perLayer[1]), source: perLayer[2] } : { source: flag };
+}
+
+/** "2-9" or "0,3,5-7" as layer indices. */
+export function parseLayerList(text: string, flag: string): number[] {
+  const layers: number[] = [];
+  for (const part of text.split(',')) {
+    const range = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!range) throw new VcompileError(`${flag} takes layer indices like 2-9 or 0,3,5-7, got '${text}'`);
+    const [first, last] = [Number(range[1]), Number(range[2] ?? range[1])];
+    if (last < first) throw new VcompileError(`${flag}: range ${part} runs backwards`);
+    for (let i = first; i <= last; i++) layers.push(i);
+  }
+  return [...new Set(layers)];
+}
+
+export async function compileFile(file: string, options: CompileOptions): Promise<number> {
   const model = loadModel(file);
   if (options.verifyIr) requireValid(verifyModel(model), file);
-  const passes = options.eliminateDeadCode ? [deadCodePass] : [];
-  const result = runPasses(model, passes, { verify: options.verifyIr });
+  const result = runPasses(model, compilePasses(options), { verify: options.verifyIr });
   const written = saveModel(result.model, options.output, {
     externalData: options.externalData,
     location: options.dataLocation,
@@ -35,8 +96,10 @@ export function compileFile(file: string, options: CompileOptions): number {
     protect: [file],
     overwrite: options.overwrite,
   });
-  const report = { input: file, output: options.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes: result.passes };
-  print(options.json ? JSON.stringify(report, null, 2) : describeWrite(report));
+  const verify = options.verify ? await verifyCompiled(file, options.output, options.verify) : null;
+  const report = { input: file, output: options.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes: result.passes, verify };
+  print(options.json ? JSON.stringify(report, null, 2) : describeWrite(report) + (verify ? `\n${describeVerify(verify)}` : ''));
+  if (verify && !verify.pass) throw compiledFailure(verify, options.output);
   return ExitCode.ok;
 }
 
@@ -46,8 +109,8 @@ function requireValid(problems: ReturnType<typeof verifyModel>, file: string): v
   throw new VcompileError(`${file}: invalid graph: ${first.where}: ${first.message}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`);
 }
 
-function describeWrite(report: { output: string; bytes: number; externalData: string | null; passes: { name: string; report: object }[] }): string {
-  const lines = report.passes.map((p) => `${p.name}: ${JSON.stringify(p.report)}`);
+function describeWrite(report: { output: string; bytes: number; externalData: string | null; passes: { name: string; report: object; summary?: string }[] }): string {
+  const lines = report.passes.map((p) => `${p.name}: ${p.summary ?? JSON.stringify(p.report)}`);
   lines.push(`wrote ${report.output} (${report.bytes} bytes${report.externalData ? `, weights in ${report.externalData}` : ''})`);
   return lines.join('\n');
 }

@@ -2,6 +2,8 @@
 import yargs, { type Argv } from 'yargs';
 import { VcompileError } from '../errors.js';
 import { compileFile, inspectFile } from './commands.js';
+import { initPlugin } from './plugin-commands.js';
+import { benchCommand, verifyCommand } from './runtime-commands.js';
 
 const VERSION = '0.1.0';
 
@@ -26,19 +28,116 @@ function reportError(error: unknown): number {
   return 70;
 }
 
+/** Flags of every command that runs models: execution provider, threads, optimization level. */
+function withRuntime<T>(y: Argv<T>) {
+  return y
+    .option('ep', { choices: ['cpu', 'cuda', 'auto'] as const, default: 'cpu' as const, describe: 'execution provider (auto: CUDA when installed, else CPU with a notice)' })
+    .option('device-id', { type: 'number', default: 0, describe: 'GPU index for --ep cuda/auto' })
+    .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+    .option('graph-optimization', { choices: ['disabled', 'basic', 'extended', 'all'] as const, default: 'all' as const, describe: 'ONNX Runtime graph optimization level' });
+}
+
+/** The batch x seq grid of generated inputs. */
+function withGrid<T>(y: Argv<T>, batch: string, seq: string) {
+  return y
+    .option('batch', { type: 'string', default: batch, describe: 'batch sizes, comma-separated' })
+    .option('seq', { type: 'string', default: seq, describe: 'sequence lengths, comma-separated' })
+    .option('dim', { type: 'string', array: true, nargs: 1, describe: 'bind a symbolic input dim by name, NAME=VALUE (repeatable; wins over --batch/--seq)' })
+    .option('seed', { type: 'number', default: 0, describe: 'seed of the generated inputs' });
+}
+
+function runtimeArgs(args: { ep: 'cpu' | 'cuda' | 'auto'; 'device-id': number; threads?: number; 'graph-optimization': 'disabled' | 'basic' | 'extended' | 'all' }) {
+  return { ep: args.ep, deviceId: args['device-id'], threads: args.threads, graphOptimization: args['graph-optimization'] };
+}
+
 function buildParser(argv: string[], out: { code: number }): Argv {
   return yargs(argv)
     .scriptName('vcompile')
-    .usage('$0 MODEL -o OUT [options]\n$0 inspect MODEL [options]')
+    .usage('$0 MODEL -o OUT [--plugin P ...] [options]\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]')
     .command(
       'inspect <model>',
       'describe a model: versions, inputs/outputs, op histogram, weights, external data',
       (y) =>
         y
           .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file' })
-          .option('json', { type: 'boolean', default: false, describe: 'print JSON' }),
+          .option('json', { type: 'boolean', default: false, describe: 'print JSON' })
+          .option('layers', { type: 'boolean', default: false, describe: 'add the transformer layer table (heads, FFN, norm, MACs, params)' })
+          .option('seq', { type: 'number', default: 128, describe: 'sequence length the layer MACs are counted at' })
+          .option('batch', { type: 'number', default: 1, describe: 'batch size the layer MACs are counted at' }),
       (args) => {
-        out.code = inspectFile(args.model, { json: args.json });
+        out.code = inspectFile(args.model, { json: args.json, layers: args.layers, seq: args.seq, batch: args.batch });
+      },
+    )
+    .command(
+      'plugin init',
+      'write a built-in compression plugin as an ONNX file',
+      (y) =>
+        y
+          .option('kind', { choices: ['mean', 'variator', 'identity'] as const, demandOption: true, describe: 'mean: average and repeat; variator: learned merge + adapter; identity: k = 1 plumbing check' })
+          .option('ratio', { type: 'number', demandOption: true, describe: 'compression ratio k' })
+          .option('hidden', { type: 'number', demandOption: true, describe: 'hidden size d of the model' })
+          .option('scope', { choices: ['ffn', 'attention', 'layer'] as const, default: 'ffn' as const, describe: 'the block the plugin wraps' })
+          .option('opset', { type: 'number', default: 17, describe: 'default-domain opset to write (use the model\'s)' })
+          .option('seed', { type: 'number', default: 0, describe: 'variator: seed of the random init' })
+          .option('zero-adapter', { type: 'boolean', default: false, describe: 'variator: zero-init the adapter so restore starts as a plain repeat' })
+          .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the plugin file to write' })
+          .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+      (args) => {
+        out.code = initPlugin({
+          kind: args.kind, ratio: args.ratio, hidden: args.hidden, scope: args.scope, opset: args.opset, seed: args.seed,
+          zeroAdapter: args['zero-adapter'], output: args.output, json: args.json,
+        });
+      },
+    )
+    .command(
+      'verify <original> <rewritten>',
+      'run both models on the same inputs and compare their outputs (exit 1 when a threshold is violated)',
+      (y) =>
+        withRuntime(withGrid(y, '1,3', '16,37'))
+          .positional('original', { type: 'string', demandOption: true, describe: 'the reference model' })
+          .positional('rewritten', { type: 'string', demandOption: true, describe: 'the model checked against it' })
+          .option('max-error', { type: 'number', describe: 'fail when an output\'s max abs error exceeds this (default: report only)' })
+          .option('min-cosine', { type: 'number', describe: 'fail when an output\'s cosine similarity falls below this (default: report only)' })
+          .option('inputs', { type: 'string', describe: 'read the inputs from this folder (input_N.pb TensorProto files, NAME.npy or input_N.npy) instead of generating them' })
+          .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' }),
+      async (args) => {
+        out.code = await verifyCommand(args.original, args.rewritten, {
+          ...runtimeArgs(args),
+          batch: args.batch,
+          seq: args.seq,
+          dim: args.dim,
+          seed: args.seed,
+          maxError: args['max-error'],
+          minCosine: args['min-cosine'],
+          inputs: args.inputs,
+          json: args.json,
+        });
+      },
+    )
+    .command(
+      'bench <models..>',
+      'time models side by side on ONNX Runtime (interleaved runs) with their MACs',
+      (y) =>
+        withRuntime(withGrid(y, '1', '128'))
+          .positional('models', { type: 'string', array: true, demandOption: true, describe: 'the .onnx files; speed-ups are against the first' })
+          .option('warmup', { type: 'number', default: 2, describe: 'untimed runs per model before each batch/seq point' })
+          .option('runs', { type: 'number', default: 10, describe: 'timed runs per model at each batch/seq point' })
+          .option('spin', { type: 'boolean', default: false, describe: 'let ONNX Runtime\'s idle threads spin (off by default: between interleaved sessions it steals cores)' })
+          .option('chart', { type: 'string', describe: 'write an SVG chart of latency versus sequence length here' })
+          .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' }),
+      async (args) => {
+        out.code = await benchCommand(args.models, {
+          ...runtimeArgs(args),
+          batch: args.batch,
+          seq: args.seq,
+          dim: args.dim,
+          seed: args.seed,
+          spin: args.spin,
+          warmup: args.warmup,
+          runs: args.runs,
+          chart: args.chart,
+          json: args.json,
+        });
       },
     )
     .command(
@@ -54,9 +153,20 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
           .option('eliminate-dead-code', { type: 'boolean', default: false, describe: 'remove nodes and weights no output depends on' })
           .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier on the input and after every pass' })
-          .option('json', { type: 'boolean', default: false, describe: 'print a JSON report on stdout' }),
-      (args) => {
-        out.code = compileFile(args.model, {
+          .option('json', { type: 'boolean', default: false, describe: 'print a JSON report on stdout' })
+          .option('plugin', { type: 'string', array: true, nargs: 1, default: [] as string[], describe: 'compression plugin: FILE, builtin:KIND:K[:SCOPE], or L=FILE for layer L only (repeatable)' })
+          .option('layers', { type: 'string', describe: 'layers to compress, e.g. 2-9 or 0,3,5-7 (default: every layer whose self-attention is not causal)' })
+          .option('compress-causal', { type: 'string', describe: 'also compress these causal self-attention layers (merging positions leaks future tokens)' })
+          .option('switchable', { type: 'boolean', default: false, describe: 'one model for every plugin ratio given, chosen at run time by the input vcompile_ratio' })
+          .option('default-ratio', { type: 'number', describe: 'with --switchable: the ratio used when vcompile_ratio is not fed (default 1)' })
+          .option('verify', { type: 'boolean', default: true, describe: 'run the written model against MODEL on ONNX Runtime and report the error (--no-verify skips it)' })
+          .option('max-error', { type: 'number', describe: 'verification gate: exit 1 when an output\'s max abs error exceeds this' })
+          .option('min-cosine', { type: 'number', describe: 'verification gate: exit 1 when an output\'s cosine similarity falls below this' })
+          .option('dim', { type: 'string', array: true, nargs: 1, describe: 'verification: bind a symbolic input dim, NAME=VALUE (repeatable)' })
+          .option('ep', { choices: ['cpu', 'cuda', 'auto'] as const, default: 'cpu' as const, describe: 'verification: execution provider' })
+          .option('device-id', { type: 'number', default: 0, describe: 'verification: GPU index for --ep cuda/auto' }),
+      async (args) => {
+        out.code = await compileFile(args.model, {
           output: args.output,
           externalData: args['external-data'],
           dataLocation: args['data-location'],
@@ -65,6 +175,14 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           eliminateDeadCode: args['eliminate-dead-code'],
           verifyIr: args['verify-ir'],
           json: args.json,
+          plugins: args.plugin,
+          layers: args.layers,
+          compressCausal: args['compress-causal'],
+          switchable: args.switchable,
+          defaultRatio: args['default-ratio'],
+          verify: args.verify
+            ? { maxError: args['max-error'], minCosine: args['min-cosine'], dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
+            : undefined,
         });
       },
     )

@@ -85,6 +85,8 @@ export function spliceGraph(
   b: GraphBuilder,
   inputs: Map<Value, Value>,
   sharedWeights?: Map<Value, Value>,
+  /** where the weights go (default: the builder's own graph); an enclosing graph keeps them out of If branches */
+  weightBuilder: GraphBuilder = b,
 ): Value[] {
   const mapping = new Map(inputs);
   for (const input of source.inputs) {
@@ -93,7 +95,7 @@ export function spliceGraph(
   for (const weight of source.initializers) {
     if (mapping.has(weight)) continue;
     const shared = sharedWeights?.get(weight);
-    const copy = shared ?? b.initializer(weight.name, cloneTensorRef(weight));
+    const copy = shared ?? weightBuilder.initializer(weight.name, cloneTensorRef(weight));
     sharedWeights?.set(weight, copy);
     mapping.set(weight, copy);
   }

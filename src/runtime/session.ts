@@ -1,28 +1,89 @@
 // ONNX Runtime (onnxruntime-node) behind a small interface that speaks IR tensors, so callers never
-// handle ort.Tensor themselves. CPU only for now.
+// handle ort.Tensor themselves: models from a path, bytes or an IR model, the CPU or CUDA execution
+// provider, and extra outputs for reading intermediate values.
+import { createRequire } from 'node:module';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { inferShapes } from '../analysis/shapes.js';
 import { VcompileError } from '../errors.js';
+import type { Value } from '../ir/graph.js';
+import type { Model } from '../ir/model.js';
 import { Tensor } from '../ir/tensor.js';
-import { DataType, dataTypeName } from '../ir/types.js';
+import { DataType, dataTypeName, isTensorType, tensorType } from '../ir/types.js';
+import { concatChunks, encode } from '../onnx/codec.js';
+import { decodeModel, loadModel } from '../onnx/file.js';
+import { modelToProto, typeToProto } from '../onnx/serde.js';
+
+/** `auto`: CUDA when its provider loads, else CPU with a one-line notice. */
+export type ExecutionProvider = 'cpu' | 'cuda' | 'auto';
 
 export interface SessionOptions {
-  ep?: 'cpu';
+  ep?: ExecutionProvider;
+  /** GPU index for CUDA (default 0) */
+  deviceId?: number;
   /** intra-op threads (ORT's default, one per core, when absent) */
   threads?: number;
   graphOptimizationLevel?: 'disabled' | 'basic' | 'extended' | 'all';
+  /**
+   * Whether idle intra-op threads spin before sleeping (ORT's default: yes). Benchmarks that alternate
+   * between sessions turn it off: a session that just finished would keep spinning on the cores the
+   * next one needs.
+   */
+  spinning?: boolean;
+  /** external data files of a model given as bytes: `path` as the model's external_data location names it */
+  externalData?: { path: string; data: Uint8Array }[];
+  /**
+   * Values to return besides the model's outputs (intermediate activations): they become graph outputs
+   * of a copy of the model; the model itself is not changed.
+   */
+  extraOutputs?: readonly string[];
+  /** where the `auto` fallback notice goes (default: stderr, each distinct notice once per process) */
+  notify?: (line: string) => void;
 }
 
 export interface Session {
   readonly ort: ort.InferenceSession;
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
+  /** the provider the session runs on */
+  readonly ep: 'cpu' | 'cuda';
   release(): Promise<void>;
 }
 
-/** Load a model (a file path or its bytes) into ONNX Runtime. */
-export async function openSession(model: string | Uint8Array, options: SessionOptions = {}): Promise<Session> {
+export const CUDA_INSTALL_COMMAND = 'ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node';
+
+/** Load a model (a file path, its bytes, or an IR model) into ONNX Runtime. */
+export async function openSession(model: string | Uint8Array | Model, options: SessionOptions = {}): Promise<Session> {
+  const source = modelSource(model, options);
+  const ep = options.ep ?? 'cpu';
+  if (ep === 'cpu') return createSession(source, options, 'cpu');
+  if (!cudaProviderInstalled()) {
+    if (ep === 'cuda') throw new VcompileError(`--ep cuda: ${cudaMissingReason()}; install it with \`${CUDA_INSTALL_COMMAND}\` (needs CUDA 12 and cuDNN 9), or use --ep cpu or --ep auto`);
+    notice(options, `--ep auto: running on CPU: ${cudaMissingReason()} (\`${CUDA_INSTALL_COMMAND}\` installs it)`);
+    return createSession(source, options, 'cpu');
+  }
+  try {
+    return await createSession(source, options, 'cuda');
+  } catch (error) {
+    const why = error instanceof VcompileError ? error.message : firstLine(error);
+    if (ep === 'cuda') throw new VcompileError(`--ep cuda: ${why}`);
+    notice(options, `--ep auto: running on CPU: the CUDA provider did not start (${why})`);
+    return createSession(source, options, 'cpu');
+  }
+}
+
+interface ModelSource {
+  model: string | Uint8Array;
+  label: string;
+  externalData?: { path: string; data: Uint8Array }[];
+}
+
+async function createSession(source: ModelSource, options: SessionOptions, ep: 'cpu' | 'cuda'): Promise<Session> {
+  quietOrtEnvironment();
+  const provider: ort.InferenceSession.ExecutionProviderConfig = ep === 'cuda' ? { name: 'cuda', deviceId: options.deviceId ?? 0 } : 'cpu';
   const sessionOptions: ort.InferenceSession.SessionOptions = {
-    executionProviders: [options.ep ?? 'cpu'],
+    executionProviders: [provider],
     graphOptimizationLevel: options.graphOptimizationLevel ?? 'all',
     // ORT logs what it also throws; vcompile reports the thrown error itself.
     logSeverityLevel: 4,
@@ -31,31 +92,136 @@ export async function openSession(model: string | Uint8Array, options: SessionOp
     sessionOptions.intraOpNumThreads = options.threads;
     sessionOptions.interOpNumThreads = 1;
   }
+  if (options.spinning === false) sessionOptions.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
+  const externalData = source.externalData ?? options.externalData;
+  if (externalData) sessionOptions.externalData = externalData;
   let inner: ort.InferenceSession;
   try {
-    inner = typeof model === 'string'
-      ? await ort.InferenceSession.create(model, sessionOptions)
-      : await ort.InferenceSession.create(model, sessionOptions);
+    inner = typeof source.model === 'string'
+      ? await ort.InferenceSession.create(source.model, sessionOptions)
+      : await ort.InferenceSession.create(source.model, sessionOptions);
   } catch (error) {
-    const what = typeof model === 'string' ? model : 'model';
-    throw new VcompileError(`onnxruntime could not load ${what}: ${firstLine(error)}`);
+    throw new VcompileError(`onnxruntime could not load ${source.label}: ${firstLine(error)}`);
   }
-  return { ort: inner, inputNames: inner.inputNames, outputNames: inner.outputNames, release: () => inner.release() };
+  return { ort: inner, inputNames: inner.inputNames, outputNames: inner.outputNames, ep, release: () => inner.release() };
+}
+
+let environmentQuieted = false;
+
+/** ORT's process-wide logger prints provider load failures that vcompile reports itself, once, in one line. */
+function quietOrtEnvironment(): void {
+  if (environmentQuieted) return;
+  environmentQuieted = true;
+  ort.env.logLevel = 'fatal';
+}
+
+const noticesGiven = new Set<string>();
+
+function notice(options: SessionOptions, line: string): void {
+  if (options.notify) return options.notify(line);
+  if (noticesGiven.has(line)) return;
+  noticesGiven.add(line);
+  process.stderr.write(`vcompile: note: ${line}\n`);
+}
+
+/** The folder onnxruntime-node loads its native libraries (and execution providers) from. */
+export function ortLibraryFolder(): string {
+  const entry = createRequire(import.meta.url).resolve('onnxruntime-node');
+  return path.join(path.dirname(entry), '..', 'bin', 'napi-v6', process.platform, process.arch);
+}
+
+function cudaProviderFile(): string {
+  return process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so';
+}
+
+/** Whether onnxruntime-node's CUDA provider library is installed (it is not bundled with the npm package). */
+export function cudaProviderInstalled(): boolean {
+  return fs.existsSync(path.join(ortLibraryFolder(), cudaProviderFile()));
+}
+
+function cudaMissingReason(): string {
+  return `onnxruntime-node's CUDA execution provider is not installed (no ${cudaProviderFile()} in ${path.relative(process.cwd(), ortLibraryFolder()) || '.'})`;
+}
+
+/** What ORT loads: the path or bytes as given, or an encoded copy of the IR model with the extra outputs. */
+function modelSource(model: string | Uint8Array | Model, options: SessionOptions): ModelSource {
+  const label = typeof model === 'string' ? model : 'model';
+  const extra = options.extraOutputs ?? [];
+  if (typeof model === 'string' && extra.length === 0) return { model, label };
+  if (model instanceof Uint8Array && extra.length === 0) return { model, label };
+  const ir = typeof model === 'string' ? loadModel(model) : model instanceof Uint8Array ? decodeModel(model) : model;
+  return { ...encodeWithOutputs(ir, extra), label };
+}
+
+/**
+ * Encode `model` with `names` appended to the graph outputs. Weights stored in external files stay
+ * there: their bytes are handed to ORT as in-memory files, rebuilt from each tensor's own range, so
+ * models above protobuf's 2 GiB limit work too and nothing is written to disk.
+ */
+function encodeWithOutputs(model: Model, names: readonly string[]): { model: Uint8Array; externalData?: { path: string; data: Uint8Array }[] } {
+  const files = new Map<string, { offset: number; bytes: Uint8Array }[]>();
+  const proto = modelToProto(model, {
+    placeExternal: (tensor) => {
+      if (tensor.storage.kind !== 'external') return undefined;
+      const external = tensor.storage.external;
+      const parts = files.get(external.location) ?? [];
+      parts.push({ offset: external.offset, bytes: external.load() });
+      files.set(external.location, parts);
+      return external.entries;
+    },
+  });
+  const graph = proto.graph as { output?: unknown[] };
+  const present = new Set(model.graph.outputs.map((v) => v.name));
+  for (const name of names) {
+    if (present.has(name)) continue;
+    present.add(name);
+    graph.output = [...(graph.output ?? []), { name, type: typeToProto(tensorType(elementTypeOf(model, name))) }];
+  }
+  const externalData = [...files].map(([location, parts]) => ({ path: location, data: assemble(parts) }));
+  return { model: concatChunks(encode('ModelProto', proto)), externalData: externalData.length ? externalData : undefined };
+}
+
+function assemble(parts: { offset: number; bytes: Uint8Array }[]): Uint8Array {
+  const size = Math.max(...parts.map((p) => p.offset + p.bytes.length));
+  const out = new Uint8Array(size);
+  for (const p of parts) out.set(p.bytes, p.offset);
+  return out;
+}
+
+/** Element type of a main-graph value: declared, else inferred (ORT needs it for an output; the shape it does not). */
+function elementTypeOf(model: Model, name: string): number {
+  const graph = model.graph;
+  const value = graph.inputs.find((v) => v.name === name) ?? graph.nodes.flatMap((n) => n.outputs).find((v): v is Value => v?.name === name);
+  if (!value) throw new VcompileError(`extra output ${name}: no such value in the main graph (node outputs and graph inputs can be read)`);
+  const declared = isTensorType(value.type) ? value.type.elemType : undefined;
+  if (declared !== undefined && declared !== DataType.UNDEFINED) return declared;
+  const inferred = inferShapes(graph).get(value).dtype;
+  if (inferred === undefined) throw new VcompileError(`extra output ${name}: its element type is neither declared nor inferable`);
+  return inferred;
 }
 
 /** Run the model once; returns every output, named as the model names it. */
 export async function run(session: Session, feeds: Record<string, Tensor>): Promise<Record<string, Tensor>> {
-  const ortFeeds: Record<string, ort.Tensor> = {};
-  for (const [name, tensor] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(tensor);
-  let results: ort.InferenceSession.OnnxValueMapType;
-  try {
-    results = await session.ort.run(ortFeeds, { logSeverityLevel: 4 });
-  } catch (error) {
-    throw new VcompileError(`onnxruntime failed to run the model: ${firstLine(error)}`);
-  }
+  const results = await runPrepared(session, prepareFeeds(feeds));
   const out: Record<string, Tensor> = {};
   for (const [name, value] of Object.entries(results)) out[name] = fromOrtTensor(name, value as ort.Tensor);
   return out;
+}
+
+/** Feeds converted once, for timing loops that should not time the conversion. */
+export function prepareFeeds(feeds: Record<string, Tensor>): Record<string, ort.Tensor> {
+  const ortFeeds: Record<string, ort.Tensor> = {};
+  for (const [name, tensor] of Object.entries(feeds)) ortFeeds[name] = toOrtTensor(tensor);
+  return ortFeeds;
+}
+
+/** Run with prepared feeds; the outputs stay ORT tensors. */
+export async function runPrepared(session: Session, feeds: Record<string, ort.Tensor>): Promise<ort.InferenceSession.OnnxValueMapType> {
+  try {
+    return await session.ort.run(feeds, { logSeverityLevel: 4 });
+  } catch (error) {
+    throw new VcompileError(`onnxruntime failed to run the model: ${firstLine(error)}`);
+  }
 }
 
 type OrtType = ort.Tensor.Type;

@@ -1,0 +1,167 @@
+// One model, many speeds: every wrapped block becomes a chain of If nodes that picks, from the graph input
+// `vcompile_ratio` (int64 scalar, with a default), the block wrapped in the plugin of that ratio, or the
+// block as it is (ratio 1). Branches read the backbone's weights from the enclosing graph, so they are
+// stored once; plugin weights and pooled masks live in the main graph too. An unknown ratio fails at run
+// time in a node whose name says which ratios the model has.
+import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
+import { VcompileError } from '../../src/errors.js';
+import { GraphBuilder } from '../../src/ir/builder.js';
+import { Graph, Value } from '../../src/ir/graph.js';
+import type { Model } from '../../src/ir/model.js';
+import { Tensor } from '../../src/ir/tensor.js';
+import { eliminateDeadCode, toposort } from '../../src/ir/transforms.js';
+import { DataType, type IrType, tensorType } from '../../src/ir/types.js';
+import type { Pass } from '../pipeline.js';
+import { loadPlugin } from './contract.js';
+import { type Placement, type PluginPassOptions, type PluginRequest, Rewriter, plan, recordProvenance, summarizePlacements } from './index.js';
+
+import { RATIO_INPUT } from '../../src/runtime/adaptive.js';
+
+export { RATIO_INPUT };
+
+export interface SwitchableOptions extends PluginPassOptions {
+  /** the ratio used when `vcompile_ratio` is not fed (default 1: the original computation) */
+  defaultRatio?: number;
+}
+
+export function switchablePass(options: SwitchableOptions): Pass {
+  return {
+    name: 'switchable-plugins',
+    run(model) {
+      const analysis = analyzeTransformer(model);
+      if (analysis.error) throw new VcompileError(`cannot place plugins: transformer analysis stopped: ${analysis.error.message}`);
+      const byRatio = planByRatio(model, analysis, options);
+      const ratios = [1, ...[...byRatio.keys()].sort((a, b) => a - b)];
+      const defaultRatio = options.defaultRatio ?? 1;
+      if (!ratios.includes(defaultRatio)) throw new VcompileError(`--default-ratio ${defaultRatio} is not among the ratios of the plugins given (${ratios.join(', ')})`);
+      if (model.graph.lookup(RATIO_INPUT)) throw new VcompileError(`the model already has a value named ${RATIO_INPUT}`);
+      const layers = layersInOrder(byRatio);
+      const builder = new SwitchBuilder(model, ratios, defaultRatio);
+      for (const placements of layers) builder.switchLayer(placements);
+      eliminateDeadCode(model.graph);
+      toposort(model.graph);
+      const all = [...byRatio.values()].flat();
+      recordProvenance(model, all);
+      model.setMetadata('vcompile.switchable', JSON.stringify({ input: RATIO_INPUT, ratios, default: defaultRatio }));
+      return {
+        model,
+        modified: all.length > 0,
+        summary: `vcompile_ratio in {${ratios.join(', ')}} (default ${defaultRatio}); ${[...byRatio.values()].map(summarizePlacements).join('; ')}`,
+        report: { ratios, defaultRatio, layers: layers.map((l) => ({ layer: l.values().next().value!.layer.index, ratios: [...l.keys()] })) },
+      };
+    },
+  };
+}
+
+/** The placements of each ratio, planned (and checked) as the single-ratio pass would. */
+function planByRatio(model: Model, analysis: TransformerAnalysis, options: SwitchableOptions): Map<number, Placement[]> {
+  const hidden = analysis.hidden ?? 0;
+  const opset = model.opsetVersion('') ?? 0;
+  const groups = new Map<number, PluginRequest[]>();
+  for (const request of options.plugins) {
+    const { ratio } = loadPlugin(request.source, { hidden, opset });
+    if (ratio === 1) throw new VcompileError(`plugin ${request.source}: ratio 1 is the original computation, which a switchable model always has`);
+    const group = groups.get(ratio) ?? [];
+    if (request.layer === undefined && group.some((r) => r.layer === undefined)) {
+      throw new VcompileError(`two plugins for all layers have ratio ${ratio}; give one per ratio`);
+    }
+    groups.set(ratio, [...group, request]);
+  }
+  if (groups.size === 0) throw new VcompileError('--switchable needs at least one --plugin');
+  return new Map([...groups].map(([ratio, plugins]) => [ratio, plan(model, analysis, { ...options, plugins })]));
+}
+
+/** For each wrapped layer, in order: its placement per ratio (all of one scope). */
+function layersInOrder(byRatio: Map<number, Placement[]>): Map<number, Placement>[] {
+  const layers = new Map<number, Map<number, Placement>>();
+  for (const [ratio, placements] of byRatio) {
+    for (const p of placements) {
+      const perRatio = layers.get(p.layer.index) ?? new Map<number, Placement>();
+      const other = perRatio.values().next().value;
+      if (other && other.plugin.scope !== p.plugin.scope) {
+        throw new VcompileError(`layer ${p.layer.index} gets plugins of different scopes (${other.plugin.scope}, ${p.plugin.scope}); a switchable layer needs one scope`);
+      }
+      layers.set(p.layer.index, perRatio.set(ratio, p));
+    }
+  }
+  return [...layers.entries()].sort((a, b) => a[0] - b[0]).map(([, perRatio]) => perRatio);
+}
+
+class SwitchBuilder {
+  private readonly rewriter: Rewriter;
+  private readonly main: GraphBuilder;
+  private readonly ratio: Value;
+  private readonly conditions = new Map<number, Value>();
+
+  constructor(
+    model: Model,
+    private readonly ratios: number[],
+    defaultRatio: number,
+  ) {
+    this.rewriter = new Rewriter(model);
+    this.main = new GraphBuilder(model.graph, this.rewriter.names, { prefix: 'vcompile/switch/' });
+    this.rewriter.names.claim(RATIO_INPUT);
+    this.ratio = model.graph.addInput(new Value(RATIO_INPUT, tensorType(DataType.INT64, [])));
+    // An initializer of the same name is the input's default (ONNX IR >= 4).
+    model.graph.addInitializer(this.ratio, Tensor.fromArray(RATIO_INPUT, DataType.INT64, [], BigInt64Array.of(BigInt(defaultRatio))));
+    if ((model.irVersion ?? 0) < 4) model.irVersion = 4;
+  }
+
+  /** Replace one layer's block by If(ratio == r1, [r1], If(ratio == r2, [r2], ... [unknown ratio error])). */
+  switchLayer(placements: Map<number, Placement>): void {
+    const any = placements.values().next().value as Placement;
+    let fallback = this.unknownRatioBranch(any);
+    for (const ratio of [...this.ratios].reverse()) {
+      const chosen = new Graph(`vcompile/L${any.layer.index}/ratio_${ratio}`);
+      chosen.outerScope = this.main.graph;
+      const p = placements.get(ratio);
+      const b = this.rewriter.builder(chosen, any);
+      chosen.outputs = [typed(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), any.output.type)];
+      if (ratio === this.ratios[0]) {
+        const node = this.main.node('If', [this.condition(ratio)], { then_branch: chosen, else_branch: fallback });
+        this.rewriter.replace(any.output, node.outputs[0]!);
+        return;
+      }
+      fallback = this.nest(ratio, chosen, fallback, any);
+    }
+  }
+
+  /** A graph holding If(ratio == r, then, else), to be the else branch of the next check out. */
+  private nest(ratio: number, then: Graph, otherwise: Graph, p: Placement): Graph {
+    const holder = new Graph(`vcompile/L${p.layer.index}/not_ratio_${ratio}`);
+    holder.outerScope = this.main.graph;
+    const b = new GraphBuilder(holder, this.rewriter.names, { prefix: `vcompile/L${p.layer.index}/` });
+    const node = b.node('If', [this.condition(ratio)], { then_branch: then, else_branch: otherwise });
+    holder.outputs = [typed(node.outputs[0]!, p.output.type)];
+    return holder;
+  }
+
+  private condition(ratio: number): Value {
+    const cached = this.conditions.get(ratio);
+    if (cached) return cached;
+    const cond = this.main.op.Equal(this.ratio, this.main.int64s(`ratio_${ratio}`, [ratio], []));
+    this.conditions.set(ratio, cond);
+    return cond;
+  }
+
+  /**
+   * ONNX has no assertion op: this branch reshapes to a shape that cannot exist, computed from the ratio
+   * at run time (so no optimizer folds it), in a node whose name ONNX Runtime prints in its error.
+   */
+  private unknownRatioBranch(p: Placement): Graph {
+    const graph = new Graph(`vcompile/L${p.layer.index}/unknown_ratio`);
+    graph.outerScope = this.main.graph;
+    const b = new GraphBuilder(graph, this.rewriter.names, { prefix: `vcompile/L${p.layer.index}/` });
+    const impossible = b.op.Unsqueeze(b.op.Sub(b.op.Mul(this.ratio, b.int64s('zero', [0], [])), b.int64s('two', [2], [])), b.int64s('axes', [0]));
+    const failing = b.node('Reshape', [this.rewriter.current(p.hidden), impossible]);
+    failing.name = this.rewriter.names.fresh(`${RATIO_INPUT} must be one of ${this.ratios.join(', ')} (layer ${p.layer.index})`);
+    graph.outputs = [typed(failing.outputs[0]!, p.output.type)];
+    return graph;
+  }
+}
+
+/** Branch outputs carry the block result's type (element type at least), as If requires. */
+function typed(value: Value, type: IrType | undefined): Value {
+  value.type = type ?? { kind: 'tensor', elemType: DataType.FLOAT };
+  return value;
+}

@@ -1,0 +1,188 @@
+// One model, many speeds: every branch of a switchable model equals the single-ratio compiled model,
+// the default applies when the ratio is not fed, unknown ratios fail clearly, and the policies choose
+// as documented.
+import * as fc from 'fast-check';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { pluginPass } from '../passes/plugin/index.js';
+import { switchablePass } from '../passes/plugin/switchable.js';
+import type { Model } from '../src/ir/model.js';
+import { Tensor } from '../src/ir/tensor.js';
+import { DataType } from '../src/ir/types.js';
+import { encodeModel, loadModel } from '../src/onnx/file.js';
+import { AdaptiveSession, type CallContext, fixed, latencyBudget, queueDepth, ratioTensor, withFeedableRatio } from '../src/runtime/adaptive.js';
+import { openSession, run } from '../src/runtime/session.js';
+import { assertValid } from '../src/verify/ir.js';
+import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
+
+const fixture = (name: string) => path.resolve(import.meta.dirname, '../fixtures', name);
+
+function textFeeds(batch: number, seq: number, vocab: number, withMask = true): Record<string, Tensor> {
+  const feeds: Record<string, Tensor> = {
+    input_ids: Tensor.fromArray('input_ids', DataType.INT64, [batch, seq], BigInt64Array.from({ length: batch * seq }, (_, i) => BigInt((i * 13) % vocab))),
+  };
+  if (withMask) {
+    const mask = BigInt64Array.from({ length: batch * seq }, (_, i) => (i % seq < Math.max(1, seq - 2 * Math.floor(i / seq)) ? 1n : 0n));
+    feeds.attention_mask = Tensor.fromArray('attention_mask', DataType.INT64, [batch, seq], mask);
+  }
+  return feeds;
+}
+
+async function outputsOf(model: Model, feeds: Record<string, Tensor>): Promise<Float32Array[]> {
+  const session = await openSession(encodeModel(model));
+  try {
+    return Object.values(await run(session, feeds)).map((t) => t.toFloat32());
+  } finally {
+    await session.release();
+  }
+}
+
+function maxDiff(a: Float32Array[], b: Float32Array[]): number {
+  let worst = 0;
+  a.forEach((x, i) => x.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - b[i][j])))));
+  return worst;
+}
+
+async function expectBranchesMatch(load: () => Model, plugins: string[], feeds: Record<string, Tensor>): Promise<void> {
+  const switchable = load();
+  switchablePass({ plugins: plugins.map((source) => ({ source })) }).run(switchable);
+  assertValid(switchable, 'switchable-plugins');
+  const session = await openSession(encodeModel(withFeedableRatio(switchable)));
+  for (const [ratio, plugin] of [[1, undefined], ...plugins.map((p) => [Number(p.split(':')[2]), p] as const)] as const) {
+    const single = load();
+    if (plugin) pluginPass({ plugins: [{ source: plugin }] }).run(single);
+    const branch = Object.values(await run(session, { ...feeds, vcompile_ratio: ratioTensor(ratio) })).map((t) => t.toFloat32());
+    const diff = maxDiff(branch, await outputsOf(single, feeds));
+    expect({ ratio, diff, within: diff <= 1e-6 }).toMatchObject({ ratio, within: true });
+  }
+  await session.release();
+}
+
+describe('every branch equals the single-ratio compiled model', () => {
+  for (const [file, plugins] of [
+    ['bert_opset14.onnx', ['builtin:mean:2', 'builtin:variator:4']],
+    ['t5_encoder.onnx', ['builtin:variator:2:layer', 'builtin:mean:3:layer']],
+    ['encoder_decoder.onnx', ['builtin:mean:2:attention', 'builtin:variator:4:attention']],
+  ] as const) {
+    it(`${file}: ${plugins.join(', ')}`, async () => {
+      const vocab = file === 'bert_opset14.onnx' ? 1000 : 512;
+      const feeds = textFeeds(2, 7, vocab);
+      if (file === 'encoder_decoder.onnx') feeds.decoder_input_ids = Tensor.fromArray('decoder_input_ids', DataType.INT64, [2, 5], BigInt64Array.from({ length: 10 }, (_, i) => BigInt(i + 3)));
+      await expectBranchesMatch(() => loadModel(fixture(file)), [...plugins], feeds);
+    });
+  }
+
+  it('on generated transformers', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom('ffn' as const, 'attention' as const, 'layer' as const), fc.constantFrom('pre' as const, 'post' as const), fc.integer({ min: 1, max: 99 }), async (scope, norm, seed) => {
+        const config: TransformerConfig = { layers: 2, hidden: 8, heads: 2, ffnInner: 16, norm, activation: 'relu', bias: true, mask: true, causal: false, vocab: 20, seed };
+        await expectBranchesMatch(() => buildTransformer(config), [`builtin:mean:2:${scope}`, `builtin:variator:3:${scope}`], textFeeds(2, 5, 20));
+      }),
+      { numRuns: 6 },
+    );
+  }, 60_000);
+});
+
+describe('the ratio input', () => {
+  it('takes its default when not fed', async () => {
+    const switchable = loadModel(fixture('bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }], defaultRatio: 4 }).run(switchable);
+    const single = loadModel(fixture('bert_opset14.onnx'));
+    pluginPass({ plugins: [{ source: 'builtin:mean:4' }] }).run(single);
+    const feeds = textFeeds(1, 9, 1000);
+    expect(maxDiff(await outputsOf(switchable, feeds), await outputsOf(single, feeds))).toBe(0);
+  });
+
+  it('an unknown ratio fails with a message naming the ratios', async () => {
+    const model = loadModel(fixture('bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }).run(model);
+    const session = await AdaptiveSession.create(model, fixed(3));
+    await expect(session.run(textFeeds(1, 4, 1000))).rejects.toThrow('vcompile_ratio must be one of 1, 2, 4, got 3');
+    // fed directly, the model itself refuses it
+    const raw = loadModel(fixture('bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }).run(raw);
+    const direct = await openSession(encodeModel(withFeedableRatio(raw)));
+    await expect(run(direct, { ...textFeeds(1, 4, 1000), vcompile_ratio: ratioTensor(3) })).rejects.toThrow("vcompile_ratio must be one of 1, 2, 4 (layer 0)");
+  });
+
+  it('stores the backbone once: the file is the original plus the plugins', () => {
+    const original = encodeModel(loadModel(fixture('bert_opset14.onnx'))).length;
+    const withTwo = loadModel(fixture('bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:variator:2' }, { source: 'builtin:variator:4' }] }).run(withTwo);
+    const single2 = loadModel(fixture('bert_opset14.onnx'));
+    pluginPass({ plugins: [{ source: 'builtin:variator:2' }] }).run(single2);
+    const single4 = loadModel(fixture('bert_opset14.onnx'));
+    pluginPass({ plugins: [{ source: 'builtin:variator:4' }] }).run(single4);
+    const plugins = encodeModel(single2).length - original + (encodeModel(single4).length - original);
+    expect(encodeModel(withTwo).length).toBeLessThan(original + plugins + 64 * 1024);
+  });
+
+  it('refuses what it cannot build', () => {
+    const model = loadModel(fixture('bert_opset14.onnx'));
+    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:variator:2' }] }).run(model)).toThrow('two plugins for all layers have ratio 2; give one per ratio');
+    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }], defaultRatio: 4 }).run(model)).toThrow('--default-ratio 4 is not among the ratios of the plugins given (1, 2)');
+    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4:layer', layer: 1 }] }).run(model)).toThrow('layer 1 gets plugins of different scopes (ffn, layer); a switchable layer needs one scope');
+  });
+});
+
+describe('policies', () => {
+  const call = (batch: number, seq: number, pending = 1, waitedMs = 0): CallContext => ({ batch, seq, pending, waitedMs, ratios: [1, 2, 4] });
+
+  it('fixed and queueDepth', () => {
+    expect(fixed(2).choose(call(1, 8))).toBe(2);
+    const byQueue = queueDepth({ 4: 2, 16: 4 });
+    expect([1, 3, 4, 15, 16, 40].map((pending) => byQueue.choose(call(1, 8, pending)))).toEqual([1, 1, 2, 2, 4, 4]);
+  });
+
+  it('latencyBudget never picks a ratio whose learned latency exceeds the budget when another meets it', () => {
+    const lines = fc.array(fc.record({ fixedMs: fc.double({ min: 0, max: 20, noNaN: true }), perToken: fc.double({ min: 0.001, max: 1, noNaN: true }) }), { minLength: 3, maxLength: 3 });
+    fc.assert(
+      fc.property(lines, fc.double({ min: 1, max: 500, noNaN: true }), fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 512 }), (latency, budget, batch, seq) => {
+        const ratios = [1, 2, 4];
+        const policy = latencyBudget(budget);
+        const ms = (i: number, tokens: number) => latency[i].fixedMs + latency[i].perToken * tokens;
+        // learned from calls at two sizes, as a warm-up and a first real call would give
+        for (const tokens of [64, 1024]) ratios.forEach((r, i) => policy.observe(r, { ...call(1, tokens) }, ms(i, tokens)));
+        const chosen = policy.choose(call(batch, seq));
+        const tokens = batch * seq;
+        const meeting = ratios.filter((_, i) => ms(i, tokens) <= budget + 1e-9);
+        if (meeting.length) {
+          expect(meeting).toContain(chosen);
+          expect(chosen).toBe(Math.min(...meeting));
+        } else {
+          expect(chosen).toBe(4);
+        }
+      }),
+    );
+  });
+
+  it('latencyBudget counts the time a call already waited', () => {
+    const policy = latencyBudget(100);
+    [1, 2, 4].forEach((r, i) => policy.observe(r, call(1, 100), [80, 50, 20][i]));
+    expect([0, 30, 60, 90].map((waited) => policy.choose(call(1, 100, 1, waited)))).toEqual([1, 2, 4, 4]);
+  });
+
+  it('AdaptiveSession reports the ratio that served each call (fake clock)', async () => {
+    const model = loadModel(fixture('bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }).run(model);
+    // A fake clock: the session reads it before and after each run; the second read adds the ratio's cost.
+    const cost: Record<number, number> = { 1: 40, 2: 25, 4: 12 };
+    let now = 0;
+    let reads = 0;
+    let running = 1;
+    const clock = () => (reads++ % 2 === 0 ? now : (now += cost[running]));
+    const session = await AdaptiveSession.create(model, latencyBudget(30), { clock });
+    const runAt = session.runAt.bind(session);
+    session.runAt = (ratio, feeds, c) => {
+      running = ratio;
+      return runAt(ratio, feeds, c);
+    };
+    const feeds = textFeeds(1, 8, 1000);
+    await session.warmUp(feeds);
+    const served = await session.run(feeds);
+    expect(served).toMatchObject({ ratio: 2, ms: 25 });
+    expect(session.history.map((h) => h.ratio)).toEqual([1, 2, 4, 2]);
+    expect(served.outputs.last_hidden_state.dims).toEqual([1, 8, 64]);
+    await session.release();
+  });
+});
