@@ -52,7 +52,7 @@ describe('vcompile bench', () => {
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     conforms(report, {
-      models: arrayOf((m, where) => conforms(m, { file: 'string', ep: 'string', loadSeconds: 'number', memoryMiB: 'number|null' }, where)),
+      models: arrayOf((m, where) => conforms(m, { file: 'string', label: 'string', ratio: 'number|null', ep: 'string', loadSeconds: 'number', memoryMiB: 'number|null' }, where)),
       ep: 'string',
       threads: 'number|null',
       spinning: 'boolean',

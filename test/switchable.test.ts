@@ -186,3 +186,20 @@ describe('policies', () => {
     await session.release();
   });
 });
+
+describe('vcompile bench --ratios', () => {
+  it('times every branch of a switchable model as its own entry, on one session', async () => {
+    const { benchModels } = await import('../src/bench/latency.js');
+    const { saveModel } = await import('../src/onnx/file.js');
+    const os = await import('node:os');
+    const fs = await import('node:fs');
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-sw-')), 'sw.onnx');
+    const model = loadModel(fixture('bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }).run(model);
+    saveModel(model, file);
+    const report = await benchModels([file, fixture('bert_opset14.onnx')], { batches: [1], seqs: [8], warmup: 0, runs: 2, ratios: [1, 4] });
+    expect(report.models.map((m) => [m.label.endsWith('@k=1'), m.label.endsWith('@k=4'), m.ratio])).toEqual([[true, false, 1], [false, true, 4], [false, false, null]]);
+    expect(report.points[0].results.every((r) => r.samplesMs.length === 2)).toBe(true);
+    await expect(benchModels([file], { batches: [1], seqs: [8], warmup: 0, runs: 1, ratios: [3] })).rejects.toThrow('--ratios 3 is not offered (the model has 1, 2, 4)');
+  });
+});

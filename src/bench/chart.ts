@@ -23,7 +23,7 @@ export function latencyChart(report: BenchReport, title?: string): string {
         .filter((p) => p.batch === batch)
         .map((p) => ({ seq: p.seq, median: p.results[model].medianMs, p90: p.results[model].p90Ms }))
         .sort((a, b) => a.seq - b.seq);
-      const label = `${path.basename(m.file)}${batches.length > 1 ? ` (batch ${batch})` : ''}`;
+      const label = `${path.basename(m.label)}${batches.length > 1 ? ` (batch ${batch})` : ''}`;
       series.push({ label, color: COLORS[series.length % COLORS.length], points });
     }
   });

@@ -3,7 +3,10 @@
 // models alike, and the arithmetic (MACs) each model needs is reported next to its measured time.
 import type * as ort from 'onnxruntime-node';
 import { loadModel } from '../onnx/file.js';
-import { type InputSpec, bindDims, describeInputs, generateFeeds, shapeOf } from '../runtime/feeds.js';
+import { VcompileError } from '../errors.js';
+import type { Tensor } from '../ir/tensor.js';
+import { RATIO_INPUT, ratioTensor, switchableInfo, withFeedableRatio } from '../runtime/adaptive.js';
+import { type DimBinding, type InputSpec, bindDims, describeInputs, generateFeeds, shapeOf } from '../runtime/feeds.js';
 import { type Session, type SessionOptions, openSession, prepareFeeds, runPrepared } from '../runtime/session.js';
 import { macsAt } from './macs.js';
 
@@ -17,11 +20,17 @@ export interface BenchOptions {
   /** timed runs per model per grid point */
   runs: number;
   session?: Omit<SessionOptions, 'extraOutputs'>;
+  /** time each of these ratios of a switchable model (one with a vcompile_ratio input) as its own entry */
+  ratios?: readonly number[];
   onProgress?: (done: number, total: number) => void;
 }
 
 export interface BenchModel {
   file: string;
+  /** the file, with `@k=R` for a ratio of a switchable model */
+  label: string;
+  /** the vcompile_ratio fed, for a switchable model timed per ratio */
+  ratio: number | null;
   ep: 'cpu' | 'cuda';
   /** seconds to create the ORT session */
   loadSeconds: number;
@@ -77,6 +86,8 @@ export const MEMORY_NOTE =
 
 interface Plan {
   file: string;
+  label: string;
+  ratio: number | null;
   specs: InputSpec[];
   /** MACs per grid point, in grid order */
   macs: (number | null)[];
@@ -87,8 +98,8 @@ interface Plan {
 export async function benchModels(files: readonly string[], options: BenchOptions): Promise<BenchReport> {
   const grid = options.batches.flatMap((batch) => options.seqs.map((seq) => ({ batch, seq })));
   const seed = options.seed ?? 0;
-  const plans = files.map((file) => plan(file, grid, options));
-  const notes = plans.filter((p) => p.unknownMacs.length).map((p) => `${p.file}: MACs unknown, shapes not inferred for ${p.unknownMacs.slice(0, 3).join(', ')}${p.unknownMacs.length > 3 ? ', ...' : ''}`);
+  const plans = files.flatMap((file) => plan(file, grid, options));
+  const notes = [...new Set(plans.filter((p) => p.unknownMacs.length).map((p) => `${p.file}: MACs unknown, shapes not inferred for ${p.unknownMacs.slice(0, 3).join(', ')}${p.unknownMacs.length > 3 ? ', ...' : ''}`))];
   const total = files.length * grid.length * (options.warmup + options.runs) + files.length;
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
@@ -97,27 +108,32 @@ export async function benchModels(files: readonly string[], options: BenchOption
   try {
     const largest = grid.reduce((a, b) => (b.batch * b.seq > a.batch * a.seq ? b : a));
     const models: BenchModel[] = [];
-    for (const p of plans) {
-      const { session, model } = await openMeasured(p, largest, { ...options, session: sessionOptions }, seed);
-      sessions.push(session);
-      models.push(model);
+    for (const [i, p] of plans.entries()) {
+      // The ratios of one switchable file share its session: switching is a fed value, not a reload.
+      const shared = plans.findIndex((q) => q.file === p.file);
+      const measured = shared < i ? { session: sessions[shared], model: { ...models[shared], label: p.label, ratio: p.ratio } } : await openMeasured(p, largest, { ...options, session: sessionOptions }, seed);
+      sessions.push(measured.session);
+      models.push(measured.model);
       tick();
     }
     const points: BenchPoint[] = [];
     for (const [index, at] of grid.entries()) {
-      const feeds = plans.map((p) => prepareFeeds(generateFeeds(p.specs, { ...at, dims: options.dims }, seed)));
+      const feeds = plans.map((p) => prepareFeeds(feedsFor(p, { ...at, dims: options.dims }, seed)));
       const samples = await interleaved(sessions, feeds, options, tick);
       const dims = Object.fromEntries(bindDims(plans[0].specs, { ...at, dims: options.dims }));
       points.push({ ...at, dims, results: summarize(samples, plans, index, at.batch) });
     }
     return { models, ep: sessions[0].ep, threads: options.session?.threads ?? null, spinning: sessionOptions.spinning !== false, warmup: options.warmup, runs: options.runs, seed, memoryNote: MEMORY_NOTE, points, notes };
   } finally {
-    for (const s of sessions) await s.release();
+    for (const s of new Set(sessions)) await s.release();
   }
 }
 
-/** Inputs and MACs per grid point; the IR model is dropped afterwards so it does not weigh on the timings. */
-function plan(file: string, grid: { batch: number; seq: number }[], options: BenchOptions): Plan {
+/**
+ * Inputs and MACs per grid point, one plan per ratio for a switchable model timed with `ratios`; the IR
+ * model is dropped afterwards so it does not weigh on the timings.
+ */
+function plan(file: string, grid: { batch: number; seq: number }[], options: BenchOptions): Plan[] {
   const model = loadModel(file);
   const specs = describeInputs(model);
   const unknown = new Set<string>();
@@ -127,21 +143,33 @@ function plan(file: string, grid: { batch: number; seq: number }[], options: Ben
     for (const n of count.unknown) unknown.add(n);
     return count.macs;
   });
-  return { file, specs, macs, unknownMacs: [...unknown] };
+  const base = { file, specs, macs, unknownMacs: [...unknown] };
+  const switchable = model.getMetadata('vcompile.switchable');
+  if (!options.ratios || !switchable) return [{ ...base, label: file, ratio: null }];
+  const offered = switchableInfo(model).ratios;
+  const missing = options.ratios.find((r) => !offered.includes(r));
+  if (missing !== undefined) throw new VcompileError(`${file}: --ratios ${missing} is not offered (the model has ${offered.join(', ')})`);
+  // Branches sit in If subgraphs, whose MACs shape inference does not count.
+  return options.ratios.map((ratio) => ({ ...base, macs: grid.map(() => null), label: `${file} @k=${ratio}`, ratio }));
+}
+
+function feedsFor(p: Plan, binding: DimBinding, seed: number): Record<string, Tensor> {
+  const feeds = generateFeeds(p.specs, binding, seed);
+  return p.ratio === null ? feeds : { ...feeds, [RATIO_INPUT]: ratioTensor(p.ratio) };
 }
 
 async function openMeasured(p: Plan, largest: { batch: number; seq: number }, options: BenchOptions, seed: number): Promise<{ session: Session; model: BenchModel }> {
   const rssBefore = process.memoryUsage.rss();
   const peakBefore = process.resourceUsage().maxRSS * 1024;
   const start = process.hrtime.bigint();
-  const session = await openSession(p.file, options.session);
+  const session = await openSession(p.ratio === null ? p.file : withFeedableRatio(loadModel(p.file)), options.session);
   const loadSeconds = Number(process.hrtime.bigint() - start) / 1e9;
-  await runPrepared(session, prepareFeeds(generateFeeds(p.specs, { ...largest, dims: options.dims }, seed)));
+  await runPrepared(session, prepareFeeds(feedsFor(p, { ...largest, dims: options.dims }, seed)));
   const rssAfter = process.memoryUsage.rss();
   const peakAfter = process.resourceUsage().maxRSS * 1024;
   const peak = peakAfter > peakBefore ? peakAfter : rssAfter;
   const memoryMiB = process.platform === 'linux' ? Math.max(0, peak - rssBefore) / 2 ** 20 : null;
-  return { session, model: { file: p.file, ep: session.ep, loadSeconds, memoryMiB } };
+  return { session, model: { file: p.file, label: p.label, ratio: p.ratio, ep: session.ep, loadSeconds, memoryMiB } };
 }
 
 /** Warm-up, then the timed runs, alternating between the models; returns milliseconds per model. */
@@ -202,7 +230,7 @@ export function formatBenchReport(r: BenchReport): string {
   const letter = (i: number) => String.fromCharCode(65 + (i % 26)) + (i >= 26 ? String(Math.floor(i / 26)) : '');
   const lines = [`bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed runs per model and point, interleaved`];
   for (const [i, m] of r.models.entries()) {
-    lines.push(`  ${letter(i)} ${m.file}  (session ${m.loadSeconds.toFixed(2)} s, memory ${m.memoryMiB === null ? 'n/a' : `${Math.round(m.memoryMiB)} MiB`})`);
+    lines.push(`  ${letter(i)} ${m.label}  (session ${m.loadSeconds.toFixed(2)} s, memory ${m.memoryMiB === null ? 'n/a' : `${Math.round(m.memoryMiB)} MiB`})`);
   }
   lines.push('');
   const header = ['batch', 'seq', 'model', 'median ms', 'p90 ms', 'seq/s', 'speed-up', 'GMACs', 'ideal'];

@@ -122,6 +122,7 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           .positional('models', { type: 'string', array: true, demandOption: true, describe: 'the .onnx files; speed-ups are against the first' })
           .option('warmup', { type: 'number', default: 2, describe: 'untimed runs per model before each batch/seq point' })
           .option('runs', { type: 'number', default: 10, describe: 'timed runs per model at each batch/seq point' })
+          .option('ratios', { type: 'string', describe: 'time these ratios of a switchable model, each as its own entry, e.g. 1,2,4' })
           .option('spin', { type: 'boolean', default: false, describe: 'let ONNX Runtime\'s idle threads spin (off by default: between interleaved sessions it steals cores)' })
           .option('chart', { type: 'string', describe: 'write an SVG chart of latency versus sequence length here' })
           .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' }),
@@ -133,6 +134,7 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           dim: args.dim,
           seed: args.seed,
           spin: args.spin,
+          ratios: args.ratios,
           warmup: args.warmup,
           runs: args.runs,
           chart: args.chart,

@@ -55,6 +55,8 @@ export interface BenchFlags extends RuntimeFlags, GridFlags {
   runs: number;
   json: boolean;
   chart?: string;
+  /** --ratios: comma-separated ratios of a switchable model */
+  ratios?: string;
 }
 
 export async function benchCommand(models: string[], flags: BenchFlags): Promise<number> {
@@ -66,6 +68,7 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   try {
     report = await benchModels(models, {
       ...grid(flags),
+      ratios: flags.ratios === undefined ? undefined : parseList(flags.ratios, '--ratios'),
       warmup,
       runs,
       session: { ...sessionOptions(flags), spinning: flags.spin },
