@@ -18,3 +18,13 @@ export { readNpy, writeNpy, decodeNpy, encodeNpy } from './runtime/npy.js';
 export { verifyModels, type VerifyOptions, type VerifyReport } from './verify/numeric.js';
 export { benchModels, type BenchOptions, type BenchReport } from './bench/latency.js';
 export { macsAt } from './bench/macs.js';
+export { analyzeTransformer, describeLayers, formatLayerTable, inferShapes, type TransformerAnalysis, type Layer } from './analysis/index.js';
+export { pluginPass, type PluginPassOptions, type PluginRequest } from '../passes/plugin/index.js';
+export { switchablePass, type SwitchableOptions } from '../passes/plugin/switchable.js';
+export { loadPlugin, checkPlugin, type Plugin } from '../passes/plugin/contract.js';
+export {
+  buildMeanPlugin, buildVariatorPlugin, buildIdentityPlugin, initVariatorWeights, type VariatorWeights, type PluginShape, type Scope,
+} from '../passes/plugin/builtin.js';
+export {
+  AdaptiveSession, fixed, latencyBudget, queueDepth, withFeedableRatio, switchableInfo, ratioTensor, RATIO_INPUT, type Policy, type CallContext,
+} from './runtime/adaptive.js';
