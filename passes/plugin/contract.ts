@@ -3,12 +3,11 @@
 //   outputs compressed [batch, seq/k, d] (from hidden only), restored [batch, seq, d] (from inner and hidden)
 //   metadata_props vcompile.ratio = k (integer >= 1), vcompile.scope = ffn | attention | layer
 import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
 import { VcompileError } from '../../src/errors.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { DataType } from '../../src/ir/types.js';
-import { decodeModel, describeFsError, encodeModel } from '../../src/onnx/file.js';
+import { decodeModel, encodeModel, readFileOrFail } from '../../src/onnx/file.js';
 import * as path from 'node:path';
 import {
   BUILTIN_KINDS, type BuiltinKind, SCOPES, type Scope, buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights,
@@ -59,12 +58,7 @@ export function loadPlugin(source: string, target: PluginTarget): Plugin {
       : buildVariatorPlugin(shape, initVariatorWeights(builtin.ratio, target.hidden, { seed: 0 }));
     return checkPlugin(model, source, encodeModel(model));
   }
-  let bytes: Uint8Array;
-  try {
-    bytes = fs.readFileSync(source);
-  } catch (error) {
-    throw new VcompileError(`plugin ${source}: ${describeFsError(error)}`);
-  }
+  const bytes = readFileOrFail(source, `plugin ${source}`);
   const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `plugin ${source}` });
   return checkPlugin(model, source, bytes);
 }

@@ -32,13 +32,16 @@ export function decodeModel(bytes: Uint8Array, options: { baseDir?: string; labe
 }
 
 export function loadModel(file: string): Model {
-  let bytes: Buffer;
+  return decodeModel(readFileOrFail(file), { baseDir: path.dirname(file), label: file });
+}
+
+/** A file's bytes, or a one-line VcompileError naming it (`label` defaults to the path). */
+export function readFileOrFail(file: string, label = file): Buffer {
   try {
-    bytes = fs.readFileSync(file);
+    return fs.readFileSync(file);
   } catch (error) {
-    throw new VcompileError(`${file}: ${describeFsError(error)}`);
+    throw new VcompileError(`${label}: ${describeFsError(error)}`);
   }
-  return decodeModel(bytes, { baseDir: path.dirname(file), label: file });
 }
 
 export function describeFsError(error: unknown): string {

@@ -6,6 +6,7 @@ import type { Tensor } from '../ir/tensor.js';
 import { DataType, dataTypeName, elementBits } from '../ir/types.js';
 import { ProtoDecodeError, concatChunks, decode, encode } from './codec.js';
 import { ModelFormatError, tensorFromMessage, tensorToMessage } from './serde.js';
+import { readFileOrFail } from './file.js';
 
 /** Decode one serialized TensorProto, checking that its data matches its type and dims. */
 export function decodeTensor(bytes: Uint8Array, label = 'tensor'): Tensor {
@@ -28,13 +29,7 @@ export function encodeTensor(tensor: Tensor): Uint8Array {
 }
 
 export function readTensorFile(file: string): Tensor {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new VcompileError(`${file}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
-  }
+  const bytes = readFileOrFail(file);
   return decodeTensor(bytes, file);
 }
 

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import { VcompileError } from '../errors.js';
 import { Tensor } from '../ir/tensor.js';
 import { DataType, dataTypeName, elementBits } from '../ir/types.js';
+import { readFileOrFail } from '../onnx/file.js';
 
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // \x93NUMPY
 
@@ -101,13 +102,7 @@ export function encodeNpy(tensor: Tensor): Uint8Array {
 }
 
 export function readNpy(file: string, name?: string): Tensor {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new VcompileError(`${file}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`);
-  }
+  const bytes = readFileOrFail(file);
   return decodeNpy(bytes, name, file);
 }
 
