@@ -323,14 +323,7 @@ describe('saveModel writes atomically', () => {
     return model;
   };
 
-  it.skipIf(process.getuid?.() === 0)('into a read-only folder: an error and no file', () => {
-    const file = path.join(dir, 'out.onnx');
-    fs.chmodSync(dir, 0o500);
-    expect(() => saveModel(smallModel(), file)).toThrow(new VcompileError(`${file}: permission denied`));
-    fs.chmodSync(dir, 0o700);
-    expect(filesIn(dir)).toEqual([]);
-  });
-
+  // A read-only folder (EACCES on the temporary file) is simulated: CI runs as root, where chmod does not deny.
   it('when the temporary file cannot be created: an error and no file', () => {
     const file = path.join(dir, 'out.onnx');
     vi.mocked(fs.openSync).mockImplementationOnce(() => {

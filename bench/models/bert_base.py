@@ -1,15 +1,23 @@
 """Export a BERT-base-shaped encoder with random weights for benchmarks.
 
     /usr/bin/python3 bench/models/bert_base.py OUT.onnx [--layers 12] [--hidden 768]
-        [--heads 12] [--ffn 3072] [--opset 14] [--variator-ffn K [--bottleneck 64]]
+        [--heads 12] [--ffn 3072] [--opset 14]
+        [--plugin-scope ffn|attention|layer --ratio K [--bottleneck 64] [--plugin-out PLUGIN.onnx]]
 
 Same module code as the committed BERT fixtures (fixtures/models.py), at full
 size: about 340 MB with the defaults. The output is a benchmark input, not a
 fixture, so writing into fixtures/ is refused.
 
---variator-ffn K exports the same backbone (same seed, same weights) with a
-Variator plugin applied by hand around every layer's FFN (fixtures/plugins.py:
-FFN scope, k = K): the reference a compiled model is timed against.
+--plugin-scope S --ratio K exports the same backbone (same seed, same weights)
+with one Variator plugin of ratio K applied by hand in scope S of every layer
+(fixtures/plugin_models.py: the reference the plugin pass is tested against):
+the hand-written model a compiled one is timed against. All layers share the
+one plugin (same weights), as `vcompile MODEL --plugin P.onnx` applies it, and
+--plugin-out writes that plugin alone as a vcompile plugin file, so
+
+    vcompile PLAIN.onnx --plugin PLUGIN.onnx -o COMPILED.onnx
+
+should compute what OUT computes.
 """
 
 import argparse
@@ -25,7 +33,7 @@ sys.path.insert(0, str(FIXTURE_DIR))
 sys.dont_write_bytecode = True  # keep __pycache__ out of fixtures/
 
 import models  # noqa: E402  (needs the path above)
-import plugins  # noqa: E402
+import plugin_models  # noqa: E402
 
 
 def parse_args():
@@ -39,30 +47,42 @@ def parse_args():
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--max-positions", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variator-ffn", type=int, metavar="K",
-                        help="apply a Variator plugin with ratio K around every FFN (by hand)")
-    parser.add_argument("--bottleneck", type=int, default=64,
-                        help="the plugins' restore bottleneck width")
+    parser.add_argument("--plugin-scope", choices=plugin_models.SCOPES,
+                        help="apply a Variator plugin by hand in this scope of every layer")
+    parser.add_argument("--ratio", type=int, metavar="K", help="the plugin's compression ratio")
+    parser.add_argument("--bottleneck", type=int, default=plugin_models.VARIATOR_BOTTLENECK,
+                        help="the plugin's restore bottleneck width")
+    parser.add_argument("--plugin-out", type=Path, metavar="PLUGIN.onnx",
+                        help="also write the plugin alone, as a vcompile plugin file")
     args = parser.parse_args()
-    if args.variator_ffn is not None and args.variator_ffn < 2:
-        parser.error("--variator-ffn K needs K >= 2")
+    if (args.plugin_scope is None) != (args.ratio is None):
+        parser.error("--plugin-scope and --ratio go together")
+    if args.ratio is not None and args.ratio < 1:
+        parser.error("--ratio K needs K >= 1")
+    if args.plugin_out is not None and args.plugin_scope is None:
+        parser.error("--plugin-out needs --plugin-scope and --ratio")
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
-    if FIXTURE_DIR in args.out.resolve().parents:
-        parser.error("benchmark models are not fixtures; write them outside fixtures/")
+    for path in (args.out, args.plugin_out):
+        if path is not None and FIXTURE_DIR in path.resolve().parents:
+            parser.error("benchmark models are not fixtures; write them outside fixtures/")
     return args
 
 
 def build(args):
+    """(model to export, the plugin it applies or None)."""
     torch.manual_seed(args.seed)
     config = models.BertConfig(vocab=args.vocab, hidden=args.hidden, layers=args.layers,
                                heads=args.heads, ffn=args.ffn, max_positions=args.max_positions)
     model = models.BertEncoder(config)
     models.init_norm_weights(model)
-    if args.variator_ffn:
-        # Drawn after the backbone: its weights are those of the plain model with the same seed.
-        plugins.apply_ffn_plugins(model, args.variator_ffn, args.bottleneck)
-    return model.eval()
+    if args.plugin_scope is None:
+        return model.eval(), None
+    # Drawn after the backbone: its weights are those of the plain model with the same seed.
+    plugin = plugin_models.VariatorPlugin(args.ratio, args.hidden, args.plugin_scope, args.bottleneck)
+    # One module in every slot: the export holds its weights once, as a compiled model does.
+    placement = {index: plugin for index in range(args.layers)}
+    return plugin_models.PluginBert(model, placement).eval(), plugin.eval()
 
 
 def export(model, args):
@@ -83,7 +103,7 @@ def export(model, args):
 def main():
     args = parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    model = build(args)
+    model, plugin = build(args)
     params = models.count_params(model)
     start = time.perf_counter()
     export(model, args)
@@ -91,6 +111,12 @@ def main():
     size = args.out.stat().st_size
     print(f"wrote {args.out}: {size} bytes ({size / 2**20:.1f} MiB), "
           f"{params} params, opset {args.opset}, export {seconds:.1f} s")
+    if args.plugin_out is not None:
+        args.plugin_out.parent.mkdir(parents=True, exist_ok=True)
+        plugin_models.export_plugin(plugin, args.plugin_out, args.opset)
+        size = args.plugin_out.stat().st_size
+        print(f"wrote {args.plugin_out}: {size} bytes, {models.count_params(plugin)} params, "
+              f"vcompile.ratio {plugin.ratio}, vcompile.scope {plugin.scope}")
 
 
 if __name__ == "__main__":
