@@ -119,3 +119,28 @@ describe('vcompile inspect', () => {
     expect(JSON.parse(vcompile('inspect', out, '--json').stdout).externalDataFiles).toEqual(['ext.onnx.data']);
   });
 });
+
+describe('modules and plugins in one compile', () => {
+  it('extract, then splice back: the same outputs', () => {
+    const dir = tempDir();
+    const module = path.join(dir, 'layers1-2.onnx');
+    expect(vcompile('extract', bert, '--layers', '1-2', '-o', module).code).toBe(0);
+    const r = vcompile(bert, '--module', `1-2=${module}`, '-o', path.join(dir, 'back.onnx'), '--max-error', '1e-5', '--json');
+    expect(r.stderr).toBe('');
+    const report = JSON.parse(r.stdout);
+    expect(report.passes[0].report.layerMap).toEqual([0, null, null]);
+    expect(report.verify.outputs[0].maxAbs).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('plugins count layers as the input model does, and go on the layers that remain', () => {
+    const dir = tempDir();
+    const r = vcompile(bert, '--module', '1-2=builtin:average', '--plugin', 'builtin:mean:2', '-o', path.join(dir, 'a.onnx'), '--json', '--no-verify');
+    expect(r.code).toBe(0);
+    const plugins = JSON.parse(r.stdout).passes[1];
+    expect(plugins.summary).toBe('layer 0: ffn k=2 (builtin:mean:2)');
+    const refused = vcompile(bert, '--module', '1-2=builtin:keep-first', '--plugin', '2=builtin:mean:2', '-o', path.join(dir, 'b.onnx'));
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toBe('vcompile: --plugin: layer 2 was replaced by a module (plugins go on the layers that remain)\n');
+    expect(fs.existsSync(path.join(dir, 'b.onnx'))).toBe(false);
+  });
+});

@@ -1,9 +1,11 @@
 // What each CLI command does, on top of the library. Output goes to stdout; --json prints one object.
 import { type Pass, runPasses } from '../../passes/pipeline.js';
-import { type PluginRequest, pluginPass } from '../../passes/plugin/index.js';
+import { type ModularReport, translateLayers } from '../../passes/modular/index.js';
+import { type PluginPassOptions, type PluginRequest, pluginPass } from '../../passes/plugin/index.js';
 import { switchablePass } from '../../passes/plugin/switchable.js';
 import { deadCodePass } from '../../passes/dce/index.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
+import { describeModules, modulesPassFromFlags } from './modular-commands.js';
 import { ExitCode, VcompileError } from '../errors.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
 import { loadModel, saveModel } from '../onnx/file.js';
@@ -46,24 +48,61 @@ export interface CompileOptions {
   compressCausal?: string;
   switchable: boolean;
   defaultRatio?: number;
+  /** --module values: START-END=FILE or START-END=builtin:keep-first|average */
+  modules: string[];
 }
 
-/** The passes a compile runs, from its flags, in order. */
+/** The passes a compile runs, from its flags, in order: modules, then plugins, then dead-code elimination. */
 function compilePasses(options: CompileOptions): Pass[] {
-  const passes: Pass[] = [];
-  if (options.plugins.length) {
-    const pluginOptions = {
-      plugins: options.plugins.map(parsePluginFlag),
-      layers: options.layers === undefined ? undefined : parseLayerList(options.layers, '--layers'),
-      compressCausal: options.compressCausal === undefined ? undefined : parseLayerList(options.compressCausal, '--compress-causal'),
-    };
-    passes.push(options.switchable ? switchablePass({ ...pluginOptions, defaultRatio: options.defaultRatio }) : pluginPass(pluginOptions));
-  } else if (options.switchable) {
-    throw new VcompileError('--switchable needs at least one --plugin');
-  }
   if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
+  if (options.switchable && !options.plugins.length) throw new VcompileError('--switchable needs at least one --plugin');
+  const passes: Pass[] = [];
+  let layerMap: (number | null)[] | undefined;
+  if (options.modules.length) {
+    const modules = modulesPassFromFlags(options.modules);
+    passes.push({
+      name: modules.name,
+      run(model) {
+        const result = modules.run(model);
+        const report = result.report as unknown as ModularReport;
+        layerMap = report.layerMap;
+        return { ...result, summary: describeModules(report).map((line) => line.replace(/^modules: /, '')).join('; ') };
+      },
+    });
+  }
+  if (options.plugins.length) {
+    passes.push({
+      name: options.switchable ? 'switchable-plugins' : 'plugins',
+      run(model) {
+        const requested = pluginOptions(options);
+        const translated = layerMap ? inAssembledModel(requested, layerMap) : requested;
+        return (options.switchable ? switchablePass({ ...translated, defaultRatio: options.defaultRatio }) : pluginPass(translated)).run(model);
+      },
+    });
+  }
   if (options.eliminateDeadCode) passes.push(deadCodePass);
   return passes;
+}
+
+function pluginOptions(options: CompileOptions): PluginPassOptions {
+  return {
+    plugins: options.plugins.map(parsePluginFlag),
+    layers: options.layers === undefined ? undefined : parseLayerList(options.layers, '--layers'),
+    compressCausal: options.compressCausal === undefined ? undefined : parseLayerList(options.compressCausal, '--compress-causal'),
+  };
+}
+
+/**
+ * Plugin layer numbers are the input model's; after modules are spliced in, the layers renumber. By
+ * default plugins go on the original layers that remain, not inside modules.
+ */
+function inAssembledModel(options: PluginPassOptions, layerMap: readonly (number | null)[]): PluginPassOptions {
+  const remaining = layerMap.flatMap((original, index) => (original === null ? [] : [index]));
+  return {
+    plugins: options.plugins.map((p) => (p.layer === undefined ? p : { ...p, layer: translateLayers(layerMap, [p.layer], '--plugin')[0] })),
+    layers: options.layers ? translateLayers(layerMap, options.layers, '--layers') : remaining,
+    compressCausal: options.compressCausal && translateLayers(layerMap, options.compressCausal, '--compress-causal'),
+  };
 }
 
 /** `FILE`, `builtin:...`, or `L=FILE` (L a 0-based layer index). */

@@ -2,6 +2,7 @@
 import yargs, { type Argv } from 'yargs';
 import { VcompileError } from '../errors.js';
 import { compileFile, inspectFile } from './commands.js';
+import { assembleCommand, extractCommand } from './modular-commands.js';
 import { initPlugin } from './plugin-commands.js';
 import { benchCommand, verifyCommand } from './runtime-commands.js';
 
@@ -53,7 +54,7 @@ function runtimeArgs(args: { ep: 'cpu' | 'cuda' | 'auto'; 'device-id': number; t
 function buildParser(argv: string[], out: { code: number }): Argv {
   return yargs(argv)
     .scriptName('vcompile')
-    .usage('$0 MODEL -o OUT [--plugin P ...] [options]\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]')
+    .usage('$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]')
     .command(
       'inspect <model>',
       'describe a model: versions, inputs/outputs, op histogram, weights, external data',
@@ -87,6 +88,20 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           kind: args.kind, ratio: args.ratio, hidden: args.hidden, scope: args.scope, opset: args.opset, seed: args.seed,
           zeroAdapter: args['zero-adapter'], output: args.output, json: args.json,
         });
+      },
+    )
+    .command(
+      'extract <model>',
+      'write layers START-END of MODEL as a standalone module (the starting point for training a modular layer)',
+      (y) =>
+        y
+          .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file' })
+          .option('layers', { type: 'string', demandOption: true, describe: 'START-END, 0-based and inclusive (or one layer N)' })
+          .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the module file to write' })
+          .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
+          .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+      (args) => {
+        out.code = extractCommand(args.model, { layers: args.layers, output: args.output, overwrite: args.overwrite, json: args.json });
       },
     )
     .command(
@@ -159,6 +174,11 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           .option('plugin', { type: 'string', array: true, nargs: 1, default: [] as string[], describe: 'compression plugin: FILE, builtin:KIND:K[:SCOPE], or L=FILE for layer L only (repeatable)' })
           .option('layers', { type: 'string', describe: 'layers to compress, e.g. 2-9 or 0,3,5-7 (default: every layer whose self-attention is not causal)' })
           .option('compress-causal', { type: 'string', describe: 'also compress these causal self-attention layers (merging positions leaks future tokens)' })
+          .option('module', { type: 'string', array: true, nargs: 1, default: [] as string[], describe: 'replace layers START-END (0-based, inclusive) by a module: START-END=FILE or START-END=builtin:keep-first|average (repeatable)' })
+          .option('target-speedup', { type: 'number', describe: 'assemble modules from --modules DIR to reach this MACs speed-up with the fewest layers replaced' })
+          .option('modules', { type: 'string', describe: 'folder of module files for --target-speedup (each names its start layer in metadata vcompile.start or as *L{START}-{END}.onnx)' })
+          .option('speedup-batch', { type: 'number', default: 1, describe: 'with --target-speedup: batch size the MACs and the quick timing use' })
+          .option('speedup-seq', { type: 'number', default: 128, describe: 'with --target-speedup: sequence length the MACs and the quick timing use' })
           .option('switchable', { type: 'boolean', default: false, describe: 'one model for every plugin ratio given, chosen at run time by the input vcompile_ratio' })
           .option('default-ratio', { type: 'number', describe: 'with --switchable: the ratio used when vcompile_ratio is not fed (default 1)' })
           .option('verify', { type: 'boolean', default: true, describe: 'run the written model against MODEL on ONNX Runtime and report the error (--no-verify skips it)' })
@@ -168,6 +188,16 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           .option('ep', { choices: ['cpu', 'cuda', 'auto'] as const, default: 'cpu' as const, describe: 'verification: execution provider' })
           .option('device-id', { type: 'number', default: 0, describe: 'verification: GPU index for --ep cuda/auto' }),
       async (args) => {
+        if (args['target-speedup'] !== undefined) {
+          if (!args.modules) throw new VcompileError('--target-speedup needs --modules DIR');
+          if (args.plugin.length || args.module.length) throw new VcompileError('--target-speedup chooses the modules itself: give it no --module or --plugin');
+          out.code = await assembleCommand(args.model, {
+            output: args.output, externalData: args['external-data'], dataLocation: args['data-location'], sizeThreshold: args['size-threshold'],
+            overwrite: args.overwrite, verifyIr: args['verify-ir'], json: args.json, modules: args.modules, targetSpeedup: args['target-speedup'],
+            batch: args['speedup-batch'], seq: args['speedup-seq'], seeds: 3, timingRuns: 3,
+          });
+          return;
+        }
         out.code = await compileFile(args.model, {
           output: args.output,
           externalData: args['external-data'],
@@ -182,6 +212,7 @@ function buildParser(argv: string[], out: { code: number }): Argv {
           compressCausal: args['compress-causal'],
           switchable: args.switchable,
           defaultRatio: args['default-ratio'],
+          modules: args.module,
           verify: args.verify
             ? { maxError: args['max-error'], minCosine: args['min-cosine'], dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
             : undefined,

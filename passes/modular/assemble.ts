@@ -1,0 +1,257 @@
+// Assembling to a target speed-up: from a folder of modules, each made for one run of layers, choose the
+// placement that reaches a MACs speed-up with the fewest original layers replaced (search.ts); among
+// plans that tie, keep the one whose output is closest to the original's (cosine, on seeded generated
+// inputs, in onnxruntime). The chosen model is timed against the original in a quick interleaved run.
+// Which layers a module was made for: its metadata vcompile.start when present, else its file name
+// `...L{START}-{END}.onnx`; a module with neither is refused.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { analyzeTransformer } from '../../src/analysis/index.js';
+import { VcompileError } from '../../src/errors.js';
+import type { Model } from '../../src/ir/model.js';
+import type { Tensor } from '../../src/ir/tensor.js';
+import { decodeModel, describeFsError, encodeModel } from '../../src/onnx/file.js';
+import { describeInputs, generateFeeds } from '../../src/runtime/feeds.js';
+import { type Session, openSession, prepareFeeds, run, runPrepared } from '../../src/runtime/session.js';
+import { compareValues } from '../../src/verify/numeric.js';
+import { type Module, loadModule, spanFromFileName } from './contract.js';
+import { type ModularReport, type ModuleRequest, modularPass, planModules } from './index.js';
+import { type Point, concreteShape, macsOf, moduleMacs, shapesAt } from './macs.js';
+import { type Option, fewestLayers, mostSaved, speedup } from './search.js';
+import { spanName } from './span.js';
+
+export interface AssembleOptions extends Point {
+  modulesDir: string;
+  /** the MACs speed-up to reach, > 1 */
+  target: number;
+  /** seeded generated inputs the cosine is measured on (batch 1, length `seq`); default 3 */
+  seeds?: number;
+  /** timed runs per model in the quick timing at batch x seq; default 5, 0 skips the timing */
+  timingRuns?: number;
+  threads?: number;
+  /** most tied plans compared by cosine; default 16 */
+  maxTied?: number;
+  /** progress lines (candidates measured) */
+  onProgress?: (line: string) => void;
+}
+
+export interface Candidate {
+  file: string;
+  module: Module;
+  start: number;
+  end: number;
+  /** where the start layer came from */
+  startFrom: 'metadata' | 'file name';
+  /** MACs of the nodes the module removes, and of the module itself */
+  removedMacs: number;
+  moduleMacs: number;
+}
+
+export interface AssemblePlan {
+  candidates: Candidate[];
+  layers: number;
+  macsAfter: number;
+  speedup: number;
+  /** smallest cosine between the original's and the compiled model's outputs over the seeded inputs */
+  cosine: number;
+}
+
+export interface Timing {
+  runs: number;
+  originalMs: number;
+  compiledMs: number;
+  speedup: number;
+}
+
+export interface AssembleResult {
+  /** the input model with the chosen plan applied */
+  model: Model;
+  chosen: AssemblePlan;
+  /** every plan tied on the fewest layers, with its cosine (the chosen one included) */
+  tied: AssemblePlan[];
+  tiedTruncated: boolean;
+  candidates: Candidate[];
+  at: Point;
+  macsBefore: number;
+  /** the compiled model's MACs counted on its own graph (equals chosen.macsAfter) */
+  macsMeasured: number;
+  timing?: Timing;
+  passReport: ModularReport;
+}
+
+export async function assemble(file: string, options: AssembleOptions): Promise<AssembleResult> {
+  if (!(options.target > 1)) throw new VcompileError(`--target-speedup must be a number > 1, got ${options.target}`);
+  const bytes = readBytes(file);
+  const fresh = () => decodeModel(bytes, { baseDir: path.dirname(file), label: file });
+  const model = fresh();
+  const analysis = analyzeTransformer(model);
+  if (analysis.error) throw new VcompileError(`cannot place modules: transformer analysis stopped: ${analysis.error.message}`);
+  const hidden = analysis.hidden;
+  if (hidden === undefined) throw new VcompileError('cannot place modules: the hidden size of the model is not fixed');
+  const at = { batch: options.batch, seq: options.seq };
+  const shapes = shapesAt(model, at);
+  const macsBefore = macsOf(model.graph.nodes, shapes, file);
+  const found = discoverModules(options.modulesDir);
+  const loaded = new Map(found.map((f) => [f.file, f.module]));
+  const candidates: Candidate[] = found.map((f) => {
+    const request: ModuleRequest = { start: f.start, end: f.end, source: f.file, label: `module ${f.file} (${spanName(f.start, f.end)})` };
+    const [placement] = planModules(model, analysis, { modules: [request], loaded });
+    const biasShape = placement.bias && concreteShape(placement.bias, shapes);
+    return { ...f, removedMacs: macsOf(placement.span.region, shapes, spanName(f.start, f.end)), moduleMacs: moduleMacs(f.module, at, hidden, biasShape) };
+  });
+  const optionsList: Option[] = candidates.map((c, id) => ({ id, start: c.start, end: c.end, saving: c.removedMacs - c.moduleMacs }));
+  const search = fewestLayers(optionsList, analysis.layers.length, macsBefore, options.target, options.maxTied ?? 16);
+  if (!search) {
+    const best = mostSaved(optionsList, analysis.layers.length);
+    const spans = best.plan.map((o) => `${spanName(o.start, o.end)} <- ${path.basename(candidates[o.id].file)}`).join(', ');
+    throw new VcompileError(
+      `target speed-up ${options.target}x cannot be reached with the ${candidates.length} module${candidates.length === 1 ? '' : 's'} in ${options.modulesDir}: ` +
+        `the best reachable MACs speed-up at batch ${at.batch}, seq ${at.seq} is ${speedup(macsBefore, best.saved).toFixed(3)}x (${spans || 'no module saves MACs'})`,
+    );
+  }
+  const measure = await Measurer.open(bytes, model, options);
+  try {
+    const tied: { plan: AssemblePlan; model: Model; report: ModularReport }[] = [];
+    for (const [i, plan] of search.plans.entries()) {
+      const chosen = plan.map((o) => candidates[o.id]);
+      const compiled = compile(fresh(), chosen, loaded);
+      const cosine = await measure.cosine(compiled.model);
+      const saved = plan.reduce((sum, o) => sum + o.saving, 0);
+      tied.push({ ...compiled, plan: { candidates: chosen, layers: search.layers, macsAfter: macsBefore - saved, speedup: speedup(macsBefore, saved), cosine } });
+      options.onProgress?.(`plan ${i + 1}/${search.plans.length}: ${describePlan(chosen)}: cosine ${cosine.toFixed(6)}`);
+    }
+    // highest cosine; on a tie the larger speed-up, then the first found
+    const best = tied.reduce((a, b) => (b.plan.cosine > a.plan.cosine || (b.plan.cosine === a.plan.cosine && b.plan.speedup > a.plan.speedup) ? b : a));
+    const macsMeasured = macsOf(best.model.graph.nodes, shapesAt(best.model, at), 'the compiled model');
+    const timing = (options.timingRuns ?? 5) > 0 ? await measure.time(best.model, at, options.timingRuns ?? 5) : undefined;
+    return {
+      model: best.model,
+      chosen: best.plan,
+      tied: tied.map((t) => t.plan),
+      tiedTruncated: search.truncated,
+      candidates,
+      at,
+      macsBefore,
+      macsMeasured,
+      timing,
+      passReport: best.report,
+    };
+  } finally {
+    await measure.release();
+  }
+}
+
+function readBytes(file: string): Uint8Array {
+  try {
+    return fs.readFileSync(file);
+  } catch (error) {
+    throw new VcompileError(`${file}: ${describeFsError(error)}`);
+  }
+}
+
+/** Every .onnx file of `dir` as a module, with the layers it was made for. */
+export function discoverModules(dir: string): Pick<Candidate, 'file' | 'module' | 'start' | 'end' | 'startFrom'>[] {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(dir).filter((f) => f.toLowerCase().endsWith('.onnx')).sort();
+  } catch (error) {
+    throw new VcompileError(`--modules ${dir}: ${describeFsError(error)}`);
+  }
+  if (entries.length === 0) throw new VcompileError(`--modules ${dir}: no .onnx files`);
+  return entries.map((entry) => {
+    const file = path.join(dir, entry);
+    const module = loadModule(file);
+    if (module.start !== undefined) return { file, module, start: module.start, end: module.start + module.span - 1, startFrom: 'metadata' as const };
+    const named = spanFromFileName(file);
+    if (!named) throw new VcompileError(`module ${file}: cannot tell which layers it was made for: set metadata vcompile.start, or name the file *L{START}-{END}.onnx`);
+    const count = named.end - named.start + 1;
+    if (count !== module.span) throw new VcompileError(`module ${file}: its name says ${spanName(named.start, named.end)} (${count} layers) but vcompile.span = ${module.span}`);
+    return { file, module, start: named.start, end: named.end, startFrom: 'file name' as const };
+  });
+}
+
+function compile(model: Model, chosen: Candidate[], loaded: Map<string, Module>): { model: Model; report: ModularReport } {
+  const modules = chosen.map((c) => ({ start: c.start, end: c.end, source: c.file }));
+  const result = modularPass({ modules, loaded }).run(model);
+  return { model: result.model, report: result.report as unknown as ModularReport };
+}
+
+export function describePlan(chosen: readonly Candidate[]): string {
+  return chosen.map((c) => `${spanName(c.start, c.end)} <- ${path.basename(c.file)}`).join(', ');
+}
+
+/** Runs the original once per seed (cosine reference) and times models against it. */
+class Measurer {
+  private constructor(
+    private readonly original: Session,
+    private readonly feeds: Record<string, Tensor>[],
+    private readonly reference: Record<string, Tensor>[],
+    private readonly model: Model,
+    private readonly threads: number | undefined,
+  ) {}
+
+  static async open(bytes: Uint8Array, model: Model, options: AssembleOptions): Promise<Measurer> {
+    const original = await openSession(bytes, { threads: options.threads, spinning: false });
+    const specs = describeInputs(model);
+    const feeds = Array.from({ length: options.seeds ?? 3 }, (_, seed) => generateFeeds(specs, { batch: 1, seq: options.seq }, seed));
+    const reference: Record<string, Tensor>[] = [];
+    try {
+      for (const f of feeds) reference.push(await run(original, f));
+    } catch (error) {
+      await original.release();
+      if (error instanceof VcompileError) throw new VcompileError(`measuring the output cosine at batch 1, seq ${options.seq}: ${error.message}`, error.exitCode);
+      throw error;
+    }
+    return new Measurer(original, feeds, reference, model, options.threads);
+  }
+
+  async cosine(compiled: Model): Promise<number> {
+    const session = await openSession(encodeModel(compiled), { threads: this.threads, spinning: false });
+    try {
+      let worst = 1;
+      for (const [i, feeds] of this.feeds.entries()) {
+        const outputs = await run(session, feeds);
+        for (const [name, expected] of Object.entries(this.reference[i])) {
+          const actual = outputs[name];
+          if (!actual) throw new Error(`internal: the compiled model has no output ${name}`);
+          worst = Math.min(worst, compareValues(expected.toFloat32(), actual.toFloat32()).cosine);
+        }
+      }
+      return worst;
+    } finally {
+      await session.release();
+    }
+  }
+
+  /** Interleaved runs at `at` after two warm-up runs each: medians. */
+  async time(compiled: Model, at: Point, runs: number): Promise<Timing> {
+    const session = await openSession(encodeModel(compiled), { threads: this.threads, spinning: false });
+    try {
+      const feeds = prepareFeeds(generateFeeds(describeInputs(this.model), at, 0));
+      const sessions = [this.original, session];
+      const samples: number[][] = [[], []];
+      for (let w = 0; w < 2; w++) for (const s of sessions) await runPrepared(s, feeds);
+      for (let r = 0; r < runs; r++) {
+        for (const [i, s] of sessions.entries()) {
+          const start = process.hrtime.bigint();
+          await runPrepared(s, feeds);
+          samples[i].push(Number(process.hrtime.bigint() - start) / 1e6);
+        }
+      }
+      const [originalMs, compiledMs] = samples.map(median);
+      return { runs, originalMs, compiledMs, speedup: originalMs / compiledMs };
+    } finally {
+      await session.release();
+    }
+  }
+
+  async release(): Promise<void> {
+    await this.original.release();
+  }
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
