@@ -45,3 +45,14 @@ describe('ORT fusions survive the plugin pass', () => {
     });
   }
 });
+
+describe('ORT fusions in a switchable model', () => {
+  it('every branch of every layer keeps its fused Gelu (the If outputs are typed)', async () => {
+    const { switchablePass } = await import('../passes/plugin/switchable.js');
+    const model = loadModel(path.join(repo, 'fixtures', 'bert_opset14.onnx'));
+    switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:variator:4' }] }).run(model);
+    const ops = await optimizedOps(encodeModel(model));
+    // 3 layers x 3 branches (k = 1, 2, 4), each with its FFN's BiasGelu
+    expect(ops['com.microsoft::BiasGelu']).toBe(9);
+  });
+});

@@ -3,7 +3,7 @@
 // block as it is (ratio 1). Branches read the backbone's weights from the enclosing graph, so they are
 // stored once; plugin weights and pooled masks live in the main graph too. An unknown ratio fails at run
 // time in a node whose name says which ratios the model has.
-import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
+import { type ShapeTable, type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
 import { VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
 import { Graph, Value } from '../../src/ir/graph.js';
@@ -36,7 +36,7 @@ export function switchablePass(options: SwitchableOptions): Pass {
       if (!ratios.includes(defaultRatio)) throw new VcompileError(`--default-ratio ${defaultRatio} is not among the ratios of the plugins given (${ratios.join(', ')})`);
       if (model.graph.lookup(RATIO_INPUT)) throw new VcompileError(`the model already has a value named ${RATIO_INPUT}`);
       const layers = layersInOrder(byRatio);
-      const builder = new SwitchBuilder(model, ratios, defaultRatio);
+      const builder = new SwitchBuilder(model, ratios, defaultRatio, analysis.context.shapes);
       for (const placements of layers) builder.switchLayer(placements);
       eliminateDeadCode(model.graph);
       toposort(model.graph);
@@ -97,6 +97,7 @@ class SwitchBuilder {
     model: Model,
     private readonly ratios: number[],
     defaultRatio: number,
+    private readonly shapes: ShapeTable,
   ) {
     this.rewriter = new Rewriter(model);
     this.main = new GraphBuilder(model.graph, this.rewriter.names, { prefix: 'vcompile/switch/' });
@@ -116,10 +117,14 @@ class SwitchBuilder {
       chosen.outerScope = this.main.graph;
       const p = placements.get(ratio);
       const b = this.rewriter.builder(chosen, any);
-      chosen.outputs = [typed(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), any.output.type)];
+      const type = this.blockType(any);
+      chosen.outputs = [typed(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), type)];
       if (ratio === this.ratios[0]) {
         const node = this.main.node('If', [this.condition(ratio)], { then_branch: chosen, else_branch: fallback });
-        this.rewriter.replace(any.output, node.outputs[0]!);
+        // Typed in value_info, so that ORT knows the rank after the If and keeps fusing what follows it.
+        const result = typed(node.outputs[0]!, type);
+        this.main.graph.valueInfos.push(result);
+        this.rewriter.replace(any.output, result);
         return;
       }
       fallback = this.nest(ratio, chosen, fallback, any);
@@ -132,8 +137,17 @@ class SwitchBuilder {
     holder.outerScope = this.main.graph;
     const b = new GraphBuilder(holder, this.rewriter.names, { prefix: `vcompile/L${p.layer.index}/` });
     const node = b.node('If', [this.condition(ratio)], { then_branch: then, else_branch: otherwise });
-    holder.outputs = [typed(node.outputs[0]!, p.output.type)];
+    holder.outputs = [typed(node.outputs[0]!, this.blockType(p))];
     return holder;
+  }
+
+  /** The wrapped block's result type: declared, else inferred ([batch, seq, d] with symbolic dims kept). */
+  private blockType(p: Placement): IrType {
+    if (p.output.type?.kind === 'tensor' && p.output.type.shape) return p.output.type;
+    const shape = this.shapes.shape(p.output);
+    const elemType = this.shapes.get(p.output).dtype ?? DataType.FLOAT;
+    if (!shape) return { kind: 'tensor', elemType };
+    return { kind: 'tensor', elemType, shape: shape.map((d) => (d?.constant !== undefined ? { value: d.constant } : d?.atomName ? { param: d.atomName } : {})) };
   }
 
   private condition(ratio: number): Value {
@@ -155,13 +169,13 @@ class SwitchBuilder {
     const impossible = b.op.Unsqueeze(b.op.Sub(b.op.Mul(this.ratio, b.int64s('zero', [0], [])), b.int64s('two', [2], [])), b.int64s('axes', [0]));
     const failing = b.node('Reshape', [this.rewriter.current(p.hidden), impossible]);
     failing.name = this.rewriter.names.fresh(`${RATIO_INPUT} must be one of ${this.ratios.join(', ')} (layer ${p.layer.index})`);
-    graph.outputs = [typed(failing.outputs[0]!, p.output.type)];
+    graph.outputs = [typed(failing.outputs[0]!, this.blockType(p))];
     return graph;
   }
 }
 
-/** Branch outputs carry the block result's type (element type at least), as If requires. */
-function typed(value: Value, type: IrType | undefined): Value {
-  value.type = type ?? { kind: 'tensor', elemType: DataType.FLOAT };
+/** Branch outputs carry the block result's type, as If requires. */
+function typed(value: Value, type: IrType): Value {
+  value.type = type;
   return value;
 }
