@@ -294,13 +294,8 @@ export interface EncodeContext {
   placeExternal?: (tensor: Tensor, name: string) => Entry[] | undefined;
 }
 
-const defined = (m: P): P => {
-  for (const key of Object.keys(m)) if (m[key] === undefined) delete m[key];
-  return m;
-};
-
 export function modelToProto(model: Model, ctx: EncodeContext = {}): P {
-  return defined({
+  return ({
     ir_version: model.irVersion === undefined ? undefined : BigInt(model.irVersion),
     opset_import: model.opsetImports.map(opsetToProto),
     producer_name: model.producerName,
@@ -322,7 +317,7 @@ function nonEmpty<T>(items: T[]): T[] | undefined {
 }
 
 function opsetToProto(o: OpsetId): P {
-  return defined({ domain: o.domain, version: BigInt(o.version), $unknown: o.unknownFields });
+  return ({ domain: o.domain, version: BigInt(o.version), $unknown: o.unknownFields });
 }
 
 function entriesToProto(entries: Entry[] | undefined): P[] | undefined {
@@ -330,7 +325,7 @@ function entriesToProto(entries: Entry[] | undefined): P[] | undefined {
 }
 
 function trainingInfoToProto(t: TrainingInfo, ctx: EncodeContext): P {
-  return defined({
+  return ({
     initialization: t.initialization && graphToProto(t.initialization, ctx),
     algorithm: t.algorithm && graphToProto(t.algorithm, ctx),
     initialization_binding: entriesToProto(t.initializationBinding),
@@ -341,7 +336,7 @@ function trainingInfoToProto(t: TrainingInfo, ctx: EncodeContext): P {
 
 function functionToProto(fn: ModelFunction, ctx: EncodeContext): P {
   const body = fn.body;
-  return defined({
+  return ({
     name: fn.name,
     input: nonEmpty(body.inputs.map((v) => v.name)),
     output: nonEmpty(body.outputs.map((v) => v.name)),
@@ -359,7 +354,7 @@ function functionToProto(fn: ModelFunction, ctx: EncodeContext): P {
 }
 
 function graphToProto(g: Graph, ctx: EncodeContext): P {
-  return defined({
+  return ({
     node: nonEmpty(g.nodes.map((n) => nodeToProto(n, ctx))),
     name: g.name,
     initializer: nonEmpty(g.initializers.map((v) => tensorToProto(v.initializer!, ctx, v.name))),
@@ -370,7 +365,7 @@ function graphToProto(g: Graph, ctx: EncodeContext): P {
     value_info: nonEmpty(g.valueInfos.map(valueInfoToProto)),
     quantization_annotation: nonEmpty(
       g.quantizationAnnotations.map((q) =>
-        defined({ tensor_name: q.tensorName, quant_parameter_tensor_names: entriesToProto(q.quantParameterTensorNames), $unknown: q.unknownFields }),
+        ({ tensor_name: q.tensorName, quant_parameter_tensor_names: entriesToProto(q.quantParameterTensorNames), $unknown: q.unknownFields }),
       ),
     ),
     metadata_props: entriesToProto(g.metadataProps),
@@ -379,7 +374,7 @@ function graphToProto(g: Graph, ctx: EncodeContext): P {
 }
 
 function valueInfoToProto(v: Value): P {
-  return defined({
+  return ({
     name: v.name,
     type: v.type && typeToProto(v.type),
     doc_string: v.docString,
@@ -389,7 +384,7 @@ function valueInfoToProto(v: Value): P {
 }
 
 function nodeToProto(n: Node, ctx: EncodeContext): P {
-  return defined({
+  return ({
     input: nonEmpty(n.inputs.map((v) => v?.name ?? '')),
     output: nonEmpty(n.outputs.map((v) => v?.name ?? '')),
     name: n.name,
@@ -405,7 +400,7 @@ function nodeToProto(n: Node, ctx: EncodeContext): P {
 }
 
 function attributeToProto(a: Attribute, ctx: EncodeContext): P {
-  return defined({
+  return ({
     name: a.name,
     ref_attr_name: a.refAttrName,
     doc_string: a.docString,
@@ -432,7 +427,7 @@ function tensorToProto(t: Tensor, ctx: EncodeContext, name = t.name): P {
   const m: P = {
     dims: BigInt64Array.from(t.dims, (d) => BigInt(d)),
     data_type: t.dataType,
-    segment: t.segment && defined({ begin: t.segment.begin, end: t.segment.end }),
+    segment: t.segment && ({ begin: t.segment.begin, end: t.segment.end }),
     name,
     doc_string: t.docString,
     data_location: t.dataLocation,
@@ -443,7 +438,7 @@ function tensorToProto(t: Tensor, ctx: EncodeContext, name = t.name): P {
   if (external) {
     m.external_data = entriesToProto(external);
     m.data_location = 1;
-    return defined(m);
+    return m;
   }
   const s = t.storage;
   if (s.kind === 'raw') m.raw_data = s.bytes;
@@ -453,12 +448,12 @@ function tensorToProto(t: Tensor, ctx: EncodeContext, name = t.name): P {
     m.raw_data = s.external.load();
     m.data_location = undefined;
   }
-  return defined(m);
+  return m;
 }
 
 function sparseToProto(s: SparseTensor, ctx: EncodeContext, name?: string): P {
   const values = tensorToProto(s.values, ctx, name ?? s.values.name);
-  return defined({ values, indices: tensorToProto(s.indices, ctx), dims: s.dims && BigInt64Array.from(s.dims, (d) => BigInt(d)) });
+  return ({ values, indices: tensorToProto(s.indices, ctx), dims: s.dims && BigInt64Array.from(s.dims, (d) => BigInt(d)) });
 }
 
 export function typeToProto(t: IrType): P {
@@ -466,27 +461,27 @@ export function typeToProto(t: IrType): P {
   switch (t.kind) {
     case 'tensor':
     case 'sparse_tensor':
-      m[t.kind === 'tensor' ? 'tensor_type' : 'sparse_tensor_type'] = defined({
+      m[t.kind === 'tensor' ? 'tensor_type' : 'sparse_tensor_type'] = ({
         elem_type: t.elemType,
         shape: t.shape && { dim: nonEmpty(t.shape.map(dimToProto)) },
       });
       break;
     case 'sequence':
     case 'optional':
-      m[t.kind === 'sequence' ? 'sequence_type' : 'optional_type'] = defined({ elem_type: t.elem && typeToProto(t.elem) });
+      m[t.kind === 'sequence' ? 'sequence_type' : 'optional_type'] = ({ elem_type: t.elem && typeToProto(t.elem) });
       break;
     case 'map':
-      m.map_type = defined({ key_type: t.keyType, value_type: t.value && typeToProto(t.value) });
+      m.map_type = ({ key_type: t.keyType, value_type: t.value && typeToProto(t.value) });
       break;
     case 'opaque':
-      m.opaque_type = defined({ domain: t.domain, name: t.name });
+      m.opaque_type = ({ domain: t.domain, name: t.name });
       break;
   }
-  return defined(m);
+  return m;
 }
 
 function dimToProto(d: Dim): P {
-  return defined({ dim_value: d.value === undefined ? undefined : BigInt(d.value), dim_param: d.param, denotation: d.denotation });
+  return ({ dim_value: d.value === undefined ? undefined : BigInt(d.value), dim_param: d.param, denotation: d.denotation });
 }
 
 // ------------------------------------------------------------------------------------ lone tensors
