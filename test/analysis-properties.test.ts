@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { analyzeTransformer, describeAnalysis } from '../src/analysis/index.js';
 import { replaceAllUses } from '../src/ir/graph.js';
 import { encodeModel } from '../src/onnx/file.js';
-import { verifyModel } from '../src/verify/ir.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { type TransformerConfig, buildTransformer, expectedLayerParams } from './helpers/transformer-gen.js';
 
 const configArb: fc.Arbitrary<TransformerConfig> = fc

@@ -16,7 +16,7 @@ import { type Value, replaceAllUses } from '../src/ir/graph.js';
 import type { Model } from '../src/ir/model.js';
 import { DataType, tensorType } from '../src/ir/types.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
-import { verifyModel } from '../src/verify/ir.js';
+import { verifyModel } from '../src/ir/verify.js';
 
 const fixtures = path.resolve(import.meta.dirname, '../fixtures');
 

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { niceTicks } from '../src/bench/chart.js';
 import { median, percentile } from '../src/bench/latency.js';
-import { macsAt } from '../src/bench/macs.js';
+import { macsAt } from '../src/analysis/macs.js';
 import { loadModel } from '../src/onnx/file.js';
 
 const repo = path.resolve(import.meta.dirname, '..');

@@ -9,7 +9,7 @@ import { CONTRIB_BERT, contribBertReference } from '../fixtures/contrib-bert.js'
 import type { Model } from '../src/ir/model.js';
 import { DataType } from '../src/ir/types.js';
 import { loadModel } from '../src/onnx/file.js';
-import { verifyModel } from '../src/verify/ir.js';
+import { verifyModel } from '../src/ir/verify.js';
 
 const fixtures = path.resolve(import.meta.dirname, '../fixtures');
 

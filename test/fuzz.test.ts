@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { VcompileError } from '../src/errors.js';
 import { decodeModel, encodeModel } from '../src/onnx/file.js';
 import { decodeTensor, encodeTensor } from '../src/onnx/tensor-file.js';
-import { verifyModel } from '../src/verify/ir.js';
+import { verifyModel } from '../src/ir/verify.js';
 
 const FIXTURES = path.join(import.meta.dirname, '..', 'fixtures');
 const TESTDATA = '/usr/share/libonnx-testdata/data';

@@ -15,7 +15,7 @@ import { eliminateDeadCode, spliceGraph, toposort } from '../src/ir/transforms.j
 import { DataType, type IrType, tensorType } from '../src/ir/types.js';
 import { concatChunks, decode, encode } from '../src/onnx/codec.js';
 import { decodeModel, encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
-import { verifyModel } from '../src/verify/ir.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { canonicalModel, expectSameModel, hex } from './helpers/canonical.js';
 
 const INT64_MIN = -(2n ** 63n);

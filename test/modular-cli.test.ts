@@ -5,12 +5,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { extractModule } from '../passes/modular/extract.js';
+import { cliMessage } from '../src/cli/errors.js';
 import { assembleCommand, compileModulesCommand, extractCommand, parseModuleFlags } from '../src/cli/modular-commands.js';
 import { VcompileError } from '../src/errors.js';
 import { ModelBuilder } from '../src/ir/builder.js';
 import { DataType, type IrType, tensorType } from '../src/ir/types.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
-import { assertValid } from '../src/verify/ir.js';
+import { assertValid } from '../src/ir/verify.js';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-modular-cli-'));
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -65,9 +66,11 @@ async function expectRefusal(action: () => unknown, message: string | RegExp, ou
   expect(caught).toBeInstanceOf(VcompileError);
   const error = caught as VcompileError;
   expect(error.exitCode).toBe(2);
-  expect(error.message).not.toContain('\n');
-  if (typeof message === 'string') expect(error.message).toBe(message);
-  else expect(error.message).toMatch(message);
+  // the line the CLI prints: options written as the flags they came from
+  const line = cliMessage(error.parts);
+  expect(line).not.toContain('\n');
+  if (typeof message === 'string') expect(line).toBe(message);
+  else expect(line).toMatch(message);
   expect(fs.existsSync(output)).toBe(false);
 }
 

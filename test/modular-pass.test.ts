@@ -8,8 +8,9 @@ import * as path from 'node:path';
 import * as fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { extractModule } from '../passes/modular/extract.js';
-import { type ModularReport, type ModuleRequest, modularPass, translateLayers } from '../passes/modular/index.js';
-import { pluginPass } from '../passes/plugin/index.js';
+import { translateLayers } from '../passes/common/layers.js';
+import type { ModularReport, ModuleRequest } from '../passes/modular/index.js';
+import { modularPass, pluginPass } from '../src/compile/passes.js';
 import { analyzeTransformer } from '../src/analysis/index.js';
 import type { Value } from '../src/ir/graph.js';
 import type { Model } from '../src/ir/model.js';
@@ -20,7 +21,8 @@ import { DataType, tensorType } from '../src/ir/types.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/verify/ir.js';
+import { assertValid } from '../src/ir/verify.js';
+import { asCommandLine } from './helpers/cli-message.js';
 import { referenceForward } from './helpers/reference-transformer.js';
 import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
 
@@ -59,7 +61,7 @@ function roundTrip(load: () => Model, start: number, end: number, label: string)
   const removedWeights = new Set<Value>(analyzeTransformer(target).layers.slice(start, end + 1).flatMap((l) => l.params));
   const result = modularPass({ modules: [{ start, end, source: file }] }).run(target);
   assertValid(target, 'modules');
-  return { source, module, bias, target, removedWeights, report: result.report as unknown as ModularReport };
+  return { source, module, bias, target, removedWeights, report: result.report };
 }
 
 async function expectSameOutputs(original: Model, rewritten: Model, sizes: [number, number][]): Promise<void> {
@@ -110,7 +112,7 @@ describe('extract, then splice back: the original model', () => {
     const target = load();
     const result = modularPass({ modules: [...files, { start: 2, end: 2, source: 'builtin:average' }] }).run(target);
     assertValid(target, 'modules');
-    expect((result.report as unknown as ModularReport).layerMap).toEqual([null, null, null]);
+    expect((result.report).layerMap).toEqual([null, null, null]);
     await expectSameOutputs(load(), target, [[2, 6]]);
   });
 });
@@ -236,7 +238,7 @@ describe('built-in modules against a plain TS reference', () => {
       const model = loadModel(`fixtures/${name}.onnx`);
       const result = modularPass({ modules: [{ start, end, source: `builtin:${kind}` }] }).run(model);
       assertValid(model, 'modules');
-      expect((result.report as unknown as ModularReport).removedInitializers).toBeGreaterThan(0);
+      expect((result.report).removedInitializers).toBeGreaterThan(0);
       const feeds = generateFeeds(describeInputs(model), { batch: 2, seq: 6 }, 3);
       const out = await outputsOf(model, feeds);
       for (const values of Object.values(out)) expect(values.every(Number.isFinite)).toBe(true);
@@ -245,7 +247,7 @@ describe('built-in modules against a plain TS reference', () => {
 
   it('average refuses layers of different structure, naming the difference', () => {
     const model = loadModel('fixtures/bert_contrib_fused.onnx');
-    expect(() => modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:average' }] }).run(model)).toThrow(
+    expect(asCommandLine(() => modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:average' }] }).run(model))).toThrow(
       '--module 0-1=builtin:average: layer 1 differs from layer 0 in structure: node 4 is com.microsoft::FastGelu, not com.microsoft::BiasGelu; builtin:average needs layers of one structure',
     );
   });
@@ -255,10 +257,11 @@ describe('plugins on the layers that remain', () => {
   it('translates original layer numbers through the layer map, refusing replaced layers', async () => {
     const model = loadModel('fixtures/bert_opset14.onnx');
     const original = loadModel('fixtures/bert_opset14.onnx');
-    const report = modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:keep-first' }] }).run(model).report as unknown as ModularReport;
+    const report = modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:keep-first' }] }).run(model).report;
     expect(report.layerMap).toEqual([0, 2]);
     expect(translateLayers(report.layerMap, [0, 2])).toEqual([0, 1]);
-    expect(() => translateLayers(report.layerMap, [1])).toThrow('--plugin: layer 1 was replaced by a module (plugins go on the layers that remain)');
+    expect(asCommandLine(() => translateLayers(report.layerMap, [1]))).toThrow('--plugin: layer 1 was replaced by a module (plugins go on the layers that remain)');
+    expect(() => translateLayers(report.layerMap, [1])).toThrow('plugins: layer 1 was replaced by a module (plugins go on the layers that remain)');
     const plugins = pluginPass({ plugins: [{ source: 'builtin:identity:1:layer' }], layers: translateLayers(report.layerMap, [2]) }).run(model);
     assertValid(model, 'plugins');
     expect((plugins.report.layers as { layer: number }[]).map((l) => l.layer)).toEqual([1]);
@@ -289,7 +292,7 @@ describe('refusals leave the model unchanged', () => {
   it.each(cases)('%s', (_what, requests, message) => {
     const model = loadModel('fixtures/bert_opset14.onnx');
     const before = encodeModel(model);
-    expect(() => modularPass({ modules: requests() }).run(model)).toThrow(message);
+    expect(asCommandLine(() => modularPass({ modules: requests() }).run(model))).toThrow(message);
     expect(Buffer.from(encodeModel(model)).equals(Buffer.from(before))).toBe(true);
   });
 
@@ -298,7 +301,7 @@ describe('refusals leave the model unchanged', () => {
     const before = encodeModel(model);
     const other = path.join(TMP, 'fused_L0-1.onnx');
     saveModel(extractModule(loadModel('fixtures/bert_fused_qkv.onnx'), 0, 1).module, other, { overwrite: true });
-    expect(() => modularPass({ modules: [{ start: 1, end: 2, source: other }] }).run(model)).toThrow(`module ${other}: hidden size 48 does not match the model's 64`);
+    expect(asCommandLine(() => modularPass({ modules: [{ start: 1, end: 2, source: other }] }).run(model))).toThrow(`module ${other}: hidden size 48 does not match the model's 64`);
     expect(Buffer.from(encodeModel(model)).equals(Buffer.from(before))).toBe(true);
   });
 
@@ -307,7 +310,7 @@ describe('refusals leave the model unchanged', () => {
     const inside = analyzeTransformer(model).layers[0].output;
     model.graph.outputs.push(inside);
     const before = encodeModel(model);
-    expect(() => modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:average' }] }).run(model)).toThrow(
+    expect(asCommandLine(() => modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:average' }] }).run(model))).toThrow(
       `--module 0-1=builtin:average: layers 0-1 cannot be removed: ${inside.name}, computed inside, is a graph output`,
     );
     expect(Buffer.from(encodeModel(model)).equals(Buffer.from(before))).toBe(true);
@@ -322,7 +325,7 @@ describe('refusals leave the model unchanged', () => {
     model.graph.outputs.push(peek.outputs[0]!);
     peek.outputs[0]!.type = inside.type ?? tensorType(DataType.FLOAT);
     const before = encodeModel(model);
-    expect(() => modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:keep-first' }] }).run(model)).toThrow(
+    expect(asCommandLine(() => modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:keep-first' }] }).run(model))).toThrow(
       `--module 0-1=builtin:keep-first: layer 1 cannot be removed: ${inside.name}, computed inside, is also read by peek (Identity) outside`,
     );
     expect(Buffer.from(encodeModel(model)).equals(Buffer.from(before))).toBe(true);

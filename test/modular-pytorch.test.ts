@@ -6,14 +6,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ModularReport, type ModuleRequest, modularPass } from '../passes/modular/index.js';
+import type { ModularReport, ModuleRequest } from '../passes/modular/index.js';
+import { modularPass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
-import { Rng } from '../src/runtime/random.js';
+import { Rng } from '../src/random.js';
 import { type Session, openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/verify/ir.js';
+import { assertValid } from '../src/ir/verify.js';
 
 const DIR = path.resolve('fixtures/modules');
 const TOLERANCE = 1e-4;
@@ -55,7 +56,7 @@ describe.each(manifest.cases)('modular pass vs PyTorch: $name', (testCase) => {
   beforeAll(async () => {
     compiled = loadModel(path.join(DIR, testCase.base));
     const modules = testCase.modules.map((m) => ({ ...m, source: path.join(DIR, m.source) }));
-    report = modularPass({ modules }).run(compiled).report as unknown as ModularReport;
+    report = modularPass({ modules }).run(compiled).report;
     mine = await openSession(encodeModel(compiled), { threads: 1 });
     reference = await openSession(path.join(DIR, testCase.expected), { threads: 1 });
   });

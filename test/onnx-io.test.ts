@@ -13,9 +13,10 @@ import { DataType } from '../src/ir/types.js';
 import { type ProtoMessage, concatChunks, decode, encode } from '../src/onnx/codec.js';
 import { decodeModel, encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { messageDesc } from '../src/onnx/schema.js';
-import { verifyModel } from '../src/verify/ir.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { canonicalModel, expectSameModel, hex } from './helpers/canonical.js';
 import { UNKNOWN, buildEveryFieldModel } from './helpers/every-field.js';
+import { asCommandLine } from './helpers/cli-message.js';
 
 // Every fs call of the code under test goes through these pass-through spies, so a test can tell which
 // files were opened, and make one call fail the way a full disk would.
@@ -383,9 +384,10 @@ describe('saveModel writes atomically', () => {
     model.docString = 'changed';
     for (const target of [input, path.join(dir, 'alias.onnx')]) {
       if (target !== input) fs.symlinkSync('in.onnx', target);
-      expect(() => saveModel(model, target, { protect: [input] })).toThrow(
-        new VcompileError(`${target}: refusing to overwrite the input model (write elsewhere, or pass --overwrite)`),
+      expect(asCommandLine(() => saveModel(model, target, { protect: [input] }))).toThrow(
+        `${target}: refusing to overwrite the input model (write elsewhere, or pass --overwrite)`,
       );
+      expect(() => saveModel(model, target, { protect: [input] })).toThrow(`${target}: refusing to overwrite the input model (write elsewhere, or pass overwrite: true)`);
       expect(hex(bytesOf(input))).toBe(before);
     }
     expect(filesIn(dir)).toEqual(['alias.onnx', 'in.onnx']);

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { buildMeanPlugin } from '../passes/plugin/builtin.js';
-import { pluginPass } from '../passes/plugin/index.js';
+import { pluginPass } from '../src/compile/passes.js';
 import { ModelBuilder } from '../src/ir/builder.js';
 import type { Model } from '../src/ir/model.js';
 import { DataType, tensorType } from '../src/ir/types.js';
@@ -14,7 +14,7 @@ import { analyzeTransformer } from '../src/analysis/index.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/verify/ir.js';
+import { assertValid } from '../src/ir/verify.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const fixtures = ['bert_opset14', 'bert_opset17', 'bert_fused_qkv', 'gpt_decoder', 't5_encoder', 'encoder_decoder', 'vit', 'bert_ort_optimized', 'bert_contrib_fused'];

@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
-import { pluginPass } from '../passes/plugin/index.js';
+import { pluginPass } from '../src/compile/passes.js';
 import { summarize } from '../src/inspect/summary.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 
@@ -48,7 +48,7 @@ describe('ORT fusions survive the plugin pass', () => {
 
 describe('ORT fusions in a switchable model', () => {
   it('every branch of every layer keeps its fused Gelu (the If outputs are typed)', async () => {
-    const { switchablePass } = await import('../passes/plugin/switchable.js');
+    const { switchablePass } = await import('../src/compile/passes.js');
     const model = loadModel(path.join(repo, 'fixtures', 'bert_opset14.onnx'));
     switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:variator:4' }] }).run(model);
     const ops = await optimizedOps(encodeModel(model));

@@ -2,15 +2,16 @@
 // hand), the identity plugin as a plumbing check, and every refusal with its message.
 import * as fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { pluginPass } from '../passes/plugin/index.js';
+import { pluginPass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { encodeModel } from '../src/onnx/file.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/verify/ir.js';
+import { assertValid } from '../src/ir/verify.js';
 import { referenceForward } from './helpers/reference-transformer.js';
 import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
+import { asCommandLine } from './helpers/cli-message.js';
 
 const tiny: TransformerConfig = { layers: 2, hidden: 8, heads: 2, ffnInner: 16, norm: 'post', activation: 'relu', bias: true, mask: true, causal: false, vocab: 30, seed: 7 };
 
@@ -126,7 +127,7 @@ describe('refusals', () => {
     it(what, () => {
       const model = buildTransformer(config);
       const before = encodeModel(model);
-      expect(() => pluginPass(options).run(model)).toThrow(message);
+      expect(asCommandLine(() => pluginPass(options).run(model))).toThrow(message);
       expect(Buffer.from(encodeModel(model)).equals(Buffer.from(before))).toBe(true);
     });
   }

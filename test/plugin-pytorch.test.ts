@@ -10,10 +10,11 @@ import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
-import { Rng } from '../src/runtime/random.js';
+import { Rng } from '../src/random.js';
 import { type Session, openSession, run } from '../src/runtime/session.js';
-import { verifyModel } from '../src/verify/ir.js';
-import { type PluginRequest, pluginPass } from '../passes/plugin/index.js';
+import { verifyModel } from '../src/ir/verify.js';
+import type { PluginRequest } from '../passes/plugin/index.js';
+import { pluginPass } from '../src/compile/passes.js';
 
 const DIR = path.resolve('fixtures/plugins');
 const TOLERANCE = 1e-4;

@@ -12,7 +12,8 @@ import { loadModel } from '../src/onnx/file.js';
 import { writeTensorFile } from '../src/onnx/tensor-file.js';
 import { bindDims, describeInputs, generateFeeds, readFeedFolder, realPositions } from '../src/runtime/feeds.js';
 import { decodeNpy, encodeNpy, readNpy, writeNpy } from '../src/runtime/npy.js';
-import { Rng } from '../src/runtime/random.js';
+import { Rng } from '../src/random.js';
+import { asCommandLine } from './helpers/cli-message.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const fixture = (name: string) => path.join(repo, 'fixtures', name);
@@ -182,7 +183,8 @@ describe('feeds from a folder', () => {
   it('an input without a declared shape can only come from files', () => {
     const b = new ModelBuilder(17);
     b.output(b.op.Identity(b.input('x', { kind: 'tensor', elemType: DataType.FLOAT })), 'y');
-    expect(() => describeInputs(b.model)).toThrow('input x: no declared shape; give its values with --inputs DIR');
+    expect(asCommandLine(() => describeInputs(b.model))).toThrow('input x: no declared shape; give its values with --inputs DIR');
+    expect(() => describeInputs(b.model)).toThrow('input x: no declared shape; give its values with inputsDir');
     const specs = describeInputs(b.model, { allowUnshaped: true });
     expect(() => generateFeeds(specs, { batch: 1, seq: 1 })).toThrow(/input x: no declared shape/);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-feeds-'));

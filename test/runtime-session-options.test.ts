@@ -8,6 +8,7 @@ import { VcompileError } from '../src/errors.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
 import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { cudaProviderInstalled, openSession, run } from '../src/runtime/session.js';
+import { cliMessage } from '../src/cli/errors.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const bert = path.join(repo, 'fixtures/bert_opset14.onnx');
@@ -76,14 +77,15 @@ describe('execution providers', () => {
     const error = await openSession(bert, { ep: 'cuda' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(VcompileError);
     expect((error as VcompileError).exitCode).toBe(2);
-    expect((error as Error).message).toMatch(
+    // as the CLI prints it (the library's own message says ep=cuda)
+    expect(cliMessage((error as VcompileError).parts)).toMatch(
       /^--ep cuda: onnxruntime-node's CUDA execution provider is not installed \(no libonnxruntime_providers_cuda\.so in [^)]+\); install it with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node` \(needs CUDA 12 and cuDNN 9\), or use --ep cpu or --ep auto$/,
     );
   });
 
   it.skipIf(cuda)('--ep auto falls back to the CPU and says so once', async () => {
     const notices: string[] = [];
-    const session = await openSession(bert, { ep: 'auto', notify: (line) => notices.push(line) });
+    const session = await openSession(bert, { ep: 'auto', notify: (_line, parts) => notices.push(cliMessage(parts)) });
     expect(session.ep).toBe('cpu');
     expect(notices).toHaveLength(1);
     expect(notices[0]).toMatch(/^--ep auto: running on CPU: onnxruntime-node's CUDA execution provider is not installed/);

@@ -4,16 +4,16 @@
 import * as fc from 'fast-check';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { pluginPass } from '../passes/plugin/index.js';
-import { switchablePass } from '../passes/plugin/switchable.js';
+import { pluginPass, switchablePass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { AdaptiveSession, type CallContext, fixed, latencyBudget, queueDepth, ratioTensor, withFeedableRatio } from '../src/runtime/adaptive.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/verify/ir.js';
+import { assertValid } from '../src/ir/verify.js';
 import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
+import { asCommandLine, asCommandLineAsync } from './helpers/cli-message.js';
 
 const fixture = (name: string) => path.resolve(import.meta.dirname, '../fixtures', name);
 
@@ -120,7 +120,7 @@ describe('the ratio input', () => {
   it('refuses what it cannot build', () => {
     const model = loadModel(fixture('bert_opset14.onnx'));
     expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:variator:2' }] }).run(model)).toThrow('two plugins for all layers have ratio 2; give one per ratio');
-    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }], defaultRatio: 4 }).run(model)).toThrow('--default-ratio 4 is not among the ratios of the plugins given (1, 2)');
+    expect(asCommandLine(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }], defaultRatio: 4 }).run(model))).toThrow('--default-ratio 4 is not among the ratios of the plugins given (1, 2)');
     expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4:layer', layer: 1 }] }).run(model)).toThrow('layer 1 gets plugins of different scopes (ffn, layer); a switchable layer needs one scope');
   });
 });
@@ -200,6 +200,6 @@ describe('vcompile bench --ratios', () => {
     const report = await benchModels([file, fixture('bert_opset14.onnx')], { batches: [1], seqs: [8], warmup: 0, runs: 2, ratios: [1, 4] });
     expect(report.models.map((m) => [m.label.endsWith('@k=1'), m.label.endsWith('@k=4'), m.ratio])).toEqual([[true, false, 1], [false, true, 4], [false, false, null]]);
     expect(report.points[0].results.every((r) => r.samplesMs.length === 2)).toBe(true);
-    await expect(benchModels([file], { batches: [1], seqs: [8], warmup: 0, runs: 1, ratios: [3] })).rejects.toThrow('--ratios 3 is not offered (the model has 1, 2, 4)');
+    await expect(asCommandLineAsync(() => benchModels([file], { batches: [1], seqs: [8], warmup: 0, runs: 1, ratios: [3] }))).rejects.toThrow('--ratios 3 is not offered (the model has 1, 2, 4)');
   });
 });

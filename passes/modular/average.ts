@@ -5,7 +5,7 @@
 // at the same places. Anything else they read (the mask, a position bias, the encoder states) must be
 // the same value for all of them; non-float constants (shape vectors) must be equal.
 import type { TransformerAnalysis } from '../../src/analysis/index.js';
-import { VcompileError } from '../../src/errors.js';
+import { type Label, VcompileError, msg, option } from '../../src/errors.js';
 import type { Attribute, Node, Value } from '../../src/ir/graph.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { DataType, dataTypeName } from '../../src/ir/types.js';
@@ -21,7 +21,7 @@ export interface Averaged {
 }
 
 /** Plan the average of `span`'s layers; throws, naming the difference, when they do not correspond. */
-export function averageLayers(span: Span, analysis: TransformerAnalysis, constantValues: ReadonlySet<Value>, what: string): Averaged {
+export function averageLayers(span: Span, analysis: TransformerAnalysis, constantValues: ReadonlySet<Value>, what: Label): Averaged {
   const layers = span.layers.map((l) => describeSpan(analysis, l.index, l.index, constantValues, what));
   const order = analysis.context.order;
   const sequences = layers.map((l) => [...l.cone, ...l.region].sort((a, b) => order.get(a)! - order.get(b)!));
@@ -29,7 +29,7 @@ export function averageLayers(span: Span, analysis: TransformerAnalysis, constan
   const firstNodes = sequences[0];
   const matches = new Map<Value, Value[]>(first.constants.map((c) => [c, [c]]));
   for (let i = 1; i < layers.length; i++) {
-    const differ = (why: string) => new VcompileError(`${what}: layer ${layers[i].start} differs from layer ${first.start} in structure: ${why}; builtin:average needs layers of one structure`);
+    const differ = (why: string) => new VcompileError(msg`${what}: layer ${layers[i].start} differs from layer ${first.start} in structure: ${why}; builtin:average needs layers of one structure`);
     const nodes = sequences[i];
     if (nodes.length !== firstNodes.length) throw differ(`${nodes.length} nodes instead of ${firstNodes.length}`);
     const positionA = positions(firstNodes);
@@ -81,14 +81,14 @@ function positions(nodes: Node[]): Map<Value, string> {
 }
 
 /** The mean of each weight over the layers, for float weights where it differs from the first layer's. */
-function means(matches: Map<Value, Value[]>, layerCount: number, what: string): Map<Value, Tensor> {
+function means(matches: Map<Value, Value[]>, layerCount: number, what: Label): Map<Value, Tensor> {
   const result = new Map<Value, Tensor>();
   for (const [weight, list] of matches) {
     const tensors = list.map((v) => v.constTensor()!);
     if (tensors.length < layerCount) continue; // read only where the other layers read nothing: structure checks ruled that out
     if (tensors.every((t) => t === tensors[0] || sameBytes(t, tensors[0]))) continue;
     if (tensors[0].dataType !== DataType.FLOAT) {
-      throw new VcompileError(`${what}: ${weight.name} (${dataTypeName(tensors[0].dataType)}) differs between the layers; builtin:average averages float weights and needs other constants equal`);
+      throw new VcompileError(msg`${what}: ${weight.name} (${dataTypeName(tensors[0].dataType)}) differs between the layers; builtin:average averages float weights and needs other constants equal`);
     }
     const sum = new Float64Array(tensors[0].size);
     for (const t of tensors) t.toFloat32().forEach((x, i) => (sum[i] += x));

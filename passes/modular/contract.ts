@@ -4,14 +4,10 @@
 //   output   hidden_out [batch, seq, d]: replaces the output of the last replaced layer
 //   metadata_props vcompile.span = how many consecutive layers it replaces (integer >= 1);
 //            vcompile.start (optional) = the first layer it was made for (written by `vcompile extract`)
-import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { VcompileError } from '../../src/errors.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { DataType, isTensorType } from '../../src/ir/types.js';
-import { decodeModel, describeFsError } from '../../src/onnx/file.js';
 
 export const HIDDEN = 'hidden';
 export const ATTENTION_BIAS = 'attention_bias';
@@ -34,19 +30,8 @@ export interface Module {
   output: Value;
 }
 
-export function loadModule(source: string): Module {
-  let bytes: Uint8Array;
-  try {
-    bytes = fs.readFileSync(source);
-  } catch (error) {
-    throw new VcompileError(`module ${source}: ${describeFsError(error)}`);
-  }
-  const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `module ${source}` });
-  return checkModule(model, source, bytes);
-}
-
 /** Check a module model against the contract; every violation is a one-line error naming the module. */
-export function checkModule(model: Model, source: string, bytes: Uint8Array): Module {
+export function checkModuleContract(model: Model, source: string, sha256: string): Module {
   const refuse = (why: string) => new VcompileError(`module ${source}: ${why}`);
   const graph = model.graph;
   const inputs = graph.inputs.filter((v) => !v.initializer);
@@ -70,7 +55,7 @@ export function checkModule(model: Model, source: string, bytes: Uint8Array): Mo
     span,
     start: readCount(model, START_KEY, 0, refuse),
     hidden: inSize ?? outSize,
-    sha256: createHash('sha256').update(bytes).digest('hex'),
+    sha256,
     hiddenInput,
     biasInput,
     output,
@@ -95,10 +80,4 @@ function readCount(model: Model, key: string, min: number, refuse: (why: string)
   const n = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < min) throw refuse(`${key} must be an integer >= ${min}, got '${text}'`);
   return n;
-}
-
-/** `...L{START}-{END}.onnx`: the layers a module file is named for. */
-export function spanFromFileName(file: string): { start: number; end: number } | undefined {
-  const match = /L(\d+)-(\d+)\.onnx$/i.exec(path.basename(file));
-  return match ? { start: Number(match[1]), end: Number(match[2]) } : undefined;
 }

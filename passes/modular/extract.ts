@@ -4,7 +4,7 @@
 // data. The module keeps the model's opset imports, so it can be spliced back unchanged, or trained
 // in any framework as the starting point of a modular layer.
 import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { VcompileError } from '../../src/errors.js';
+import { type Label, VcompileError, msg, option } from '../../src/errors.js';
 import { ModelBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
@@ -23,16 +23,16 @@ export interface Extracted {
 /** Layers `start..end` of `model` as a module (the model is not changed). */
 export function extractModule(model: Model, start: number, end: number, analysis: TransformerAnalysis = analyzeTransformer(model)): Extracted {
   const what = `extract ${spanName(start, end)}`;
-  if (analysis.error) throw new VcompileError(`${what}: transformer analysis stopped: ${analysis.error.message}`);
+  if (analysis.error) throw new VcompileError(msg`${what}: transformer analysis stopped: ${analysis.error.message}`);
   const hiddenSize = analysis.hidden;
-  if (hiddenSize === undefined) throw new VcompileError(`${what}: the hidden size of the model is not fixed`);
+  if (hiddenSize === undefined) throw new VcompileError(msg`${what}: the hidden size of the model is not fixed`);
   const span = describeSpan(analysis, start, end, constantDerived(model.graph), what);
   const bias = attentionBias(span, analysis, what);
   const shapes = analysis.context.shapes;
   const streamType = shapes.get(span.hidden).dtype;
-  if (streamType !== DataType.FLOAT) throw new VcompileError(`${what}: the residual stream is ${dataTypeName(streamType ?? 0)}; the module contract takes float`);
+  if (streamType !== DataType.FLOAT) throw new VcompileError(msg`${what}: the residual stream is ${dataTypeName(streamType ?? 0)}; the module contract takes float`);
   const local = model.functions.find((f) => [...span.region, ...span.cone].some((n) => n.opType === f.name && (n.domain ?? '') === (f.domain ?? '')));
-  if (local) throw new VcompileError(`${what}: the layers call the model-local function ${local.domain ?? ''}::${local.name}; modules cannot carry functions`);
+  if (local) throw new VcompileError(msg`${what}: the layers call the model-local function ${local.domain ?? ''}::${local.name}; modules cannot carry functions`);
 
   const b = new ModelBuilder(model.opsetVersion('') ?? 17, `vcompile_module_L${start}-${end}`);
   const module = b.model;

@@ -6,21 +6,26 @@
 //                                          of the span's layers' (average.ts)
 // The removed layers' nodes and weights go with dead-code elimination. Everything is planned and checked
 // first; the model changes only once every placement is known to work, so a refusal leaves it as it was.
+// Module files are read above the pass (src/compile/load.ts) and handed in through a loader. The pass
+// renumbers layers: it tells later passes how, through the pipeline context's layer map.
 import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { VcompileError } from '../../src/errors.js';
+import { type Label, VcompileError, msg, option } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
-import { NameAuthority } from '../../src/ir/names.js';
-import { cloneNodes, eliminateDeadCode, spliceGraph, takePlace, toposort } from '../../src/ir/transforms.js';
+import { checkOpsetMerge } from '../../src/ir/opsets.js';
+import { cloneNodes } from '../../src/ir/transforms.js';
 import { DataType, dataTypeName, isTensorType } from '../../src/ir/types.js';
-import { checkOpsetMerge } from '../plugin/opsets.js';
+import { BlockRewriter, recordProvenance } from '../common/blocks.js';
+import { composeLayerMaps } from '../common/layers.js';
 import type { Pass } from '../pipeline.js';
 import { type Averaged, averageLayers } from './average.js';
-import { type Module, loadModule } from './contract.js';
+import type { Module } from './contract.js';
 import { type Span, attentionBias, checkRemovable, constantDerived, describeSpan, spanName } from './span.js';
 
-export const VCOMPILE_VERSION = '0.1.0';
+/** Gives the module a request names (a file), checked against the contract. */
+export type ModuleLoader = (source: string) => Module;
+
 export const BUILTIN_MODULES = ['keep-first', 'average'] as const;
 export type BuiltinModule = (typeof BUILTIN_MODULES)[number];
 
@@ -63,52 +68,31 @@ export interface ModularReport {
   notes: string[];
 }
 
-/**
- * Layer numbers of the input model (as users give them, e.g. for plugins) as the output model numbers
- * them, from the pass report's layerMap; a layer that a module replaced is refused.
- */
-export function translateLayers(layerMap: readonly (number | null)[], layers: readonly number[], what = '--plugin'): number[] {
-  return layers.map((original) => {
-    const at = layerMap.indexOf(original);
-    if (at < 0) throw new VcompileError(`${what}: layer ${original} was replaced by a module (plugins go on the layers that remain)`);
-    return at;
-  });
-}
-
-/** `2-3=m.onnx`, `5=builtin:average` (one layer): the value of a --module flag. */
-export function parseModuleSpec(text: string): ModuleRequest {
-  const match = /^(\d+)(?:-(\d+))?=(.+)$/.exec(text.trim());
-  if (!match) throw new VcompileError(`--module ${text}: expected START-END=FILE or START-END=builtin:${BUILTIN_MODULES.join('|')} (layers 0-based, inclusive)`);
-  const start = Number(match[1]);
-  const end = match[2] === undefined ? start : Number(match[2]);
-  if (start > end) throw new VcompileError(`--module ${text}: START ${start} is after END ${end}`);
-  return { start, end, source: match[3] };
-}
-
-function flag(r: ModuleRequest): string {
-  return r.label ?? `--module ${r.start}-${r.end}=${r.source}`;
+/** How messages name a request: its label, or a reference to the module option that made it. */
+function flag(r: ModuleRequest): Label {
+  const spec = `${r.start}-${r.end}=${r.source}`;
+  return r.label ?? option('modules', spec, `module ${spec}`);
 }
 
 function builtinKind(source: string, r: ModuleRequest): BuiltinModule | undefined {
   if (!source.startsWith('builtin:')) return undefined;
   const kind = source.slice('builtin:'.length);
   if (!(BUILTIN_MODULES as readonly string[]).includes(kind)) {
-    throw new VcompileError(`${flag(r)}: unknown built-in module '${kind}' (there are ${BUILTIN_MODULES.map((k) => `builtin:${k}`).join(' and ')})`);
+    throw new VcompileError(msg`${flag(r)}: unknown built-in module '${kind}' (there are ${BUILTIN_MODULES.map((k) => `builtin:${k}`).join(' and ')})`);
   }
   return kind as BuiltinModule;
 }
 
-export function modularPass(options: ModularPassOptions): Pass {
+export function modularPass(options: ModularPassOptions, load: ModuleLoader): Pass<ModularReport> {
   return {
     name: 'modules',
-    run(model) {
+    run(model, context) {
       const analysis = analyzeTransformer(model);
-      const placements = planModules(model, analysis, options);
-      const rewriter = new Rewriter(model);
+      const placements = planModules(model, analysis, options, load);
+      const rewriter = new ModuleRewriter(model);
       for (const p of placements) rewriter.apply(p);
-      const removed = eliminateDeadCode(model.graph);
-      toposort(model.graph);
-      recordProvenance(model, placements);
+      const removed = rewriter.finish();
+      recordProvenance(model, 'vcompile.modules', placements.map(describePlacement));
       const report: ModularReport = {
         modules: placements.map(describePlacement),
         removedNodes: removed.nodes,
@@ -116,9 +100,28 @@ export function modularPass(options: ModularPassOptions): Pass {
         ...layerMap(model, analysis),
         notes: placements.flatMap((p) => p.notes),
       };
-      return { model, modified: placements.length > 0, report: report as unknown as Record<string, unknown> };
+      return {
+        model,
+        modified: placements.length > 0,
+        report,
+        summary: describeModules(report).map((line) => line.replace(/^modules: /, '')).join('; '),
+        context: { ...context, layerMap: composeLayerMaps(context?.layerMap, report.layerMap) },
+      };
     },
   };
+}
+
+/** One line per placed module, the layer map, and the pass's notes. */
+export function describeModules(report: ModularReport): string[] {
+  const lines = report.modules.map((m) => `modules: ${spanName(m.start, m.end)} <- ${m.kind === 'file' ? m.source : `builtin:${m.kind}`}`);
+  lines.push(`modules: removed ${report.removedNodes} nodes and ${report.removedInitializers} weights; output layers are ${formatLayerMap(report.layerMap)}`);
+  if (report.layerMapNote) lines.push(`modules: note: ${report.layerMapNote}`);
+  for (const note of report.notes) lines.push(`modules: note: ${note}`);
+  return lines;
+}
+
+function formatLayerMap(map: readonly (number | null)[]): string {
+  return `[${map.map((i) => (i === null ? 'module' : String(i))).join(', ')}] (original index per layer)`;
 }
 
 // ------------------------------------------------------------------------------------------ plan
@@ -135,7 +138,7 @@ export interface Placement {
 }
 
 /** Check every request against the model; throws the first problem, changing nothing. */
-export function planModules(model: Model, analysis: TransformerAnalysis, options: ModularPassOptions): Placement[] {
+export function planModules(model: Model, analysis: TransformerAnalysis, options: ModularPassOptions, load: ModuleLoader): Placement[] {
   if (options.modules.length === 0) return [];
   if (analysis.error) throw new VcompileError(`cannot place modules: transformer analysis stopped: ${analysis.error.message}`);
   const hidden = analysis.hidden;
@@ -145,7 +148,7 @@ export function planModules(model: Model, analysis: TransformerAnalysis, options
   const spans = requests.map((r) => describeSpan(analysis, r.start, r.end, constantValues, flag(r)));
   for (let i = 1; i < requests.length; i++) {
     const [a, b] = [requests[i - 1], requests[i]];
-    if (b.start <= a.end) throw new VcompileError(`${flag(a)} and ${flag(b)} overlap (${spanName(b.start, Math.min(a.end, b.end))})`);
+    if (b.start <= a.end) throw new VcompileError(msg`${flag(a)} and ${flag(b)} overlap (${spanName(b.start, Math.min(a.end, b.end))})`);
   }
   const loaded = new Map(options.loaded ?? []);
   return requests.map((request, i) => {
@@ -154,26 +157,26 @@ export function planModules(model: Model, analysis: TransformerAnalysis, options
     const what = flag(request);
     if (kind === 'keep-first') {
       const dropped = span.start === span.end ? [] : describeSpan(analysis, span.start + 1, span.end, constantValues, what).region;
-      checkRemovable(dropped, span.output, analysis, `${what}: ${spanName(span.start + 1, span.end)}`);
+      checkRemovable(dropped, span.output, analysis, msg`${what}: ${spanName(span.start + 1, span.end)}`);
       return { request, kind, span, notes: [] };
     }
-    checkRemovable(span.region, span.output, analysis, `${what}: ${spanName(span.start, span.end)}`);
+    checkRemovable(span.region, span.output, analysis, msg`${what}: ${spanName(span.start, span.end)}`);
     if (kind === 'average') return { request, kind, span, average: averageLayers(span, analysis, constantValues, what), notes: [] };
-    const module = loaded.get(request.source) ?? loadModule(request.source);
+    const module = loaded.get(request.source) ?? load(request.source);
     loaded.set(request.source, module);
     return { request, kind: 'file', span, module, ...fitModule(module, model, span, analysis, hidden, what) };
   });
 }
 
 /** Whether `module` can stand in for `span`: span length, hidden size, opsets, attention bias. */
-function fitModule(module: Module, model: Model, span: Span, analysis: TransformerAnalysis, hidden: number, what: string): { bias?: Value; notes: string[] } {
+function fitModule(module: Module, model: Model, span: Span, analysis: TransformerAnalysis, hidden: number, what: Label): { bias?: Value; notes: string[] } {
   const count = span.end - span.start + 1;
   if (module.span !== count) {
-    throw new VcompileError(`${what}: the module replaces ${module.span} layer${module.span === 1 ? '' : 's'} (vcompile.span = ${module.span}) but ${spanName(span.start, span.end)} ${count === 1 ? 'is 1 layer' : `are ${count} layers`}`);
+    throw new VcompileError(msg`${what}: the module replaces ${module.span} layer${module.span === 1 ? '' : 's'} (vcompile.span = ${module.span}) but ${spanName(span.start, span.end)} ${count === 1 ? 'is 1 layer' : `are ${count} layers`}`);
   }
   if (module.hidden !== undefined && module.hidden !== hidden) throw new VcompileError(`module ${module.source}: hidden size ${module.hidden} does not match the model's ${hidden}`);
   const stream = analysis.context.shapes.get(span.hidden).dtype;
-  if (stream !== undefined && stream !== DataType.FLOAT) throw new VcompileError(`${what}: the model's residual stream is ${dataTypeName(stream)}; modules take and return float`);
+  if (stream !== undefined && stream !== DataType.FLOAT) throw new VcompileError(msg`${what}: the model's residual stream is ${dataTypeName(stream)}; modules take and return float`);
   checkOpsetMerge(module.model, model, module.source, 'module');
   const notes: string[] = [];
   const single = span.start === span.end;
@@ -182,48 +185,33 @@ function fitModule(module: Module, model: Model, span: Span, analysis: Transform
     return { notes };
   }
   const bias = attentionBias(span, analysis, what);
-  if (!bias) throw new VcompileError(`${what}: the module takes attention_bias, but ${spanName(span.start, span.end)} ${single ? 'applies nothing to its' : 'apply nothing to their'} attention scores`);
+  if (!bias) throw new VcompileError(msg`${what}: the module takes attention_bias, but ${spanName(span.start, span.end)} ${single ? 'applies nothing to its' : 'apply nothing to their'} attention scores`);
   checkBiasType(module, bias, analysis, what);
   return { bias, notes };
 }
 
-function checkBiasType(module: Module, bias: Value, analysis: TransformerAnalysis, what: string): void {
+function checkBiasType(module: Module, bias: Value, analysis: TransformerAnalysis, what: Label): void {
   const declared = module.biasInput!.type;
   if (!isTensorType(declared)) throw new VcompileError(`module ${module.source}: attention_bias must be a tensor`);
   const info = analysis.context.shapes.get(bias);
   if (declared.elemType !== undefined && info.dtype !== undefined && declared.elemType !== info.dtype) {
-    throw new VcompileError(`${what}: the module's attention_bias is ${dataTypeName(declared.elemType)} but the model's (${bias.name}) is ${dataTypeName(info.dtype)}`);
+    throw new VcompileError(msg`${what}: the module's attention_bias is ${dataTypeName(declared.elemType)} but the model's (${bias.name}) is ${dataTypeName(info.dtype)}`);
   }
   const theirs = declared.shape;
   const ours = info.shape;
   if (!theirs || !ours) return;
-  if (theirs.length !== ours.length) throw new VcompileError(`${what}: the module's attention_bias has rank ${theirs.length} but the model's (${bias.name}) has rank ${ours.length}`);
+  if (theirs.length !== ours.length) throw new VcompileError(msg`${what}: the module's attention_bias has rank ${theirs.length} but the model's (${bias.name}) has rank ${ours.length}`);
   theirs.forEach((d, axis) => {
     const mine = ours[axis]?.constant;
     if (d.value !== undefined && mine !== d.value) {
-      throw new VcompileError(`${what}: the module's attention_bias has ${d.value} at axis ${axis} but the model's (${bias.name}) has ${ours[axis] ?? 'an unknown size'}`);
+      throw new VcompileError(msg`${what}: the module's attention_bias has ${d.value} at axis ${axis} but the model's (${bias.name}) has ${ours[axis] ?? 'an unknown size'}`);
     }
   });
 }
 
 // --------------------------------------------------------------------------------------- rewrite
 
-class Rewriter {
-  private readonly names: NameAuthority;
-  /** values replaced by earlier placements (a span's output is the next span's input) */
-  private readonly replaced = new Map<Value, Value>();
-  private readonly sharedWeights = new Map<Module, Map<Value, Value>>();
-
-  constructor(private readonly model: Model) {
-    this.names = NameAuthority.forModel(model);
-  }
-
-  private current(v: Value): Value {
-    let cur = v;
-    while (this.replaced.has(cur)) cur = this.replaced.get(cur)!;
-    return cur;
-  }
-
+class ModuleRewriter extends BlockRewriter {
   apply(p: Placement): void {
     // new nodes go where the replaced layers begin, so the layers keep their order in the graph (the
     // analysis numbers layers by graph order); toposort afterwards settles the order of inputs
@@ -238,35 +226,26 @@ class Rewriter {
       cloneNodes(avg.nodes, b, mapping);
       result = mapping.get(avg.output)!;
     } else {
-      result = this.splice(b, p);
+      result = this.spliceModule(b, p);
     }
     if (result === p.span.output) return;
     if (result.isGraphOutput) result = b.op.Identity(result);
-    takePlace(p.span.output, result, this.names);
-    this.replaced.set(p.span.output, result);
+    this.replace(p.span.output, result);
   }
 
-  private splice(b: GraphBuilder, p: Placement): Value {
+  private spliceModule(b: GraphBuilder, p: Placement): Value {
     const module = p.module!;
     for (const { domain, version } of checkOpsetMerge(module.model, this.model, module.source, 'module')) this.model.requireOpset(domain, version);
     if ((module.model.irVersion ?? 0) > (this.model.irVersion ?? 0)) this.model.irVersion = module.model.irVersion;
     const inputs = new Map<Value, Value>([[module.hiddenInput, this.current(p.span.hidden)]]);
     if (module.biasInput) inputs.set(module.biasInput, p.bias!);
-    const weights = this.sharedWeights.get(module) ?? new Map<Value, Value>();
-    this.sharedWeights.set(module, weights);
-    const outputs = spliceGraph(module.model.graph, b, inputs, weights);
+    const outputs = this.splice(module, b, inputs);
     return outputs[module.model.graph.outputs.indexOf(module.output)];
   }
 }
 
 function describePlacement(p: Placement): PlacedModule {
   return { start: p.span.start, end: p.span.end, kind: p.kind, source: p.request.source, ...(p.module ? { sha256: p.module.sha256 } : {}) };
-}
-
-function recordProvenance(model: Model, placements: Placement[]): void {
-  if (placements.length === 0) return;
-  model.setMetadata('vcompile.modules', JSON.stringify(placements.map(describePlacement)));
-  model.setMetadata('vcompile.version', VCOMPILE_VERSION);
 }
 
 /** Each output-model layer's original index, matched by the identity of the value it outputs. */

@@ -6,7 +6,7 @@
 import type { Layer, TransformerAnalysis } from '../../src/analysis/index.js';
 import { dependsOn, nodeLabel } from '../../src/analysis/patterns.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
-import { VcompileError } from '../../src/errors.js';
+import { type Label, VcompileError, msg, option } from '../../src/errors.js';
 import type { Graph, Node, Value } from '../../src/ir/graph.js';
 
 export interface Span {
@@ -33,27 +33,27 @@ export function spanName(start: number, end: number): string {
 }
 
 /** Check that `start..end` names consecutive layers of one residual stream. */
-export function checkSpanRange(analysis: TransformerAnalysis, start: number, end: number, what: string): Layer[] {
+export function checkSpanRange(analysis: TransformerAnalysis, start: number, end: number, what: Label): Layer[] {
   const count = analysis.layers.length;
-  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < 0) throw new VcompileError(`${what}: layers are numbered from 0`);
-  if (start > end) throw new VcompileError(`${what}: START ${start} is after END ${end}`);
-  if (end >= count) throw new VcompileError(`${what}: ${spanName(start, end)} ${start === end ? 'does' : 'do'} not exist (the model has layers 0-${count - 1})`);
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < 0) throw new VcompileError(msg`${what}: layers are numbered from 0`);
+  if (start > end) throw new VcompileError(msg`${what}: START ${start} is after END ${end}`);
+  if (end >= count) throw new VcompileError(msg`${what}: ${spanName(start, end)} ${start === end ? 'does' : 'do'} not exist (the model has layers 0-${count - 1})`);
   const layers = analysis.layers.slice(start, end + 1);
   for (let i = 1; i < layers.length; i++) {
     if (layers[i].input !== layers[i - 1].output) {
-      throw new VcompileError(`${what}: ${spanName(start, end)} are not consecutive on one residual stream (layer ${layers[i].index} starts the ${layers[i].stack} stack)`);
+      throw new VcompileError(msg`${what}: ${spanName(start, end)} are not consecutive on one residual stream (layer ${layers[i].index} starts the ${layers[i].stack} stack)`);
     }
   }
   return layers;
 }
 
 /** The span's region and outside reads; `constantValues` is `constantDerived(graph)`. */
-export function describeSpan(analysis: TransformerAnalysis, start: number, end: number, constantValues: ReadonlySet<Value>, what: string): Span {
+export function describeSpan(analysis: TransformerAnalysis, start: number, end: number, constantValues: ReadonlySet<Value>, what: Label): Span {
   const layers = checkSpanRange(analysis, start, end, what);
   const hidden = layers[0].input;
   const output = layers[layers.length - 1].output;
   const region = regionBetween(hidden, output, analysis.context.graph.nodes);
-  if (region.length === 0) throw new VcompileError(`${what}: nothing lies between ${hidden.name} and ${output.name}`);
+  if (region.length === 0) throw new VcompileError(msg`${what}: nothing lies between ${hidden.name} and ${output.name}`);
   const outside = regionInputs(region).filter((v) => v !== hidden);
   const cone = coneOf(outside.filter((v) => constantValues.has(v) && !v.constTensor()), analysis.context.graph);
   const constants = [...new Set([...outside, ...regionInputs(cone)].filter((v) => v.constTensor()))];
@@ -94,28 +94,28 @@ function coneOf(values: readonly Value[], graph: Graph): Node[] {
  * The one value besides `hidden` and weights the span reads, which its layers apply to their attention
  * scores; undefined when it reads none. Anything else is refused, naming the value.
  */
-export function attentionBias(span: Span, analysis: TransformerAnalysis, what: string): Value | undefined {
+export function attentionBias(span: Span, analysis: TransformerAnalysis, what: Label): Value | undefined {
   const ctx = analysis.context;
   const describe = (v: Value) => `${v.name}${v.producer ? ` (from ${nodeLabel(v.producer, ctx)})` : v.isGraphInput ? ' (a graph input)' : ''}`;
-  const where = `${what}: ${spanName(span.start, span.end)}`;
+  const where = msg`${what}: ${spanName(span.start, span.end)}`;
   const reads = span.start === span.end ? 'reads' : 'read';
   if (span.others.length > 1) {
     throw new VcompileError(
-      `${where} ${reads} ${span.others.length} values besides hidden and weights (${span.others.map(describe).join(', ')}); the module contract has one attention_bias`,
+      msg`${where} ${reads} ${span.others.length} values besides hidden and weights (${span.others.map(describe).join(', ')}); the module contract has one attention_bias`,
     );
   }
   const bias = span.others[0];
   if (bias) {
     const applied = span.layers.some((layer) => layer.selfAttention.terms.some((t) => t.value === bias || dependsOn(t.value, bias)));
     if (!applied) {
-      throw new VcompileError(`${where} ${reads} ${describe(bias)}, which is neither a weight nor what ${span.start === span.end ? 'it applies to its' : 'they apply to their'} attention scores; the module contract has only hidden and attention_bias`);
+      throw new VcompileError(msg`${where} ${reads} ${describe(bias)}, which is neither a weight nor what ${span.start === span.end ? 'it applies to its' : 'they apply to their'} attention scores; the module contract has only hidden and attention_bias`);
     }
   }
   const shapes = ctx.shapes;
   const seqAtoms = new Set(shapes.dim(span.hidden, 1)?.atoms() ?? []);
   const allowed = new Set<Value>([span.hidden, ...(bias ? [bias] : [])]);
   const dependent = sequenceDependentInput([...regionInputs(span.region), ...regionInputs(span.cone)], allowed, seqAtoms, shapes);
-  if (dependent) throw new VcompileError(`${where} ${reads} ${describe(dependent)}, which follows the sequence length and is not the attention bias`);
+  if (dependent) throw new VcompileError(msg`${where} ${reads} ${describe(dependent)}, which follows the sequence length and is not the attention bias`);
   return bias;
 }
 
@@ -124,15 +124,15 @@ export function attentionBias(span: Span, analysis: TransformerAnalysis, what: s
  * output, a shape reused by a later layer, the normalized stream a fused SkipLayerNormalization hands
  * to the next layer): the removed layers would stay in the graph, or be read half-replaced.
  */
-export function checkRemovable(removed: readonly Node[], keep: Value, analysis: TransformerAnalysis, what: string): void {
+export function checkRemovable(removed: readonly Node[], keep: Value, analysis: TransformerAnalysis, what: Label): void {
   const inside = new Set(removed);
   const ctx = analysis.context;
   for (const node of removed) {
     for (const out of node.outputs) {
       if (!out || out === keep) continue;
-      if (out.isGraphOutput) throw new VcompileError(`${what} cannot be removed: ${out.name}, computed inside, is a graph output`);
+      if (out.isGraphOutput) throw new VcompileError(msg`${what} cannot be removed: ${out.name}, computed inside, is a graph output`);
       const use = out.uses().find((u) => !inside.has(topLevel(u.node, ctx.graph)));
-      if (use) throw new VcompileError(`${what} cannot be removed: ${out.name}, computed inside, is also read by ${nodeLabel(topLevel(use.node, ctx.graph), ctx)} outside`);
+      if (use) throw new VcompileError(msg`${what} cannot be removed: ${out.name}, computed inside, is also read by ${nodeLabel(topLevel(use.node, ctx.graph), ctx)} outside`);
     }
   }
 }

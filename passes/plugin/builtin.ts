@@ -9,7 +9,7 @@ import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { VersionedOps } from '../../src/ir/ops.js';
 import { DataType, tensorType } from '../../src/ir/types.js';
-import { Rng } from '../../src/runtime/random.js';
+import { Rng } from '../../src/random.js';
 
 export type Scope = 'ffn' | 'attention' | 'layer';
 export const SCOPES: readonly Scope[] = ['ffn', 'attention', 'layer'];

@@ -2,16 +2,11 @@
 //   inputs  hidden [batch, seq, d] float, inner [batch, seq/k, d] float
 //   outputs compressed [batch, seq/k, d] (from hidden only), restored [batch, seq, d] (from inner and hidden)
 //   metadata_props vcompile.ratio = k (integer >= 1), vcompile.scope = ffn | attention | layer
-import { createHash } from 'node:crypto';
 import { VcompileError } from '../../src/errors.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { DataType } from '../../src/ir/types.js';
-import { decodeModel, encodeModel, readFileOrFail } from '../../src/onnx/file.js';
-import * as path from 'node:path';
-import {
-  BUILTIN_KINDS, type BuiltinKind, SCOPES, type Scope, buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights,
-} from './builtin.js';
+import { BUILTIN_KINDS, type BuiltinKind, SCOPES, type Scope } from './builtin.js';
 
 export interface Plugin {
   /** how the user named it: a file path or builtin:KIND:K[:SCOPE] */
@@ -29,12 +24,6 @@ export interface Plugin {
   restored: Value;
 }
 
-/** What a `builtin:` plugin is generated for. */
-export interface PluginTarget {
-  hidden: number;
-  opset: number;
-}
-
 /** `builtin:mean:4`, `builtin:variator:2:layer`, `builtin:identity:1`: kind, ratio, scope (default ffn). */
 export function parseBuiltin(spec: string): { kind: BuiltinKind; ratio: number; scope: Scope } | undefined {
   if (!spec.startsWith('builtin:')) return undefined;
@@ -48,23 +37,8 @@ export function parseBuiltin(spec: string): { kind: BuiltinKind; ratio: number; 
   return { kind: kind as BuiltinKind, ratio, scope: scopeText as Scope };
 }
 
-export function loadPlugin(source: string, target: PluginTarget): Plugin {
-  const builtin = parseBuiltin(source);
-  if (builtin) {
-    const shape = { ratio: builtin.ratio, hidden: target.hidden, scope: builtin.scope, opset: target.opset };
-    const model =
-      builtin.kind === 'mean' ? buildMeanPlugin(shape)
-      : builtin.kind === 'identity' ? buildIdentityPlugin(shape)
-      : buildVariatorPlugin(shape, initVariatorWeights(builtin.ratio, target.hidden, { seed: 0 }));
-    return checkPlugin(model, source, encodeModel(model));
-  }
-  const bytes = readFileOrFail(source, `plugin ${source}`);
-  const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `plugin ${source}` });
-  return checkPlugin(model, source, bytes);
-}
-
 /** Check a plugin model against the contract; every violation is a one-line error naming the plugin. */
-export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Plugin {
+export function checkPluginContract(model: Model, source: string, sha256: string): Plugin {
   const refuse = (why: string) => new VcompileError(`plugin ${source}: ${why}`);
   const graph = model.graph;
   const inputs = graph.inputs.filter((v) => !v.initializer);
@@ -86,7 +60,7 @@ export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Pl
     ratio: readRatio(model, refuse),
     scope: readScope(model, refuse),
     hidden: hiddenSize ?? innerSize,
-    sha256: createHash('sha256').update(bytes).digest('hex'),
+    sha256,
     hiddenInput,
     innerInput,
     compressed,

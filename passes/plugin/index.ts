@@ -5,23 +5,33 @@
 // Scopes: ffn (the feed-forward block), attention (the self-attention block), layer (the whole layer);
 // for attention and layer the scores' masks and position biases are pooled to the compressed length.
 // Everything is planned and checked first; the graph changes only once every layer is known to work.
-import { type AttentionBlock, type Layer, type ScoreTerm, type ShapeTable, type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { VcompileError } from '../../src/errors.js';
-import { GraphBuilder } from '../../src/ir/builder.js';
-import { type Graph, type Node, type Value, replaceAllUses, Value as IrValue } from '../../src/ir/graph.js';
-import type { Model } from '../../src/ir/model.js';
-import { NameAuthority } from '../../src/ir/names.js';
-import { MIN_OPSET, VersionedOps } from '../../src/ir/ops.js';
-import { cloneNodes, eliminateDeadCode, spliceGraph, takePlace, toposort } from '../../src/ir/transforms.js';
-import { DataType } from '../../src/ir/types.js';
-import type { Pass } from '../pipeline.js';
-import type { Scope } from './builtin.js';
-import { type Plugin, loadPlugin } from './contract.js';
-import { checkOpsetMerge } from './opsets.js';
+// Plugin files are read above the pass (src/compile/load.ts) and handed in through a loader, which also
+// generates `builtin:` plugins for the model's hidden size and opset.
+import { type AttentionBlock, type Layer, type ScoreTerm, type ShapeTable, type TransformerAnalysis } from '../../src/analysis/index.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
+import { VcompileError, msg, option } from '../../src/errors.js';
+import { GraphBuilder } from '../../src/ir/builder.js';
+import { type Graph, type Node, type Value, Value as IrValue, replaceAllUses } from '../../src/ir/graph.js';
+import type { Model } from '../../src/ir/model.js';
+import { MIN_OPSET, VersionedOps } from '../../src/ir/ops.js';
+import { checkOpsetMerge } from '../../src/ir/opsets.js';
+import { cloneNodes } from '../../src/ir/transforms.js';
+import { DataType } from '../../src/ir/types.js';
+import { BlockRewriter, analyzeFor, formatLayers, recordProvenance } from '../common/blocks.js';
+import { translateLayers } from '../common/layers.js';
+import type { Pass, PipelineContext } from '../pipeline.js';
+import type { Scope } from './builtin.js';
+import type { Plugin } from './contract.js';
 import { cropTo, padToMultiple, poolGroups } from './sequence.js';
 
-export const VCOMPILE_VERSION = '0.1.0';
+/** What a `builtin:` plugin is generated for. */
+export interface PluginTarget {
+  hidden: number;
+  opset: number;
+}
+
+/** Gives the plugin a request names (a file, or builtin:KIND:K[:SCOPE] generated for `target`), checked against the contract. */
+export type PluginLoader = (source: string, target: PluginTarget) => Plugin;
 
 export interface PluginRequest {
   /** a plugin file or builtin:KIND:K[:SCOPE] */
@@ -55,18 +65,22 @@ export interface Placement {
   terms: PooledTerm[];
 }
 
-export function pluginPass(options: PluginPassOptions): Pass {
+export interface PluginReport {
+  layers: { layer: number; scope: Scope; ratio: number; plugin: string }[];
+  skippedCausal: number[];
+  removedNodes: number;
+}
+
+export function pluginPass(options: PluginPassOptions, load: PluginLoader): Pass<PluginReport> {
   return {
     name: 'plugins',
-    run(model) {
-      const analysis = analyzeTransformer(model);
-      if (analysis.error) throw new VcompileError(`cannot place plugins: transformer analysis stopped: ${analysis.error.message}`);
-      const placements = plan(model, analysis, options);
-      const rewriter = new Rewriter(model);
+    run(model, context) {
+      const analysis = analyzeFor(model, 'plugins');
+      const placements = plan(model, analysis, inInputNumbers(options, context), load);
+      const rewriter = new PluginRewriter(model);
       for (const p of placements) rewriter.apply(p);
-      const removed = eliminateDeadCode(model.graph);
-      toposort(model.graph);
-      recordProvenance(model, placements);
+      const removed = rewriter.finish();
+      recordPlugins(model, placements);
       const skipped = causalLayers(analysis).filter((i) => !placements.some((p) => p.layer.index === i));
       return {
         model,
@@ -82,20 +96,34 @@ export function pluginPass(options: PluginPassOptions): Pass {
   };
 }
 
+/**
+ * Layer numbers in the options are the input model's. After a pass that renumbered layers (modules), they
+ * are translated, and by default plugins go on the original layers that remain, not inside modules.
+ */
+export function inInputNumbers(options: PluginPassOptions, context: PipelineContext | undefined): PluginPassOptions {
+  const layerMap = context?.layerMap;
+  if (!layerMap) return options;
+  const remaining = layerMap.flatMap((original, index) => (original === null ? [] : [index]));
+  return {
+    plugins: options.plugins.map((p) => (p.layer === undefined ? p : { ...p, layer: translateLayers(layerMap, [p.layer], 'plugins')[0] })),
+    layers: options.layers ? translateLayers(layerMap, options.layers, 'layers') : remaining,
+    compressCausal: options.compressCausal && translateLayers(layerMap, options.compressCausal, 'compressCausal'),
+  };
+}
+
 // ------------------------------------------------------------------------------------------ plan
 
-export function plan(model: Model, analysis: TransformerAnalysis, options: PluginPassOptions): Placement[] {
+export function plan(model: Model, analysis: TransformerAnalysis & { hidden: number }, options: PluginPassOptions, loader: PluginLoader): Placement[] {
   const opset = model.opsetVersion('') ?? 0;
   if (opset < MIN_OPSET) throw new VcompileError(`plugins need opset >= ${MIN_OPSET} (dynamic Pad and Slice); the model declares opset ${opset}`);
   const hidden = analysis.hidden;
-  if (hidden === undefined) throw new VcompileError('cannot place plugins: the hidden size of the model is not fixed');
   const loaded = new Map<string, Plugin>();
   const load = (source: string) => {
-    if (!loaded.has(source)) loaded.set(source, loadPlugin(source, { hidden, opset }));
+    if (!loaded.has(source)) loaded.set(source, loader(source, { hidden, opset }));
     return loaded.get(source)!;
   };
   const defaults = options.plugins.filter((r) => r.layer === undefined);
-  if (defaults.length > 1) throw new VcompileError('give one --plugin for all layers, and --plugin L=FILE for single layers');
+  if (defaults.length > 1) throw new VcompileError(msg`give one ${option('plugins', undefined, 'plugin')} for all layers, and ${option('plugins', 'L=FILE', 'per-layer plugins')} for single layers`);
   const byLayer = new Map(options.plugins.filter((r) => r.layer !== undefined).map((r) => [r.layer!, load(r.source)]));
   const fallback = defaults[0] && load(defaults[0].source);
   for (const plugin of loaded.values()) checkPluginFits(plugin, model, hidden);
@@ -111,7 +139,7 @@ export function plan(model: Model, analysis: TransformerAnalysis, options: Plugi
     if (!chosen) return false;
     if (!layer.selfAttention.causal || allowedCausal.has(layer.index)) return true;
     if (explicit.has(layer.index)) {
-      throw new VcompileError(`layer ${layer.index} uses causal self-attention: merging positions would leak future tokens (--compress-causal ${layer.index} forces it)`);
+      throw new VcompileError(msg`layer ${layer.index} uses causal self-attention: merging positions would leak future tokens (${option('compressCausal', layer.index)} forces it)`);
     }
     return false;
   });
@@ -178,35 +206,20 @@ function poolAxes(term: ScoreTerm, hidden: Value, shapes: ShapeTable, where: str
 
 // --------------------------------------------------------------------------------------- rewrite
 
-export class Rewriter {
-  readonly names: NameAuthority;
+export class PluginRewriter extends BlockRewriter {
   readonly ops: (b: GraphBuilder) => VersionedOps;
-  /** values replaced by earlier placements (a layer-scope output is the next layer's input) */
-  private readonly replaced = new Map<Value, Value>();
-  private readonly sharedWeights = new Map<Plugin, Map<Value, Value>>();
   private readonly pooled = new Map<string, Value>();
 
-  constructor(readonly model: Model) {
-    this.names = NameAuthority.forModel(model);
+  constructor(model: Model) {
+    super(model);
     const opset = model.opsetVersion('') ?? MIN_OPSET;
     this.ops = (b) => new VersionedOps(b, opset);
-  }
-
-  current(v: Value): Value {
-    let cur = v;
-    while (this.replaced.has(cur)) cur = this.replaced.get(cur)!;
-    return cur;
   }
 
   /** Rewrite the model's graph: the block's result is replaced by the plugin-wrapped computation. */
   apply(p: Placement): void {
     const main = this.builder(this.model.graph, p);
     this.replace(p.output, this.compressedRun(p, main, main));
-  }
-
-  replace(old: Value, result: Value): void {
-    takePlace(old, result, this.names);
-    this.replaced.set(old, result);
   }
 
   builder(graph: Graph, p: Placement): GraphBuilder {
@@ -223,10 +236,8 @@ export class Rewriter {
     const hidden = this.current(p.hidden);
     const padded = k > 1 ? padToMultiple(b, ops, hidden, 1, 3, k, b.scalar('zero', 0)) : undefined;
     const inner = new IrValue(this.names.fresh(`vcompile/plugin/L${p.layer.index}/inner`));
-    const weights = this.sharedWeights.get(p.plugin) ?? new Map<Value, Value>();
-    this.sharedWeights.set(p.plugin, weights);
     const inputs = new Map([[p.plugin.hiddenInput, padded?.value ?? hidden], [p.plugin.innerInput, inner]]);
-    const outputs = spliceGraph(p.plugin.model.graph, b, inputs, weights, main);
+    const outputs = this.splice(p.plugin, b, inputs, main);
     const pluginOutput = (v: Value) => outputs[p.plugin.model.graph.outputs.indexOf(v)];
     const mapping = new Map<Value, Value>([[p.hidden, pluginOutput(p.plugin.compressed)], [hidden, pluginOutput(p.plugin.compressed)]]);
     for (const pooled of p.terms) mapping.set(pooled.term.value, this.pool(main, this.ops(main), pooled, k));
@@ -267,28 +278,10 @@ export function summarizePlacements(placements: readonly Placement[]): string {
   return [...byPlugin].map(([plugin, layers]) => `layer${layers.length > 1 ? 's' : ''} ${formatLayers(layers)}: ${plugin.scope} k=${plugin.ratio} (${plugin.source})`).join('; ');
 }
 
-function formatLayers(layers: number[]): string {
-  const runs: string[] = [];
-  for (let i = 0; i < layers.length; i++) {
-    let j = i;
-    while (j + 1 < layers.length && layers[j + 1] === layers[j] + 1) j++;
-    runs.push(i === j ? `${layers[i]}` : `${layers[i]}-${layers[j]}`);
-    i = j;
-  }
-  return runs.join(',');
-}
-
-export function recordProvenance(model: Model, placements: Placement[]): void {
-  if (placements.length === 0) return;
+/** `vcompile.plugins`: each plugin applied, with its sha256 and the layers it went on. */
+export function recordPlugins(model: Model, placements: readonly Placement[]): void {
   const byPlugin = new Map<Plugin, number[]>();
   for (const p of placements) byPlugin.set(p.plugin, [...(byPlugin.get(p.plugin) ?? []), p.layer.index]);
-  const applied = [...byPlugin].map(([plugin, layers]) => ({
-    source: plugin.source,
-    sha256: plugin.sha256,
-    ratio: plugin.ratio,
-    scope: plugin.scope,
-    layers,
-  }));
-  model.setMetadata('vcompile.plugins', JSON.stringify(applied));
-  model.setMetadata('vcompile.version', VCOMPILE_VERSION);
+  const applied = [...byPlugin].map(([plugin, layers]) => ({ source: plugin.source, sha256: plugin.sha256, ratio: plugin.ratio, scope: plugin.scope, layers }));
+  recordProvenance(model, 'vcompile.plugins', applied);
 }

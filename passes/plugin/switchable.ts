@@ -3,45 +3,50 @@
 // block as it is (ratio 1). Branches read the backbone's weights from the enclosing graph, so they are
 // stored once; plugin weights and pooled masks live in the main graph too. An unknown ratio fails at run
 // time in a node whose name says which ratios the model has.
-import { type ShapeTable, type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { VcompileError } from '../../src/errors.js';
+import type { ShapeTable, TransformerAnalysis } from '../../src/analysis/index.js';
+import { VcompileError, msg, option } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
-import { Graph, Value } from '../../src/ir/graph.js';
+import type { Graph, Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { Tensor } from '../../src/ir/tensor.js';
-import { eliminateDeadCode, toposort } from '../../src/ir/transforms.js';
 import { DataType, type IrType, tensorType } from '../../src/ir/types.js';
+import { analyzeFor } from '../common/blocks.js';
 import type { Pass } from '../pipeline.js';
-import { loadPlugin } from './contract.js';
-import { type Placement, type PluginPassOptions, type PluginRequest, Rewriter, plan, recordProvenance, summarizePlacements } from './index.js';
+import type { Plugin } from './contract.js';
+import {
+  type Placement, type PluginLoader, type PluginPassOptions, type PluginRequest, PluginRewriter, inInputNumbers, plan, recordPlugins, summarizePlacements,
+} from './index.js';
 
-import { RATIO_INPUT } from '../../src/runtime/adaptive.js';
-
-export { RATIO_INPUT };
+/** The graph input that selects the ratio of a switchable model. */
+export const RATIO_INPUT = 'vcompile_ratio';
 
 export interface SwitchableOptions extends PluginPassOptions {
   /** the ratio used when `vcompile_ratio` is not fed (default 1: the original computation) */
   defaultRatio?: number;
 }
 
-export function switchablePass(options: SwitchableOptions): Pass {
+export interface SwitchableReport {
+  ratios: number[];
+  defaultRatio: number;
+  layers: { layer: number; ratios: number[] }[];
+}
+
+export function switchablePass(options: SwitchableOptions, load: PluginLoader): Pass<SwitchableReport> {
   return {
     name: 'switchable-plugins',
-    run(model) {
-      const analysis = analyzeTransformer(model);
-      if (analysis.error) throw new VcompileError(`cannot place plugins: transformer analysis stopped: ${analysis.error.message}`);
-      const byRatio = planByRatio(model, analysis, options);
+    run(model, context) {
+      const analysis = analyzeFor(model, 'plugins');
+      const byRatio = planByRatio(model, analysis, { ...options, ...inInputNumbers(options, context) }, load);
       const ratios = [1, ...[...byRatio.keys()].sort((a, b) => a - b)];
       const defaultRatio = options.defaultRatio ?? 1;
-      if (!ratios.includes(defaultRatio)) throw new VcompileError(`--default-ratio ${defaultRatio} is not among the ratios of the plugins given (${ratios.join(', ')})`);
+      if (!ratios.includes(defaultRatio)) throw new VcompileError(msg`${option('defaultRatio', defaultRatio)} is not among the ratios of the plugins given (${ratios.join(', ')})`);
       if (model.graph.lookup(RATIO_INPUT)) throw new VcompileError(`the model already has a value named ${RATIO_INPUT}`);
       const layers = layersInOrder(byRatio);
       const builder = new SwitchBuilder(model, ratios, defaultRatio, analysis.context.shapes);
       for (const placements of layers) builder.switchLayer(placements);
-      eliminateDeadCode(model.graph);
-      toposort(model.graph);
+      builder.rewriter.finish();
       const all = [...byRatio.values()].flat();
-      recordProvenance(model, all);
+      recordPlugins(model, all);
       model.setMetadata('vcompile.switchable', JSON.stringify({ input: RATIO_INPUT, ratios, default: defaultRatio }));
       return {
         model,
@@ -53,13 +58,17 @@ export function switchablePass(options: SwitchableOptions): Pass {
   };
 }
 
-/** The placements of each ratio, planned (and checked) as the single-ratio pass would. */
-function planByRatio(model: Model, analysis: TransformerAnalysis, options: SwitchableOptions): Map<number, Placement[]> {
-  const hidden = analysis.hidden ?? 0;
-  const opset = model.opsetVersion('') ?? 0;
+/** The placements of each ratio, planned (and checked) as the single-ratio pass would; each plugin is loaded once. */
+function planByRatio(model: Model, analysis: TransformerAnalysis & { hidden: number }, options: SwitchableOptions, load: PluginLoader): Map<number, Placement[]> {
+  const loaded = new Map<string, Plugin>();
+  const once: PluginLoader = (source, target) => {
+    if (!loaded.has(source)) loaded.set(source, load(source, target));
+    return loaded.get(source)!;
+  };
+  const target = { hidden: analysis.hidden, opset: model.opsetVersion('') ?? 0 };
   const groups = new Map<number, PluginRequest[]>();
   for (const request of options.plugins) {
-    const { ratio } = loadPlugin(request.source, { hidden, opset });
+    const { ratio } = once(request.source, target);
     if (ratio === 1) throw new VcompileError(`plugin ${request.source}: ratio 1 is the original computation, which a switchable model always has`);
     const group = groups.get(ratio) ?? [];
     if (request.layer === undefined && group.some((r) => r.layer === undefined)) {
@@ -67,8 +76,8 @@ function planByRatio(model: Model, analysis: TransformerAnalysis, options: Switc
     }
     groups.set(ratio, [...group, request]);
   }
-  if (groups.size === 0) throw new VcompileError('--switchable needs at least one --plugin');
-  return new Map([...groups].map(([ratio, plugins]) => [ratio, plan(model, analysis, { ...options, plugins })]));
+  if (groups.size === 0) throw new VcompileError(msg`${option('switchable')} needs at least one ${option('plugins', undefined, 'plugin')}`);
+  return new Map([...groups].map(([ratio, plugins]) => [ratio, plan(model, analysis, { ...options, plugins }, once)]));
 }
 
 /** For each wrapped layer, in order: its placement per ratio (all of one scope). */
@@ -88,7 +97,7 @@ function layersInOrder(byRatio: Map<number, Placement[]>): Map<number, Placement
 }
 
 class SwitchBuilder {
-  private readonly rewriter: Rewriter;
+  readonly rewriter: PluginRewriter;
   private readonly main: GraphBuilder;
   private readonly ratio: Value;
   private readonly conditions = new Map<number, Value>();
@@ -99,12 +108,11 @@ class SwitchBuilder {
     defaultRatio: number,
     private readonly shapes: ShapeTable,
   ) {
-    this.rewriter = new Rewriter(model);
+    this.rewriter = new PluginRewriter(model);
     this.main = new GraphBuilder(model.graph, this.rewriter.names, { prefix: 'vcompile/switch/' });
-    this.rewriter.names.claim(RATIO_INPUT);
-    this.ratio = model.graph.addInput(new Value(RATIO_INPUT, tensorType(DataType.INT64, [])));
     // An initializer of the same name is the input's default (ONNX IR >= 4).
-    model.graph.addInitializer(this.ratio, Tensor.fromArray(RATIO_INPUT, DataType.INT64, [], BigInt64Array.of(BigInt(defaultRatio))));
+    const defaultTensor = Tensor.fromArray(RATIO_INPUT, DataType.INT64, [], BigInt64Array.of(BigInt(defaultRatio)));
+    this.ratio = this.main.input(RATIO_INPUT, tensorType(DataType.INT64, []), defaultTensor);
     if ((model.irVersion ?? 0) < 4) model.irVersion = 4;
   }
 
@@ -113,12 +121,11 @@ class SwitchBuilder {
     const any = placements.values().next().value as Placement;
     let fallback = this.unknownRatioBranch(any);
     for (const ratio of [...this.ratios].reverse()) {
-      const chosen = new Graph(`vcompile/L${any.layer.index}/ratio_${ratio}`);
-      chosen.outerScope = this.main.graph;
       const p = placements.get(ratio);
-      const b = this.rewriter.builder(chosen, any);
+      const b = this.main.subgraph(`vcompile/L${any.layer.index}/ratio_${ratio}`, { prefix: `vcompile/plugin/L${any.layer.index}/` });
       const type = this.blockType(any);
-      chosen.outputs = [typed(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), type)];
+      b.output(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), undefined, type);
+      const chosen = b.graph;
       if (ratio === this.ratios[0]) {
         const node = this.main.node('If', [this.condition(ratio)], { then_branch: chosen, else_branch: fallback });
         // Typed in value_info, so that ORT knows the rank after the If and keeps fusing what follows it.
@@ -133,12 +140,10 @@ class SwitchBuilder {
 
   /** A graph holding If(ratio == r, then, else), to be the else branch of the next check out. */
   private nest(ratio: number, then: Graph, otherwise: Graph, p: Placement): Graph {
-    const holder = new Graph(`vcompile/L${p.layer.index}/not_ratio_${ratio}`);
-    holder.outerScope = this.main.graph;
-    const b = new GraphBuilder(holder, this.rewriter.names, { prefix: `vcompile/L${p.layer.index}/` });
+    const b = this.main.subgraph(`vcompile/L${p.layer.index}/not_ratio_${ratio}`, { prefix: `vcompile/L${p.layer.index}/` });
     const node = b.node('If', [this.condition(ratio)], { then_branch: then, else_branch: otherwise });
-    holder.outputs = [typed(node.outputs[0]!, this.blockType(p))];
-    return holder;
+    b.output(node.outputs[0]!, undefined, this.blockType(p));
+    return b.graph;
   }
 
   /** The wrapped block's result type: declared, else inferred ([batch, seq, d] with symbolic dims kept). */
@@ -163,14 +168,12 @@ class SwitchBuilder {
    * at run time (so no optimizer folds it), in a node whose name ONNX Runtime prints in its error.
    */
   private unknownRatioBranch(p: Placement): Graph {
-    const graph = new Graph(`vcompile/L${p.layer.index}/unknown_ratio`);
-    graph.outerScope = this.main.graph;
-    const b = new GraphBuilder(graph, this.rewriter.names, { prefix: `vcompile/L${p.layer.index}/` });
+    const b = this.main.subgraph(`vcompile/L${p.layer.index}/unknown_ratio`, { prefix: `vcompile/L${p.layer.index}/` });
     const impossible = b.op.Unsqueeze(b.op.Sub(b.op.Mul(this.ratio, b.int64s('zero', [0], [])), b.int64s('two', [2], [])), b.int64s('axes', [0]));
     const failing = b.node('Reshape', [this.rewriter.current(p.hidden), impossible]);
     failing.name = this.rewriter.names.fresh(`${RATIO_INPUT} must be one of ${this.ratios.join(', ')} (layer ${p.layer.index})`);
-    graph.outputs = [typed(failing.outputs[0]!, this.blockType(p))];
-    return graph;
+    b.output(failing.outputs[0]!, undefined, this.blockType(p));
+    return b.graph;
   }
 }
 

@@ -19,3 +19,5 @@ export type { ValueInfo } from './shapes.js';
 export { Expr, formatSymShape } from './symbolic.js';
 export type { SymDim } from './symbolic.js';
 export { nodeMacs, sumMacs } from './flops.js';
+export { type MacCount, concreteShape, macsAt, macsOf, shapesAt, shapesWithInputs } from './macs.js';
+export { type DimBinding, type InputRole, type InputSpec, bindDims, describeInputs, dimKey, dimKind, shapeOf, vocabularyBounds } from './inputs.js';

@@ -3,12 +3,12 @@
 // models alike, and the arithmetic (MACs) each model needs is reported next to its measured time.
 import type * as ort from 'onnxruntime-node';
 import { loadModel } from '../onnx/file.js';
-import { VcompileError } from '../errors.js';
+import { VcompileError, msg, option } from '../errors.js';
 import type { Tensor } from '../ir/tensor.js';
 import { RATIO_INPUT, ratioTensor, switchableInfo, withFeedableRatio } from '../runtime/adaptive.js';
 import { type DimBinding, type InputSpec, bindDims, describeInputs, generateFeeds, shapeOf } from '../runtime/feeds.js';
 import { type Session, type SessionOptions, openSession, prepareFeeds, runPrepared } from '../runtime/session.js';
-import { macsAt } from './macs.js';
+import { macsAt } from '../analysis/macs.js';
 
 export interface BenchOptions {
   batches: readonly number[];
@@ -148,7 +148,7 @@ function plan(file: string, grid: { batch: number; seq: number }[], options: Ben
   if (!options.ratios || !switchable) return [{ ...base, label: file, ratio: null }];
   const offered = switchableInfo(model).ratios;
   const missing = options.ratios.find((r) => !offered.includes(r));
-  if (missing !== undefined) throw new VcompileError(`${file}: --ratios ${missing} is not offered (the model has ${offered.join(', ')})`);
+  if (missing !== undefined) throw new VcompileError(msg`${file}: ${option('ratios', missing)} is not offered (the model has ${offered.join(', ')})`);
   // Branches sit in If subgraphs, whose MACs shape inference does not count.
   return options.ratios.map((ratio) => ({ ...base, macs: grid.map(() => null), label: `${file} @k=${ratio}`, ratio }));
 }

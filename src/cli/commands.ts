@@ -1,15 +1,15 @@
 // What each CLI command does, on top of the library. Output goes to stdout; --json prints one object.
-import { type Pass, runPasses } from '../../passes/pipeline.js';
-import { type ModularReport, translateLayers } from '../../passes/modular/index.js';
-import { type PluginPassOptions, type PluginRequest, pluginPass } from '../../passes/plugin/index.js';
-import { switchablePass } from '../../passes/plugin/switchable.js';
 import { deadCodePass } from '../../passes/dce/index.js';
+import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
+import { type Pass, runPasses } from '../../passes/pipeline.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
-import { describeModules, modulesPassFromFlags } from './modular-commands.js';
-import { ExitCode, VcompileError } from '../errors.js';
+import { pluginPass, switchablePass } from '../compile/passes.js';
+import { VcompileError } from '../errors.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
 import { loadModel, saveModel } from '../onnx/file.js';
-import { verifyModel } from '../verify/ir.js';
+import { ExitCode } from './errors.js';
+import { modulesPassFromFlags } from './modular-commands.js';
+import { print, requireValid } from './output.js';
 import { type CompileVerifyFlags, compiledFailure, describeVerify, verifyCompiled } from './runtime-commands.js';
 
 export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
@@ -52,33 +52,19 @@ export interface CompileOptions {
   modules: string[];
 }
 
-/** The passes a compile runs, from its flags, in order: modules, then plugins, then dead-code elimination. */
+/**
+ * The passes a compile runs, from its flags, in order: modules, then plugins (on the layers that remain,
+ * counted as the input model counts them: the modular pass passes its layer map on), then dead-code
+ * elimination.
+ */
 function compilePasses(options: CompileOptions): Pass[] {
   if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
   if (options.switchable && !options.plugins.length) throw new VcompileError('--switchable needs at least one --plugin');
   const passes: Pass[] = [];
-  let layerMap: (number | null)[] | undefined;
-  if (options.modules.length) {
-    const modules = modulesPassFromFlags(options.modules);
-    passes.push({
-      name: modules.name,
-      run(model) {
-        const result = modules.run(model);
-        const report = result.report as unknown as ModularReport;
-        layerMap = report.layerMap;
-        return { ...result, summary: describeModules(report).map((line) => line.replace(/^modules: /, '')).join('; ') };
-      },
-    });
-  }
+  if (options.modules.length) passes.push(modulesPassFromFlags(options.modules));
   if (options.plugins.length) {
-    passes.push({
-      name: options.switchable ? 'switchable-plugins' : 'plugins',
-      run(model) {
-        const requested = pluginOptions(options);
-        const translated = layerMap ? inAssembledModel(requested, layerMap) : requested;
-        return (options.switchable ? switchablePass({ ...translated, defaultRatio: options.defaultRatio }) : pluginPass(translated)).run(model);
-      },
-    });
+    const plugins = pluginOptions(options);
+    passes.push(options.switchable ? switchablePass({ ...plugins, defaultRatio: options.defaultRatio }) : pluginPass(plugins));
   }
   if (options.eliminateDeadCode) passes.push(deadCodePass);
   return passes;
@@ -89,19 +75,6 @@ function pluginOptions(options: CompileOptions): PluginPassOptions {
     plugins: options.plugins.map(parsePluginFlag),
     layers: options.layers === undefined ? undefined : parseLayerList(options.layers, '--layers'),
     compressCausal: options.compressCausal === undefined ? undefined : parseLayerList(options.compressCausal, '--compress-causal'),
-  };
-}
-
-/**
- * Plugin layer numbers are the input model's; after modules are spliced in, the layers renumber. By
- * default plugins go on the original layers that remain, not inside modules.
- */
-function inAssembledModel(options: PluginPassOptions, layerMap: readonly (number | null)[]): PluginPassOptions {
-  const remaining = layerMap.flatMap((original, index) => (original === null ? [] : [index]));
-  return {
-    plugins: options.plugins.map((p) => (p.layer === undefined ? p : { ...p, layer: translateLayers(layerMap, [p.layer], '--plugin')[0] })),
-    layers: options.layers ? translateLayers(layerMap, options.layers, '--layers') : remaining,
-    compressCausal: options.compressCausal && translateLayers(layerMap, options.compressCausal, '--compress-causal'),
   };
 }
 
@@ -126,7 +99,7 @@ export function parseLayerList(text: string, flag: string): number[] {
 
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
   const model = loadModel(file);
-  if (options.verifyIr) requireValid(verifyModel(model), file);
+  if (options.verifyIr) requireValid(model, file);
   const result = runPasses(model, compilePasses(options), { verify: options.verifyIr });
   const written = saveModel(result.model, options.output, {
     externalData: options.externalData,
@@ -142,18 +115,9 @@ export async function compileFile(file: string, options: CompileOptions): Promis
   return ExitCode.ok;
 }
 
-function requireValid(problems: ReturnType<typeof verifyModel>, file: string): void {
-  if (problems.length === 0) return;
-  const first = problems[0];
-  throw new VcompileError(`${file}: invalid graph: ${first.where}: ${first.message}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`);
-}
 
-function describeWrite(report: { output: string; bytes: number; externalData: string | null; passes: { name: string; report: object; summary?: string }[] }): string {
+function describeWrite(report: { output: string; bytes: number; externalData: string | null; passes: { name: string; report: unknown; summary?: string }[] }): string {
   const lines = report.passes.map((p) => `${p.name}: ${p.summary ?? JSON.stringify(p.report)}`);
   lines.push(`wrote ${report.output} (${report.bytes} bytes${report.externalData ? `, weights in ${report.externalData}` : ''})`);
   return lines.join('\n');
-}
-
-function print(text: string): void {
-  process.stdout.write(`${text}\n`);
 }

@@ -3,15 +3,18 @@
 //   vcompile extract MODEL --layers START-END -o m.onnx                 extractCommand
 //   vcompile MODEL --target-speedup R --modules DIR -o OUT              assembleCommand
 // Each checks everything before writing; problems are one-line VcompileErrors (exit 2) and leave no file.
-import { describePlan, assemble } from '../../passes/modular/assemble.js';
 import { extractModule } from '../../passes/modular/extract.js';
-import { type ModularReport, type ModuleRequest, modularPass, parseModuleSpec } from '../../passes/modular/index.js';
+import { BUILTIN_MODULES, type ModularReport, type ModuleRequest, describeModules } from '../../passes/modular/index.js';
 import { spanName } from '../../passes/modular/span.js';
-import { type Pass, runPasses } from '../../passes/pipeline.js';
+import type { Pass } from '../../passes/pipeline.js';
 import { analyzeTransformer, formatCount } from '../analysis/index.js';
-import { ExitCode, VcompileError } from '../errors.js';
+import { modularPass } from '../compile/passes.js';
+import { assemble, describePlan } from '../decide/assemble.js';
+import { VcompileError } from '../errors.js';
+import { assertValid } from '../ir/verify.js';
 import { loadModel, saveModel } from '../onnx/file.js';
-import { verifyModel } from '../verify/ir.js';
+import { ExitCode } from './errors.js';
+import { print, requireValid } from './output.js';
 
 /** Where and how the compiled model is written (the flags `vcompile MODEL -o OUT` already has). */
 export interface WriteFlags {
@@ -29,8 +32,18 @@ export function parseModuleFlags(values: readonly string[]): ModuleRequest[] {
   return values.map(parseModuleSpec);
 }
 
+/** `2-3=m.onnx`, `5=builtin:average` (one layer): the value of a --module flag. */
+export function parseModuleSpec(text: string): ModuleRequest {
+  const match = /^(\d+)(?:-(\d+))?=(.+)$/.exec(text.trim());
+  if (!match) throw new VcompileError(`--module ${text}: expected START-END=FILE or START-END=builtin:${BUILTIN_MODULES.join('|')} (layers 0-based, inclusive)`);
+  const start = Number(match[1]);
+  const end = match[2] === undefined ? start : Number(match[2]);
+  if (start > end) throw new VcompileError(`--module ${text}: START ${start} is after END ${end}`);
+  return { start, end, source: match[3] };
+}
+
 /** The modular pass for `--module` values, to run before the plugin pass in `vcompile MODEL -o OUT`. */
-export function modulesPassFromFlags(values: readonly string[]): Pass {
+export function modulesPassFromFlags(values: readonly string[]): Pass<ModularReport> {
   return modularPass({ modules: parseModuleFlags(values) });
 }
 
@@ -40,25 +53,13 @@ export function compileModulesCommand(file: string, modules: readonly string[], 
   const pass = modulesPassFromFlags(modules);
   const model = loadModel(file);
   if (flags.verifyIr) requireValid(model, file);
-  const result = runPasses(model, [pass], { verify: flags.verifyIr });
+  const { report, ...result } = pass.run(model);
+  if (flags.verifyIr) assertValid(result.model, pass.name);
   const written = write(result.model, file, flags);
-  const report = result.passes[0].report as unknown as ModularReport;
-  const summary = { input: file, output: flags.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes: result.passes };
+  const passes = [{ name: pass.name, modified: result.modified, report, summary: result.summary }];
+  const summary = { input: file, output: flags.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes };
   print(flags.json ? JSON.stringify(summary, null, 2) : [...describeModules(report), `wrote ${flags.output} (${written.bytes} bytes)`].join('\n'));
   return ExitCode.ok;
-}
-
-/** One line per placed module, the layer map, and the pass's notes. */
-export function describeModules(report: ModularReport): string[] {
-  const lines = report.modules.map((m) => `modules: ${spanName(m.start, m.end)} <- ${m.kind === 'file' ? m.source : `builtin:${m.kind}`}`);
-  lines.push(`modules: removed ${report.removedNodes} nodes and ${report.removedInitializers} weights; output layers are ${formatLayerMap(report.layerMap)}`);
-  if (report.layerMapNote) lines.push(`modules: note: ${report.layerMapNote}`);
-  for (const note of report.notes) lines.push(`modules: note: ${note}`);
-  return lines;
-}
-
-function formatLayerMap(map: readonly (number | null)[]): string {
-  return `[${map.map((i) => (i === null ? 'module' : String(i))).join(', ')}] (original index per layer)`;
 }
 
 export interface ExtractFlags {
@@ -193,15 +194,4 @@ function write(model: Parameters<typeof saveModel>[0], input: string, flags: Wri
     protect: [input],
     overwrite: flags.overwrite,
   });
-}
-
-function requireValid(model: Parameters<typeof verifyModel>[0], label: string): void {
-  const problems = verifyModel(model);
-  if (problems.length === 0) return;
-  const first = problems[0];
-  throw new VcompileError(`${label}: invalid graph: ${first.where}: ${first.message}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`);
-}
-
-function print(text: string): void {
-  process.stdout.write(`${text}\n`);
 }

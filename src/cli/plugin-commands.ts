@@ -1,7 +1,8 @@
 // `vcompile plugin init`: write a built-in plugin as an ordinary ONNX file, ready to run, inspect,
 // train in any framework and bring back.
 import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights, type BuiltinKind, type Scope } from '../../passes/plugin/builtin.js';
-import { ExitCode, VcompileError } from '../errors.js';
+import { VcompileError } from '../errors.js';
+import { ExitCode } from './errors.js';
 import { saveModel } from '../onnx/file.js';
 
 export interface PluginInitOptions {

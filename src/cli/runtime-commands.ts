@@ -4,7 +4,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
 import { benchModels, formatBenchReport } from '../bench/latency.js';
-import { ExitCode, VcompileError } from '../errors.js';
+import { CheckFailedError, VcompileError } from '../errors.js';
+import { ExitCode, printNotice } from './errors.js';
+import { jsonNumbers, print } from './output.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
 import { type VerifyReport, failureLine, formatVerifyReport, verifyModels } from '../verify/numeric.js';
 import { Progress } from './progress.js';
@@ -45,7 +47,7 @@ export async function verifyCommand(original: string, rewritten: string, flags: 
     progress.finish();
   }
   print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatVerifyReport(report));
-  if (!report.pass) throw new VcompileError(failureLine(report), ExitCode.checkFailed);
+  if (!report.pass) throw new CheckFailedError(failureLine(report));
   return ExitCode.ok;
 }
 
@@ -98,7 +100,7 @@ export async function verifyCompiled(input: string, output: string, flags: Compi
       onProgress: (done, total) => progress.update(done, total),
     });
   } catch (error) {
-    if (error instanceof VcompileError) throw new VcompileError(`verification could not run: ${error.message} (${writtenNote(output)})`, error.exitCode);
+    if (error instanceof VcompileError) throw error.wrapped('verification could not run: ', ` (${writtenNote(output)})`);
     throw error;
   } finally {
     progress.finish();
@@ -106,7 +108,7 @@ export async function verifyCompiled(input: string, output: string, flags: Compi
 }
 
 export function compiledFailure(report: VerifyReport, output: string): VcompileError {
-  return new VcompileError(`${failureLine(report)} (${writtenNote(output)})`, ExitCode.checkFailed);
+  return new CheckFailedError(`${failureLine(report)} (${writtenNote(output)})`);
 }
 
 function writtenNote(output: string): string {
@@ -139,6 +141,7 @@ export function sessionOptions(flags: RuntimeFlags): SessionOptions {
     deviceId: count(flags.deviceId, '--device-id', 0),
     threads: flags.threads,
     graphOptimizationLevel: flags.graphOptimization,
+    notify: printNotice,
   };
 }
 
@@ -176,13 +179,4 @@ function writeChart(file: string, svg: string): void {
   } catch (error) {
     throw new VcompileError(`--chart ${file}: ${(error as Error).message}`);
   }
-}
-
-/** JSON has no Infinity or NaN: they are written as null (documented in the README). */
-function jsonNumbers(_key: string, value: unknown): unknown {
-  return typeof value === 'number' && !Number.isFinite(value) ? null : value;
-}
-
-function print(text: string): void {
-  process.stdout.write(`${text}\n`);
 }

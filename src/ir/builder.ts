@@ -87,6 +87,32 @@ export class GraphBuilder {
   scalar(baseName: string, value: number): Value {
     return this.floats(baseName, [], [value]);
   }
+
+  /** A graph input named exactly `name`; with `defaultValue`, an initializer of the same name is its default. */
+  input(name: string, type: IrType = tensorType(DataType.FLOAT), defaultValue?: Tensor): Value {
+    this.names.claim(name);
+    const value = this.graph.addInput(new Value(name, type));
+    if (defaultValue) this.graph.addInitializer(value, defaultValue);
+    return value;
+  }
+
+  /** Mark `value` as a graph output, renaming it to `name` when given and typing it with `type`. */
+  output(value: Value, name?: string, type?: IrType): Value {
+    if (name && name !== value.name) {
+      this.names.claim(name);
+      value.name = name;
+    }
+    if (type) value.type = type;
+    this.graph.outputs.push(value);
+    return value;
+  }
+
+  /** A builder for a new subgraph (an If or Loop body) that reads this graph's values from its outer scope. */
+  subgraph(name: string, options: BuilderOptions = {}): GraphBuilder {
+    const graph = new Graph(name);
+    graph.outerScope = this.graph;
+    return new GraphBuilder(graph, this.names, { prefix: options.prefix ?? this.options.prefix, before: options.before });
+  }
 }
 
 function toAttributes(attrs: Attrs): Attribute[] {
@@ -135,21 +161,5 @@ export class ModelBuilder extends GraphBuilder {
     model.producerName = 'vcompile';
     super(model.graph, new NameAuthority(), options);
     this.model = model;
-  }
-
-  input(name: string, type: IrType = tensorType(DataType.FLOAT)): Value {
-    this.names.claim(name);
-    return this.graph.addInput(new Value(name, type));
-  }
-
-  /** Mark `value` as a graph output, renaming it to `name` when given. */
-  output(value: Value, name?: string, type?: IrType): Value {
-    if (name && name !== value.name) {
-      this.names.claim(name);
-      value.name = name;
-    }
-    if (type) value.type = type;
-    this.graph.outputs.push(value);
-    return value;
   }
 }

@@ -2,7 +2,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VcompileError } from '../errors.js';
+import { VcompileError, msg, option } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import type { ExternalData, Tensor } from '../ir/tensor.js';
 import type { Entry } from '../ir/types.js';
@@ -181,7 +181,7 @@ function refuseOverwrite(model: Model, file: string, options: SaveOptions): void
     if (t.storage.kind === 'external') protectedFiles.add(realOrResolved(path.join(path.dirname(file), t.storage.external.location)));
   }
   if ((options.protect ?? []).map(realOrResolved).includes(target)) {
-    throw new VcompileError(`${file}: refusing to overwrite the input model (write elsewhere, or pass --overwrite)`);
+    throw new VcompileError(msg`${file}: refusing to overwrite the input model (write elsewhere, or pass ${option('overwrite', undefined, 'overwrite: true')})`);
   }
   const location = options.location ?? `${path.basename(file)}.data`;
   const dataTarget = realOrResolved(path.join(path.dirname(file), location));

@@ -4,6 +4,7 @@
 // onnxruntime-node feeds only the inputs it lists, and it does not list an input that has a default
 // (an initializer of the same name): a fed `vcompile_ratio` would be silently ignored. The session is
 // therefore created from a copy of the model without that default, so the ratio is always fed.
+import { RATIO_INPUT } from '../../passes/plugin/switchable.js';
 import { VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import { Tensor } from '../ir/tensor.js';
@@ -11,7 +12,7 @@ import { DataType } from '../ir/types.js';
 import { loadModel } from '../onnx/file.js';
 import { type Session, type SessionOptions, openSession, run } from './session.js';
 
-export const RATIO_INPUT = 'vcompile_ratio';
+export { RATIO_INPUT };
 
 /** What a policy sees when it chooses. */
 export interface CallContext {

@@ -10,149 +10,24 @@
 //   - other integers: uniform in [0, vocab), vocab read from the embedding table the input indexes
 //     (a Gather whose data is a weight, or ORT's EmbedLayerNormalization); without one, [0, 2).
 //     Ids at padded positions are 0, as tokenizers pad.
-// Everything is seeded (src/runtime/random.ts): the same seed gives the same feeds.
+// Input roles and dim binding come from src/analysis/inputs.ts. Everything is seeded (src/random.ts): the same seed gives the same feeds.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VcompileError } from '../errors.js';
-import type { Value } from '../ir/graph.js';
-import type { Model } from '../ir/model.js';
+import { VcompileError, msg, option } from '../errors.js';
+import { type DimBinding, type InputSpec, bindDims, dimKey, shapeOf } from '../analysis/inputs.js';
 import { Tensor, isFloatType } from '../ir/tensor.js';
-import { DataType, type Dim, dataTypeName, isTensorType } from '../ir/types.js';
+import { DataType, dataTypeName } from '../ir/types.js';
 import { readTensorFile } from '../onnx/tensor-file.js';
+import { Rng } from '../random.js';
 import { readNpy } from './npy.js';
-import { Rng } from './random.js';
 
-export type InputRole = 'mask' | 'positions' | 'tokenTypes' | 'float' | 'ids' | 'other';
+export {
+  type DimBinding, type InputRole, type InputSpec, bindDims, describeInputs, dimKey, dimKind, shapeOf, vocabularyBounds,
+} from '../analysis/inputs.js';
 
-export interface InputSpec {
-  name: string;
-  dataType: number;
-  /** declared dims; a dim without value is symbolic (named by `param`, or unnamed) */
-  dims: Dim[];
-  role: InputRole;
-  /** exclusive upper bound of generated ids (integer inputs that index an embedding table) */
-  vocab?: number;
-  /** the model declares no shape (allowed only when the values come from files) */
-  unshaped?: true;
-}
-
-/** Values for symbolic dims: `batch` and `seq` by the rule in `dimKind`, and any dim by name. */
-export interface DimBinding {
-  batch: number;
-  seq: number;
-  /** by dim name (dim_param), or `input.axis` for an unnamed dim; wins over batch/seq */
-  dims?: Readonly<Record<string, number>>;
-}
-
-/**
- * The inputs a caller must feed (inputs with an initializer have a default and are left out).
- * `allowUnshaped`: accept inputs without a declared shape (for feeds read from files).
- */
-export function describeInputs(model: Model, options: { allowUnshaped?: boolean } = {}): InputSpec[] {
-  const graph = model.graph;
-  const withDefault = new Set(graph.initializers.map((v) => v.name));
-  const vocab = vocabularyBounds(model);
-  return graph.inputs
-    .filter((v) => !withDefault.has(v.name))
-    .map((v) => {
-      if (!isTensorType(v.type) || v.type.elemType === undefined) throw new VcompileError(`input ${v.name}: not a tensor of known element type; give its values with --inputs DIR`);
-      if (!v.type.shape && !options.allowUnshaped) throw new VcompileError(`input ${v.name}: no declared shape; give its values with --inputs DIR`);
-      const dataType = v.type.elemType;
-      const role = roleOf(v.name, dataType, vocab.has(v.name));
-      const spec: InputSpec = { name: v.name, dataType, dims: v.type.shape ?? [], role, ...(role === 'ids' && vocab.has(v.name) ? { vocab: vocab.get(v.name) } : {}) };
-      if (!v.type.shape) spec.unshaped = true;
-      return spec;
-    });
-}
-
-function roleOf(name: string, dataType: number, indexesTable: boolean): InputRole {
-  if (/mask/i.test(name)) return 'mask';
-  if (isFloatType(dataType)) return 'float';
-  if (/position/i.test(name) || /^pos_?ids?$/i.test(name)) return 'positions';
-  if (/token_?type|segment/i.test(name)) return 'tokenTypes';
-  if (indexesTable || /ids$|^tokens?$/i.test(name)) return 'ids';
-  return 'other';
-}
-
-/** Ops that carry indices through unchanged in value (only the shape or the integer type changes). */
-const INDEX_PASS_THROUGH = new Set(['Cast', 'Identity', 'Reshape', 'Unsqueeze', 'Squeeze', 'Flatten', 'Expand']);
-
-/**
- * Vocabulary size per graph input: the smallest table among the embedding lookups the input feeds
- * (Gather with a weight as data, directly or through casts and reshapes; ORT's EmbedLayerNormalization).
- */
-export function vocabularyBounds(model: Model): Map<string, number> {
-  const graph = model.graph;
-  const inputs = new Set(graph.inputs);
-  const bounds = new Map<string, number>();
-  const record = (indices: Value | null | undefined, rows: number | undefined) => {
-    const source = traceIndices(indices);
-    if (!source || !inputs.has(source) || rows === undefined) return;
-    bounds.set(source.name, Math.min(bounds.get(source.name) ?? Infinity, rows));
-  };
-  for (const node of graph.nodes) {
-    const domain = node.domain ?? '';
-    if (node.opType === 'Gather' && domain === '') {
-      const table = node.inputs[0]?.constTensor();
-      if (!table) continue;
-      const axis = node.attrInt('axis', 0);
-      record(node.inputs[1], table.dims[axis < 0 ? axis + table.dims.length : axis]);
-    } else if (node.opType === 'EmbedLayerNormalization' && domain === 'com.microsoft') {
-      record(node.inputs[0], node.inputs[2]?.constTensor()?.dims[0]);
-      record(node.inputs[1], node.inputs[4]?.constTensor()?.dims[0]);
-    }
-  }
-  return bounds;
-}
-
-function traceIndices(value: Value | null | undefined): Value | undefined {
-  let v = value ?? undefined;
-  for (let steps = 0; v && steps < 16; steps++) {
-    const p = v.producer;
-    if (!p || !INDEX_PASS_THROUGH.has(p.opType) || (p.domain ?? '') !== '') return v;
-    v = p.inputs[0] ?? undefined;
-  }
-  return v;
-}
-
-/** How a symbolic dim is bound when --dim does not name it: axis 0 is the batch unless its name says length. */
-export function dimKind(dim: Dim, axis: number): 'batch' | 'seq' {
-  const name = dim.param ?? '';
-  if (/batch/i.test(name)) return 'batch';
-  if (axis === 0 && !/seq|len|time|step|token|position|width|height|past|total|decoder/i.test(name)) return 'batch';
-  return 'seq';
-}
-
-/** The name a symbolic dim is bound by: its dim_param, or `input.axis` (as shape inference names unnamed dims). */
-export function dimKey(input: string, axis: number, dim: Dim): string {
-  return dim.param ?? `${input}.${axis}`;
-}
-
-/**
- * Every symbolic dim of the inputs with its value. Dims sharing a name share a value; the first input
- * that names a dim decides whether it is a batch or a sequence dim.
- */
-export function bindDims(specs: readonly InputSpec[], binding: DimBinding): Map<string, number> {
-  const values = new Map<string, number>();
-  for (const spec of specs) {
-    spec.dims.forEach((dim, axis) => {
-      if (dim.value !== undefined) return;
-      const key = dimKey(spec.name, axis, dim);
-      if (values.has(key)) return;
-      values.set(key, binding.dims?.[key] ?? (dimKind(dim, axis) === 'batch' ? binding.batch : binding.seq));
-    });
-  }
-  return values;
-}
-
-export function shapeOf(spec: InputSpec, values: ReadonlyMap<string, number>): number[] {
-  return spec.dims.map((dim, axis) => dim.value ?? values.get(dimKey(spec.name, axis, dim))!);
-}
-
-/** Generated feeds for every input at `binding`, deterministic in `seed`. */
 export function generateFeeds(specs: readonly InputSpec[], binding: DimBinding, seed = 0): Record<string, Tensor> {
   const unshaped = specs.find((s) => s.unshaped);
-  if (unshaped) throw new VcompileError(`input ${unshaped.name}: no declared shape; give its values with --inputs DIR`);
+  if (unshaped) throw new VcompileError(msg`input ${unshaped.name}: no declared shape; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`);
   const values = bindDims(specs, binding);
   const feeds: Record<string, Tensor> = {};
   const masks: { spec: InputSpec; data: number[] }[] = [];
@@ -240,7 +115,7 @@ function tensorFrom(spec: InputSpec, dims: number[], data: number[]): Tensor {
     case DataType.BOOL:
       return Tensor.fromArray(spec.name, t, dims, Uint8Array.from(data));
     default:
-      throw new VcompileError(`input ${spec.name}: cannot generate ${dataTypeName(t)} values; give them with --inputs DIR`);
+      throw new VcompileError(msg`input ${spec.name}: cannot generate ${dataTypeName(t)} values; give them with ${option('inputsDir', 'DIR', 'inputsDir')}`);
   }
 }
 
@@ -269,7 +144,7 @@ export function floatToHalf(value: number): number {
  * the name inside when it names an input, else by position) or NumPy files (`NAME.npy` or `input_N.npy`).
  */
 export function readFeedFolder(dir: string, specs: readonly InputSpec[]): Record<string, Tensor> {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new VcompileError(`--inputs ${dir}: not a folder`);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new VcompileError(msg`${option('inputsDir', dir)}: not a folder`);
   const names = new Set(specs.map((s) => s.name));
   const byName = new Map<string, Tensor>();
   const byIndex = new Map<number, Tensor>();
@@ -289,7 +164,7 @@ export function readFeedFolder(dir: string, specs: readonly InputSpec[]): Record
   const feeds: Record<string, Tensor> = {};
   specs.forEach((spec, index) => {
     const tensor = byName.get(spec.name) ?? byIndex.get(index);
-    if (!tensor) throw new VcompileError(`--inputs ${dir}: no file for input ${spec.name} (input_${index}.pb, ${spec.name}.npy or input_${index}.npy)`);
+    if (!tensor) throw new VcompileError(msg`${option('inputsDir', dir)}: no file for input ${spec.name} (input_${index}.pb, ${spec.name}.npy or input_${index}.npy)`);
     checkFeed(spec, tensor, dir);
     tensor.name = spec.name;
     feeds[spec.name] = tensor;

@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { inferShapes } from '../analysis/shapes.js';
-import { VcompileError } from '../errors.js';
+import { type MessagePart, VcompileError, msg, option, renderMessage } from '../errors.js';
 import type { Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
 import { Tensor } from '../ir/tensor.js';
@@ -38,8 +38,11 @@ export interface SessionOptions {
    * of a copy of the model; the model itself is not changed.
    */
   extraOutputs?: readonly string[];
-  /** where the `auto` fallback notice goes (default: stderr, each distinct notice once per process) */
-  notify?: (line: string) => void;
+  /**
+   * where the `auto` fallback notice goes (default: stderr, each distinct notice once per process): the
+   * line as the library words it, and its parts, whose option references a CLI writes as flags
+   */
+  notify?: (line: string, parts: readonly MessagePart[]) => void;
 }
 
 export interface Session {
@@ -59,16 +62,16 @@ export async function openSession(model: string | Uint8Array | Model, options: S
   const ep = options.ep ?? 'cpu';
   if (ep === 'cpu') return createSession(source, options, 'cpu');
   if (!cudaProviderInstalled()) {
-    if (ep === 'cuda') throw new VcompileError(`--ep cuda: ${cudaMissingReason()}; install it with \`${CUDA_INSTALL_COMMAND}\` (needs CUDA 12 and cuDNN 9), or use --ep cpu or --ep auto`);
-    notice(options, `--ep auto: running on CPU: ${cudaMissingReason()} (\`${CUDA_INSTALL_COMMAND}\` installs it)`);
+    if (ep === 'cuda') throw new VcompileError(msg`${option('ep', 'cuda')}: ${cudaMissingReason()}; install it with \`${CUDA_INSTALL_COMMAND}\` (needs CUDA 12 and cuDNN 9), or use ${option('ep', 'cpu')} or ${option('ep', 'auto')}`);
+    notice(options, msg`${option('ep', 'auto')}: running on CPU: ${cudaMissingReason()} (\`${CUDA_INSTALL_COMMAND}\` installs it)`);
     return createSession(source, options, 'cpu');
   }
   try {
     return await createSession(source, options, 'cuda');
   } catch (error) {
-    const why = error instanceof VcompileError ? error.message : firstLine(error);
-    if (ep === 'cuda') throw new VcompileError(`--ep cuda: ${why}`);
-    notice(options, `--ep auto: running on CPU: the CUDA provider did not start (${why})`);
+    const why: MessagePart[] = error instanceof VcompileError ? [...error.parts] : [firstLine(error)];
+    if (ep === 'cuda') throw new VcompileError([option('ep', 'cuda'), ': ', ...why]);
+    notice(options, [option('ep', 'auto'), ': running on CPU: the CUDA provider did not start (', ...why, ')']);
     return createSession(source, options, 'cpu');
   }
 }
@@ -117,8 +120,9 @@ function quietOrtEnvironment(): void {
 
 const noticesGiven = new Set<string>();
 
-function notice(options: SessionOptions, line: string): void {
-  if (options.notify) return options.notify(line);
+function notice(options: SessionOptions, parts: readonly MessagePart[]): void {
+  const line = renderMessage(parts);
+  if (options.notify) return options.notify(line, parts);
   if (noticesGiven.has(line)) return;
   noticesGiven.add(line);
   process.stderr.write(`vcompile: note: ${line}\n`);

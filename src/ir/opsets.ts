@@ -2,8 +2,8 @@
 // op the plugin uses must exist there and mean the same as at the plugin's opset. `OP_VERSIONS` lists,
 // from ONNX's operator changelog, when each op appeared and the versions at which its form or meaning
 // changed (attributes that became inputs, broadcasting, negative axes); type-only additions are not listed.
-import { VcompileError } from '../../src/errors.js';
-import type { Model } from '../../src/ir/model.js';
+import { VcompileError } from '../errors.js';
+import type { Model } from './model.js';
 
 interface OpHistory {
   since: number;

@@ -2,13 +2,13 @@
 // latencyBudget. Arrivals are simulated on a virtual clock (bursts, then quiet gaps, seeded); every
 // request really runs in ONNX Runtime and its measured service time advances the clock, so queueing
 // comes from real latencies. Reports p50/p95 end-to-end latency and the share served uncompressed.
-//   node dist/src/bench/adaptive.js --model SWITCHABLE.onnx [--requests 120] [--batch 1] [--seq 128] [--budget MS]
+//   node dist/bench/adaptive.js --model SWITCHABLE.onnx [--requests 120] [--batch 1] [--seq 128] [--budget MS]
 import { parseArgs } from 'node:util';
-import { loadModel } from '../onnx/file.js';
-import { AdaptiveSession, type Policy, fixed, latencyBudget } from '../runtime/adaptive.js';
-import { bindDims, describeInputs, generateFeeds } from '../runtime/feeds.js';
-import { Rng } from '../runtime/random.js';
-import { median, percentile } from './latency.js';
+import { loadModel } from '../src/onnx/file.js';
+import { AdaptiveSession, type Policy, fixed, latencyBudget } from '../src/runtime/adaptive.js';
+import { bindDims, describeInputs, generateFeeds } from '../src/runtime/feeds.js';
+import { Rng } from '../src/random.js';
+import { median, percentile } from '../src/bench/latency.js';
 
 interface Served {
   arrivalMs: number;

@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 const THIS_FILE = fileURLToPath(import.meta.url);
-const REPO_ROOT = path.resolve(path.dirname(THIS_FILE), '../../..');
+const REPO_ROOT = path.resolve(path.dirname(THIS_FILE), '../..');
 const DEFAULT_MODEL = path.join(REPO_ROOT, 'bench/out/bert_base.onnx');
 const PYTHON = '/usr/bin/python3';
 const TIME = '/usr/bin/time';
@@ -56,7 +56,7 @@ interface Sample extends ChildResult {
 async function runChild(name: string, model: string, out: string): Promise<void> {
   let work: () => void;
   if (name === 'vcompile' || name === 'vcompile-external') {
-    const { loadModel, saveModel } = await import('../onnx/file.js');
+    const { loadModel, saveModel } = await import('../src/onnx/file.js');
     const externalData = name === 'vcompile' ? 'never' : 'always';
     work = () => saveModel(loadModel(model), out, { externalData });
   } else if (name === 'node-floor') {
@@ -207,7 +207,7 @@ function warmCache(model: string): void {
  * which must give the input's bytes again. Runs in this (unmeasured) process.
  */
 async function externalRoundTripIdentical(model: string, scratch: string): Promise<boolean> {
-  const { loadModel, encodeModel } = await import('../onnx/file.js');
+  const { loadModel, encodeModel } = await import('../src/onnx/file.js');
   const out = path.join(scratch, 'external-check.onnx');
   nodeChild('vcompile-external')(model, out);
   try {

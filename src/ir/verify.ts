@@ -1,7 +1,7 @@
 // The IR verifier: the invariants every pass must keep. Tests run it after every pass; the CLI runs it
 // under --verify-ir. It reports every problem it finds, each with where it is.
-import type { Graph, Node, Value } from '../ir/graph.js';
-import { type Model, type OpsetId, functionKey } from '../ir/model.js';
+import type { Graph, Node, Value } from './graph.js';
+import { type Model, type OpsetId, functionKey } from './model.js';
 
 export interface Problem {
   where: string;

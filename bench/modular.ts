@@ -3,7 +3,7 @@
 // runs interleaved, medians; the measured speed-up is set against the MACs ratio.
 //
 //   /usr/bin/python3 bench/models/bert_base.py bench/out/bert_base.onnx
-//   npm run build && node dist/src/bench/modular.js [bench/out/bert_base.onnx] [--batch 8] [--seq 256]
+//   npm run build && node dist/bench/modular.js [bench/out/bert_base.onnx] [--batch 8] [--seq 256]
 //       [--runs 10] [--warmup 2] [--pairs 2,4,6] [--kind average|keep-first] [--threads N] [--json FILE]
 //
 // The variants are written next to the model (bench/out is not committed), then timed with the machinery
@@ -13,9 +13,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { modularPass } from '../../passes/modular/index.js';
-import { loadModel, saveModel } from '../onnx/file.js';
-import { benchModels, formatBenchReport, median } from './latency.js';
+import { modularPass } from '../src/compile/passes.js';
+import { loadModel, saveModel } from '../src/onnx/file.js';
+import { benchModels, formatBenchReport, median } from '../src/bench/latency.js';
 
 interface Options {
   model: string;

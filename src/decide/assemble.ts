@@ -4,21 +4,27 @@
 // inputs, in onnxruntime). The chosen model is timed against the original in a quick interleaved run.
 // Which layers a module was made for: its metadata vcompile.start when present, else its file name
 // `...L{START}-{END}.onnx`; a module with neither is refused.
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { analyzeTransformer } from '../../src/analysis/index.js';
-import { VcompileError } from '../../src/errors.js';
-import type { Model } from '../../src/ir/model.js';
-import type { Tensor } from '../../src/ir/tensor.js';
-import { decodeModel, describeFsError, encodeModel } from '../../src/onnx/file.js';
-import { describeInputs, generateFeeds } from '../../src/runtime/feeds.js';
-import { type Session, openSession, prepareFeeds, run, runPrepared } from '../../src/runtime/session.js';
-import { compareValues } from '../../src/verify/numeric.js';
-import { type Module, loadModule, spanFromFileName } from './contract.js';
-import { type ModularReport, type ModuleRequest, modularPass, planModules } from './index.js';
-import { type Point, concreteShape, macsOf, moduleMacs, shapesAt } from './macs.js';
-import { type Option, fewestLayers, mostSaved, speedup } from './search.js';
-import { spanName } from './span.js';
+import { type DimBinding, analyzeTransformer, concreteShape, macsOf, shapesAt, shapesWithInputs } from '../analysis/index.js';
+import { VcompileError, msg, option } from '../errors.js';
+import type { Model } from '../ir/model.js';
+import type { Tensor } from '../ir/tensor.js';
+import { decodeModel, encodeModel, readFileOrFail } from '../onnx/file.js';
+import { describeInputs, generateFeeds } from '../runtime/feeds.js';
+import { type Session, openSession, prepareFeeds, run, runPrepared } from '../runtime/session.js';
+import { compareValues } from '../verify/numeric.js';
+import type { Module } from '../../passes/modular/contract.js';
+import { type ModularReport, type ModuleRequest, planModules } from '../../passes/modular/index.js';
+import { type Option, fewestLayers, mostSaved, speedup } from '../../passes/modular/search.js';
+import { spanName } from '../../passes/modular/span.js';
+import { type FoundModule, discoverModules, loadModule } from '../compile/load.js';
+import { modularPass } from '../compile/passes.js';
+
+/** Where MACs are counted and the quick timing runs. */
+export interface Point extends DimBinding {
+  batch: number;
+  seq: number;
+}
 
 export interface AssembleOptions extends Point {
   modulesDir: string;
@@ -35,13 +41,7 @@ export interface AssembleOptions extends Point {
   onProgress?: (line: string) => void;
 }
 
-export interface Candidate {
-  file: string;
-  module: Module;
-  start: number;
-  end: number;
-  /** where the start layer came from */
-  startFrom: 'metadata' | 'file name';
+export interface Candidate extends FoundModule {
   /** MACs of the nodes the module removes, and of the module itself */
   removedMacs: number;
   moduleMacs: number;
@@ -80,8 +80,8 @@ export interface AssembleResult {
 }
 
 export async function assemble(file: string, options: AssembleOptions): Promise<AssembleResult> {
-  if (!(options.target > 1)) throw new VcompileError(`--target-speedup must be a number > 1, got ${options.target}`);
-  const bytes = readBytes(file);
+  if (!(options.target > 1)) throw new VcompileError(msg`${option('targetSpeedup')} must be a number > 1, got ${options.target}`);
+  const bytes = readFileOrFail(file);
   const fresh = () => decodeModel(bytes, { baseDir: path.dirname(file), label: file });
   const model = fresh();
   const analysis = analyzeTransformer(model);
@@ -95,7 +95,7 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
   const loaded = new Map(found.map((f) => [f.file, f.module]));
   const candidates: Candidate[] = found.map((f) => {
     const request: ModuleRequest = { start: f.start, end: f.end, source: f.file, label: `module ${f.file} (${spanName(f.start, f.end)})` };
-    const [placement] = planModules(model, analysis, { modules: [request], loaded });
+    const [placement] = planModules(model, analysis, { modules: [request], loaded }, loadModule);
     const biasShape = placement.bias && concreteShape(placement.bias, shapes);
     return { ...f, removedMacs: macsOf(placement.span.region, shapes, spanName(f.start, f.end)), moduleMacs: moduleMacs(f.module, at, hidden, biasShape) };
   });
@@ -141,39 +141,20 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
   }
 }
 
-function readBytes(file: string): Uint8Array {
-  try {
-    return fs.readFileSync(file);
-  } catch (error) {
-    throw new VcompileError(`${file}: ${describeFsError(error)}`);
-  }
-}
-
-/** Every .onnx file of `dir` as a module, with the layers it was made for. */
-export function discoverModules(dir: string): Pick<Candidate, 'file' | 'module' | 'start' | 'end' | 'startFrom'>[] {
-  let entries: string[];
-  try {
-    entries = fs.readdirSync(dir).filter((f) => f.toLowerCase().endsWith('.onnx')).sort();
-  } catch (error) {
-    throw new VcompileError(`--modules ${dir}: ${describeFsError(error)}`);
-  }
-  if (entries.length === 0) throw new VcompileError(`--modules ${dir}: no .onnx files`);
-  return entries.map((entry) => {
-    const file = path.join(dir, entry);
-    const module = loadModule(file);
-    if (module.start !== undefined) return { file, module, start: module.start, end: module.start + module.span - 1, startFrom: 'metadata' as const };
-    const named = spanFromFileName(file);
-    if (!named) throw new VcompileError(`module ${file}: cannot tell which layers it was made for: set metadata vcompile.start, or name the file *L{START}-{END}.onnx`);
-    const count = named.end - named.start + 1;
-    if (count !== module.span) throw new VcompileError(`module ${file}: its name says ${spanName(named.start, named.end)} (${count} layers) but vcompile.span = ${module.span}`);
-    return { file, module, start: named.start, end: named.end, startFrom: 'file name' as const };
-  });
-}
-
 function compile(model: Model, chosen: Candidate[], loaded: Map<string, Module>): { model: Model; report: ModularReport } {
   const modules = chosen.map((c) => ({ start: c.start, end: c.end, source: c.file }));
   const result = modularPass({ modules, loaded }).run(model);
-  return { model: result.model, report: result.report as unknown as ModularReport };
+  return { model: result.model, report: result.report };
+}
+
+/** A module's MACs with `hidden` [batch, seq, d] and `attention_bias` of shape `biasShape`. */
+function moduleMacs(module: Module, at: Point, hidden: number, biasShape: readonly number[] | undefined): number {
+  const shapes = new Map<string, readonly number[]>([[module.hiddenInput.name, [at.batch, at.seq, hidden]]]);
+  if (module.biasInput) {
+    if (!biasShape) throw new VcompileError(`module ${module.source}: the size of the model's attention bias at batch ${at.batch}, seq ${at.seq} is not known`);
+    shapes.set(module.biasInput.name, biasShape);
+  }
+  return macsOf(module.model.graph.nodes, shapesWithInputs(module.model, shapes), `module ${module.source}`);
 }
 
 export function describePlan(chosen: readonly Candidate[]): string {
@@ -199,7 +180,7 @@ class Measurer {
       for (const f of feeds) reference.push(await run(original, f));
     } catch (error) {
       await original.release();
-      if (error instanceof VcompileError) throw new VcompileError(`measuring the output cosine at batch 1, seq ${options.seq}: ${error.message}`, error.exitCode);
+      if (error instanceof VcompileError) throw error.wrapped(`measuring the output cosine at batch 1, seq ${options.seq}: `);
       throw error;
     }
     return new Measurer(original, feeds, reference, model, options.threads);

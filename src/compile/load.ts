@@ -1,0 +1,95 @@
+// Plugin and module files, read and checked: the passes take them as IR models (passes/plugin/contract.ts,
+// passes/modular/contract.ts hold the contracts); this is where the bytes come from. A `builtin:` plugin
+// is generated for the model it will join (its hidden size and opset). Each file is read once.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { type Module, checkModuleContract } from '../../passes/modular/contract.js';
+import { spanName } from '../../passes/modular/span.js';
+import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../../passes/plugin/builtin.js';
+import { type Plugin, checkPluginContract, parseBuiltin } from '../../passes/plugin/contract.js';
+import { VcompileError, msg, option } from '../errors.js';
+import type { Model } from '../ir/model.js';
+import { decodeModel, describeFsError, encodeModel, readFileOrFail } from '../onnx/file.js';
+
+/** What a `builtin:` plugin is generated for. */
+export interface PluginTarget {
+  hidden: number;
+  opset: number;
+}
+
+/** A plugin file, or `builtin:KIND:K[:SCOPE]` generated for `target`, checked against the contract. */
+export function loadPlugin(source: string, target: PluginTarget): Plugin {
+  const builtin = parseBuiltin(source);
+  if (builtin) {
+    const shape = { ratio: builtin.ratio, hidden: target.hidden, scope: builtin.scope, opset: target.opset };
+    const model =
+      builtin.kind === 'mean' ? buildMeanPlugin(shape)
+      : builtin.kind === 'identity' ? buildIdentityPlugin(shape)
+      : buildVariatorPlugin(shape, initVariatorWeights(builtin.ratio, target.hidden, { seed: 0 }));
+    return checkPlugin(model, source, encodeModel(model));
+  }
+  const bytes = readFileOrFail(source, `plugin ${source}`);
+  const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `plugin ${source}` });
+  return checkPlugin(model, source, bytes);
+}
+
+/** Check a plugin model (whose file bytes are `bytes`) against the contract; a violation is a one-line error naming it. */
+export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Plugin {
+  return checkPluginContract(model, source, sha256(bytes));
+}
+
+/** A module file, checked against the contract. */
+export function loadModule(source: string): Module {
+  let bytes: Uint8Array;
+  try {
+    bytes = fs.readFileSync(source);
+  } catch (error) {
+    throw new VcompileError(`module ${source}: ${describeFsError(error)}`);
+  }
+  const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `module ${source}` });
+  return checkModuleContract(model, source, sha256(bytes));
+}
+
+/** A module found in a folder, with the layers it was made for and where that came from. */
+export interface FoundModule {
+  file: string;
+  module: Module;
+  start: number;
+  end: number;
+  startFrom: 'metadata' | 'file name';
+}
+
+/**
+ * Every .onnx file of `dir` as a module, with the layers it was made for: its metadata vcompile.start
+ * when present, else its file name `...L{START}-{END}.onnx`; a module with neither is refused.
+ */
+export function discoverModules(dir: string): FoundModule[] {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(dir).filter((f) => f.toLowerCase().endsWith('.onnx')).sort();
+  } catch (error) {
+    throw new VcompileError(msg`${option('modulesDir', dir)}: ${describeFsError(error)}`);
+  }
+  if (entries.length === 0) throw new VcompileError(msg`${option('modulesDir', dir)}: no .onnx files`);
+  return entries.map((entry) => {
+    const file = path.join(dir, entry);
+    const module = loadModule(file);
+    if (module.start !== undefined) return { file, module, start: module.start, end: module.start + module.span - 1, startFrom: 'metadata' as const };
+    const named = spanFromFileName(file);
+    if (!named) throw new VcompileError(`module ${file}: cannot tell which layers it was made for: set metadata vcompile.start, or name the file *L{START}-{END}.onnx`);
+    const count = named.end - named.start + 1;
+    if (count !== module.span) throw new VcompileError(`module ${file}: its name says ${spanName(named.start, named.end)} (${count} layers) but vcompile.span = ${module.span}`);
+    return { file, module, start: named.start, end: named.end, startFrom: 'file name' as const };
+  });
+}
+
+/** `...L{START}-{END}.onnx`: the layers a module file is named for. */
+export function spanFromFileName(file: string): { start: number; end: number } | undefined {
+  const match = /L(\d+)-(\d+)\.onnx$/i.exec(path.basename(file));
+  return match ? { start: Number(match[1]), end: Number(match[2]) } : undefined;
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
