@@ -446,3 +446,32 @@ describe('symbolic dims', () => {
     expect(batch.mul(seq).add(seq).evaluate(new Map([['batch', 3], ['seq', 5]]))).toBe(20);
   });
 });
+
+describe('shape inference keys ops by (domain, op type)', () => {
+  it('a custom-domain Add gets no ONNX broadcasting, a default-domain one does', () => {
+    const b = new ModelBuilder(17);
+    b.model.opsetImports.push({ domain: 'example.custom', version: 1 });
+    const x = b.input('x', tensorType(DataType.FLOAT, [2, 3]));
+    const y = b.input('y', tensorType(DataType.FLOAT, [3]));
+    const onnxAdd = b.op.Add(x, y);
+    const customAdd = b.node('Add', [x, y], {}, 1, 'example.custom').outputs[0]!;
+    b.output(onnxAdd, 'a');
+    b.output(customAdd, 'c');
+    const table = inferShapes(b.model.graph);
+    expect(table.shape(onnxAdd)?.map((d) => d?.constant)).toEqual([2, 3]);
+    expect(table.shape(customAdd)).toBeUndefined();
+  });
+
+  it('a malformed node leaves its outputs to their declared types; other exceptions are not swallowed', () => {
+    const b = new ModelBuilder(17);
+    const x = b.input('x', tensorType(DataType.FLOAT, [2, 3]));
+    const cast = b.node('Cast', [x], {}).outputs[0]!; // Cast without its required `to`
+    b.output(cast, 'y');
+    expect(inferShapes(b.model.graph).shape(cast)).toBeUndefined();
+    const broken = new ModelBuilder(17);
+    const z = broken.input('z', tensorType(DataType.FLOAT, [2]));
+    const node = broken.node('Transpose', [z], {});
+    Object.defineProperty(node, 'attributes', { get: () => { throw new TypeError('a bug'); } });
+    expect(() => inferShapes(broken.model.graph)).toThrow('a bug');
+  });
+});

@@ -2,7 +2,7 @@
 // exporters build with Shape/Gather/Unsqueeze/Concat) are tracked element by element as symbolic
 // values, so that `Reshape(x, Concat(Gather(Shape(x), 0), Gather(Shape(x), 1), 4, 16))` comes out as
 // [batch, seq, 4, 16] rather than four unknowns.
-import type { Graph, Node, Value } from '../ir/graph.js';
+import { type Graph, MalformedNodeError, type Node, type Value } from '../ir/graph.js';
 import { isTensorType, DataType } from '../ir/types.js';
 import { Expr, type SymDim, product } from './symbolic.js';
 
@@ -65,8 +65,9 @@ export function inferShapes(graph: Graph, table = new ShapeTable()): ShapeTable 
     let outs: (ValueInfo | undefined)[] = [];
     try {
       outs = inferNode(node, table);
-    } catch {
-      outs = []; // a malformed node leaves its outputs to their declared types
+    } catch (error) {
+      // a malformed node leaves its outputs to their declared types; anything else is a bug
+      if (!(error instanceof MalformedNodeError)) throw error;
     }
     node.outputs.forEach((v, i) => {
       if (!v) return;
@@ -92,13 +93,7 @@ function fromTensorValue(v: Value): ValueInfo | undefined {
   const t = v.constTensor();
   if (!t) return undefined;
   const info: ValueInfo = { dtype: t.dataType, shape: t.dims.map((d) => Expr.num(d)) };
-  if (isIntType(t.dataType) && t.size <= MAX_TRACKED) {
-    try {
-      info.value = t.toNumbers().map((n) => Expr.num(n));
-    } catch {
-      info.value = t.toBigInts().map(clampedInt);
-    }
-  }
+  if (isIntType(t.dataType) && t.size <= MAX_TRACKED) info.value = t.toBigInts().map(clampedInt);
   return info;
 }
 
@@ -116,13 +111,26 @@ export function isIntType(dtype: number | undefined): boolean {
 const num = (n: number) => Expr.num(n);
 const normAxis = (axis: number, rank: number) => (axis < 0 ? axis + rank : axis);
 
+/** ONNX Runtime's contrib ops live in this domain. */
+const MS = 'com.microsoft.';
+
+/**
+ * The op as inference knows it: `MatMul` for the default domain, `com.microsoft.FusedMatMul` for ONNX
+ * Runtime's contrib ops; ops of other domains are unknown (a custom `Add` gets no ONNX broadcasting).
+ */
+function opKey(node: Node): string {
+  const domain = node.domain ?? '';
+  return domain === '' || domain === 'ai.onnx' ? node.opType : `${domain}.${node.opType}`;
+}
+
+// ORT registers LayerNormalization and SimplifiedLayerNormalization in the default domain at every opset.
 const SAME_SHAPE = new Set([
   'Identity', 'Relu', 'Sigmoid', 'Tanh', 'Erf', 'Sqrt', 'Reciprocal', 'Neg', 'Abs', 'Exp', 'Log', 'Softmax', 'LogSoftmax',
   'Hardmax', 'Not', 'Floor', 'Ceil', 'Round', 'Sign', 'Gelu', 'HardSigmoid', 'HardSwish', 'LeakyRelu', 'Elu', 'Selu',
   'Softplus', 'Softsign', 'Sin', 'Cos', 'IsNaN', 'IsInf', 'Clip', 'Trilu', 'CumSum', 'BatchNormalization',
   'InstanceNormalization', 'LpNormalization', 'Mish', 'Celu', 'ThresholdedRelu', 'Dropout', 'Shrink',
-  'FastGelu', 'BiasGelu', 'QuickGelu', 'BiasAdd', 'SkipLayerNormalization', 'SkipSimplifiedLayerNormalization',
-  'SimplifiedLayerNormalization', 'LayerNormalization', 'RotaryEmbedding',
+  'SimplifiedLayerNormalization', 'LayerNormalization',
+  ...['FastGelu', 'BiasGelu', 'QuickGelu', 'Gelu', 'BiasAdd', 'SkipLayerNormalization', 'SkipSimplifiedLayerNormalization', 'RotaryEmbedding'].map((op) => MS + op),
 ]);
 const BROADCAST = new Set([
   'Add', 'Sub', 'Mul', 'Div', 'Pow', 'Mod', 'Min', 'Max', 'Sum', 'Mean', 'Equal', 'Less', 'LessOrEqual', 'Greater',
@@ -133,7 +141,7 @@ const BOOL_OUT = new Set(['Equal', 'Less', 'LessOrEqual', 'Greater', 'GreaterOrE
 function inferNode(node: Node, t: ShapeTable): (ValueInfo | undefined)[] {
   const x = node.inputs[0];
   const ix = t.get(x);
-  const op = node.opType;
+  const op = opKey(node);
   if (op === 'Constant') return [constantNode(node)];
   if (BROADCAST.has(op)) return [broadcastOp(node, t)];
   if (SAME_SHAPE.has(op)) return sameShape(node, t);
@@ -150,7 +158,7 @@ function inferNode(node: Node, t: ShapeTable): (ValueInfo | undefined)[] {
     }
     case 'MatMul':
       return [{ dtype: ix.dtype, shape: matmulShape(ix.shape, t.shape(node.inputs[1])) }];
-    case 'FusedMatMul':
+    case `${MS}FusedMatMul`:
       return [{ dtype: ix.dtype, shape: matmulShape(...fusedMatMulOperands(node, t)) }];
     case 'Gemm':
       return [gemm(node, t)];
@@ -197,11 +205,11 @@ function inferNode(node: Node, t: ShapeTable): (ValueInfo | undefined)[] {
       return [convTranspose(node, t)];
     case 'Resize': case 'Upsample':
       return [resize(node, t)];
-    case 'Attention':
+    case `${MS}Attention`:
       return contribAttention(node, t);
-    case 'MultiHeadAttention':
+    case `${MS}MultiHeadAttention`:
       return [{ dtype: ix.dtype, shape: ix.shape && [...ix.shape.slice(0, -1), t.dim(node.inputs[2], -1) ?? ix.shape[ix.shape.length - 1]] }];
-    case 'EmbedLayerNormalization':
+    case `${MS}EmbedLayerNormalization`:
       return embedLayerNorm(node, t);
     default:
       return [];
@@ -647,7 +655,7 @@ function convLike(node: Node, t: ShapeTable): ValueInfo {
 function pad(node: Node, t: ShapeTable): ValueInfo {
   const ix = t.get(node.inputs[0]);
   const pads = node.attr('pads') ? node.attrInts('pads') : t.ints(node.inputs[1]);
-  if (!ix.shape || !pads || node.inputs[3]) return { dtype: ix.dtype, shape: ix.shape && pads ? undefined : undefined };
+  if (!ix.shape || !pads || node.inputs[3]) return { dtype: ix.dtype };
   const rank = ix.shape.length;
   return { dtype: ix.dtype, shape: ix.shape.map((d, i) => d?.add(pads[i] + pads[i + rank])) };
 }

@@ -204,14 +204,17 @@ export class Node {
   }
 }
 
+/** A node whose attributes do not say what its op needs (missing, or out of range): the model is malformed. */
+export class MalformedNodeError extends Error {}
+
 function required<T>(node: Node, name: string, fallback: T | undefined): T {
-  if (fallback === undefined) throw new Error(`${node}: attribute '${name}' is missing`);
+  if (fallback === undefined) throw new MalformedNodeError(`${node}: attribute '${name}' is missing`);
   return fallback;
 }
 
 function safeNumber(node: Node, name: string, value: bigint): number {
   const n = Number(value);
-  if (!Number.isSafeInteger(n)) throw new RangeError(`${node}: attribute '${name}' value ${value} is beyond 2^53`);
+  if (!Number.isSafeInteger(n)) throw new MalformedNodeError(`${node}: attribute '${name}' value ${value} is beyond 2^53`);
   return n;
 }
 
