@@ -6,7 +6,7 @@
 import { parseArgs } from 'node:util';
 import { loadModel } from '../src/onnx/file.js';
 import { AdaptiveSession, type Policy, fixed, latencyBudget } from '../src/runtime/adaptive.js';
-import { bindDims, describeInputs, generateFeeds } from '../src/runtime/feeds.js';
+import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { Rng } from '../src/random.js';
 import { median, percentile } from '../src/bench/latency.js';
 

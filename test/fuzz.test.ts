@@ -90,7 +90,7 @@ function expectCleanFailure(error: unknown): void {
 
 /** Decode damaged bytes; a model that comes out must re-encode, verify, and survive a second round unchanged. */
 function checkModelBytes(bytes: Uint8Array): void {
-  let model;
+  let model: ReturnType<typeof decodeModel>;
   try {
     model = decodeModel(bytes, { label: 'damaged' });
   } catch (error) {
@@ -104,7 +104,7 @@ function checkModelBytes(bytes: Uint8Array): void {
 }
 
 function checkTensorBytes(bytes: Uint8Array): void {
-  let tensor;
+  let tensor: ReturnType<typeof decodeTensor>;
   try {
     tensor = decodeTensor(bytes, 'damaged');
   } catch (error) {

@@ -9,7 +9,7 @@ import * as fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { extractModule } from '../passes/modular/extract.js';
 import { translateLayers } from '../passes/common/layers.js';
-import type { ModularReport, ModuleRequest } from '../passes/modular/index.js';
+import type { ModuleRequest } from '../passes/modular/index.js';
 import { modularPass, pluginPass } from '../src/compile/passes.js';
 import { analyzeTransformer } from '../src/analysis/index.js';
 import type { Value } from '../src/ir/graph.js';

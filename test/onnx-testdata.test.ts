@@ -141,7 +141,7 @@ function mismatch(actual: Tensor | undefined, expected: Tensor, name: string): s
 
 /** Runs model bytes on the reference inputs: undefined when the outputs match, else what went wrong. */
 async function runAndCompare(bytes: Uint8Array, data: TestData): Promise<string | undefined> {
-  let session;
+  let session: Awaited<ReturnType<typeof openSession>>;
   try {
     session = await openSession(bytes, { threads: 1 });
   } catch (error) {

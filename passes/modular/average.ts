@@ -5,7 +5,7 @@
 // at the same places. Anything else they read (the mask, a position bias, the encoder states) must be
 // the same value for all of them; non-float constants (shape vectors) must be equal.
 import type { TransformerAnalysis } from '../../src/analysis/index.js';
-import { type Label, VcompileError, msg, option } from '../../src/errors.js';
+import { type Label, VcompileError, msg, } from '../../src/errors.js';
 import type { Attribute, Node, Value } from '../../src/ir/graph.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { DataType, dataTypeName } from '../../src/ir/types.js';

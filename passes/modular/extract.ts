@@ -4,7 +4,7 @@
 // data. The module keeps the model's opset imports, so it can be spliced back unchanged, or trained
 // in any framework as the starting point of a modular layer.
 import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { type Label, VcompileError, msg, option } from '../../src/errors.js';
+import { VcompileError, msg, } from '../../src/errors.js';
 import { ModelBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';

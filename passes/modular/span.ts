@@ -6,7 +6,7 @@
 import type { Layer, TransformerAnalysis } from '../../src/analysis/index.js';
 import { dependsOn, nodeLabel } from '../../src/analysis/patterns.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
-import { type Label, VcompileError, msg, option } from '../../src/errors.js';
+import { type Label, VcompileError, msg, } from '../../src/errors.js';
 import type { Graph, Node, Value } from '../../src/ir/graph.js';
 
 export interface Span {

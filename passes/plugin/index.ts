@@ -7,7 +7,7 @@
 // Everything is planned and checked first; the graph changes only once every layer is known to work.
 // Plugin files are read above the pass (src/compile/load.ts) and handed in through a loader, which also
 // generates `builtin:` plugins for the model's hidden size and opset.
-import { type AttentionBlock, type Layer, type ScoreTerm, type ShapeTable, type TransformerAnalysis } from '../../src/analysis/index.js';
+import type { AttentionBlock, Layer, ScoreTerm, ShapeTable, TransformerAnalysis } from '../../src/analysis/index.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
 import { VcompileError, msg, option } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';

@@ -11,7 +11,7 @@ export interface NumTensor {
   dtype: number;
 }
 
-export class EvalError extends Error {}
+export class EvaluationError extends Error {}
 
 const MAX_ELEMENTS = 1 << 20;
 const MAX_NODES = 600;
@@ -32,24 +32,24 @@ export interface EvaluateOptions {
 
 /**
  * Evaluate `targets`, reading `feeds` for given values and constants for weights; everything else is
- * computed from its producer. Throws EvalError naming the node it could not evaluate.
+ * computed from its producer. Throws EvaluationError naming the node it could not evaluate.
  */
 export function evaluate(targets: readonly Value[], feeds: ReadonlyMap<Value, NumTensor>, options: EvaluateOptions = {}): NumTensor[] {
   const memo = new Map<Value, NumTensor>(feeds);
   let visited = 0;
   const get = (v: Value | null | undefined): NumTensor => {
-    if (!v) throw new EvalError('missing optional input');
+    if (!v) throw new EvaluationError('missing optional input');
     const known = memo.get(v);
     if (known) return known;
     const c = v.constTensor();
     if (c) {
-      if (c.size > MAX_ELEMENTS) throw new EvalError(`constant ${v.name} is too large to evaluate`);
+      if (c.size > MAX_ELEMENTS) throw new EvaluationError(`constant ${v.name} is too large to evaluate`);
       const t = tensorOf(c.dims, c.dataType === DataType.INT64 || c.dataType === DataType.UINT64 ? c.toBigInts().map(Number) : c.toFloat32(), c.dataType);
       memo.set(v, t);
       return t;
     }
     const p = v.producer;
-    if (!p) throw new EvalError(`value ${v.name} has no producer and no feed`);
+    if (!p) throw new EvaluationError(`value ${v.name} has no producer and no feed`);
     const oracle = p.opType === 'Shape' && !p.domain && p.inputs[0] ? options.shapeOf?.(p.inputs[0]) : undefined;
     if (oracle) {
       const rank = oracle.length;
@@ -59,11 +59,11 @@ export function evaluate(targets: readonly Value[], feeds: ReadonlyMap<Value, Nu
       memo.set(v, t);
       return t;
     }
-    if (++visited > MAX_NODES) throw new EvalError('the computation is too large to evaluate');
+    if (++visited > MAX_NODES) throw new EvaluationError('the computation is too large to evaluate');
     const outs = run(p, get);
     p.outputs.forEach((o, i) => o && outs[i] && memo.set(o, outs[i]));
     const out = memo.get(v);
-    if (!out) throw new EvalError(`${p} did not produce ${v.name}`);
+    if (!out) throw new EvaluationError(`${p} did not produce ${v.name}`);
     return out;
   };
   return targets.map(get);
@@ -88,7 +88,7 @@ const BINARY: Record<string, (a: number, b: number) => number> = {
 const BOOL_OPS = new Set(['Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor', 'Not']);
 
 function run(node: Node, get: Get): NumTensor[] {
-  if (node.domain && node.domain !== 'com.microsoft' && node.domain !== 'ai.onnx') throw new EvalError(`cannot evaluate ${node}`);
+  if (node.domain && node.domain !== 'com.microsoft' && node.domain !== 'ai.onnx') throw new EvaluationError(`cannot evaluate ${node}`);
   const op = node.opType;
   const x = () => get(node.inputs[0]);
   if (op === 'Gelu' && node.attr('approximate') && node.attrString('approximate') === 'tanh') return [map(x(), geluTanh)];
@@ -105,7 +105,7 @@ function run(node: Node, get: Get): NumTensor[] {
   switch (op) {
     case 'Constant': {
       const t = node.attr('value')?.t;
-      if (!t) throw new EvalError(`${node}: only tensor-valued Constant nodes are evaluated`);
+      if (!t) throw new EvaluationError(`${node}: only tensor-valued Constant nodes are evaluated`);
       return [tensorOf(t.dims, t.dataType === DataType.INT64 ? t.toBigInts().map(Number) : t.toFloat32(), t.dataType)];
     }
     case 'Cast': {
@@ -146,7 +146,7 @@ function run(node: Node, get: Get): NumTensor[] {
     case 'Expand': {
       const t = x();
       const target = [...get(node.inputs[1]).data];
-      if (sizeOf(target) > MAX_ELEMENTS) throw new EvalError(`${node}: expanded tensor too large to evaluate`);
+      if (sizeOf(target) > MAX_ELEMENTS) throw new EvaluationError(`${node}: expanded tensor too large to evaluate`);
       const shapeOnly = { dims: target, data: new Float64Array(sizeOf(target)), dtype: t.dtype };
       return [broadcast([t, shapeOnly], (v) => v[0], t.dtype)];
     }
@@ -159,7 +159,7 @@ function run(node: Node, get: Get): NumTensor[] {
     case 'Range': {
       const [s, l, d] = node.inputs.map((v) => get(v).data[0]);
       const n = Math.max(0, Math.ceil((l - s) / d));
-      if (n > MAX_ELEMENTS) throw new EvalError(`${node}: range too long`);
+      if (n > MAX_ELEMENTS) throw new EvaluationError(`${node}: range too long`);
       return [tensorOf([n], Array.from({ length: n }, (_, i) => s + i * d), get(node.inputs[0]).dtype)];
     }
     case 'Gather':
@@ -177,7 +177,7 @@ function run(node: Node, get: Get): NumTensor[] {
       return [t];
     }
     default:
-      throw new EvalError(`cannot evaluate ${node}`);
+      throw new EvaluationError(`cannot evaluate ${node}`);
   }
 }
 
@@ -186,7 +186,7 @@ function isInt(dtype: number): boolean {
 }
 
 function checked(t: NumTensor): NumTensor {
-  if (t.data.length > MAX_ELEMENTS) throw new EvalError('intermediate tensor too large to evaluate');
+  if (t.data.length > MAX_ELEMENTS) throw new EvaluationError('intermediate tensor too large to evaluate');
   return t;
 }
 
@@ -210,14 +210,14 @@ function broadcast(ts: NumTensor[], f: (values: number[]) => number, dtype: numb
       const k = i - (rank - t.dims.length);
       const td = k >= 0 ? t.dims[k] : 1;
       if (td !== 1) {
-        if (d !== 1 && d !== td) throw new EvalError(`shapes [${ts.map((u) => u.dims.join('x')).join('], [')}] do not broadcast`);
+        if (d !== 1 && d !== td) throw new EvaluationError(`shapes [${ts.map((u) => u.dims.join('x')).join('], [')}] do not broadcast`);
         d = td;
       }
     }
     dims.push(d);
   }
   const size = sizeOf(dims);
-  if (size > MAX_ELEMENTS) throw new EvalError('broadcast result too large to evaluate');
+  if (size > MAX_ELEMENTS) throw new EvaluationError('broadcast result too large to evaluate');
   if (ts.every((t) => t.data.length === 1 || t.data.length === size)) {
     // fast path: every operand is a scalar or already full size
     const data = new Float64Array(size);
@@ -279,7 +279,7 @@ function reshapeLike(node: Node, t: NumTensor, get: Get): NumTensor {
     const at = dims.indexOf(-1);
     if (at >= 0) dims[at] = sizeOf(t.dims) / sizeOf(dims.filter((_, i) => i !== at));
   }
-  if (sizeOf(dims) !== t.data.length) throw new EvalError(`${node}: cannot reshape ${t.dims.join('x')} to ${dims.join('x')}`);
+  if (sizeOf(dims) !== t.data.length) throw new EvaluationError(`${node}: cannot reshape ${t.dims.join('x')} to ${dims.join('x')}`);
   return { dims, data: t.data, dtype: t.dtype };
 }
 
@@ -312,7 +312,7 @@ function gather(t: NumTensor, indices: NumTensor, axisAttr: number): NumTensor {
   for (let o = 0; o < outer; o++) {
     for (const raw of indices.data) {
       const i = raw < 0 ? raw + n : raw;
-      if (i < 0 || i >= n) throw new EvalError(`gather index ${raw} out of range ${n}`);
+      if (i < 0 || i >= n) throw new EvaluationError(`gather index ${raw} out of range ${n}`);
       for (let k = 0; k < inner; k++) data[w++] = t.data[(o * n + i) * inner + k];
     }
   }

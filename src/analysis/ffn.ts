@@ -4,7 +4,7 @@
 // so any spelling of GELU (Erf form, tanh form, Mul/Div orders, fused ops) reads the same.
 import type { Node, Value } from '../ir/graph.js';
 import { type Projection, isProjection, projectionAt } from './projection.js';
-import { EvalError, erf, evaluate, geluTanh, tensorOf } from './evaluate.js';
+import { EvaluationError, erf, evaluate, geluTanh, tensorOf } from './evaluate.js';
 import {
   type Context, type Match, constantOf, dataUses, exclusiveCone, fail, nodeLabel, ok, skipBack,
 } from './patterns.js';
@@ -161,7 +161,7 @@ function nameActivation(x: Value, y: Value, nodes: Node[], ctx: Context): Match<
   try {
     out = evaluate([y], new Map([[x, tensorOf(dims, fed)]]))[0].data;
   } catch (error) {
-    if (!(error instanceof EvalError)) throw error;
+    if (!(error instanceof EvaluationError)) throw error;
     return fail(`the activation ${nodes.map((n) => n.opType).join('/')} could not be evaluated: ${error.message}`, nodes[0]);
   }
   if (out.length !== points.length) return fail(`the activation changes the shape of ${x.name}`, nodes[0]);

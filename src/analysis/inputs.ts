@@ -6,7 +6,7 @@ import { VcompileError, msg, option } from '../errors.js';
 import type { Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
 import { isFloatType } from '../ir/tensor.js';
-import { DataType, type Dim, isTensorType } from '../ir/types.js';
+import { type Dim, isTensorType } from '../ir/types.js';
 
 
 export type InputRole = 'mask' | 'positions' | 'tokenTypes' | 'float' | 'ids' | 'other';

@@ -65,5 +65,5 @@ export function macsOf(nodes: Iterable<Node>, shapes: ShapeTable, what: string):
 /** The concrete shape of `v` in `shapes`, when every dim is a number. */
 export function concreteShape(v: Value, shapes: ShapeTable): number[] | undefined {
   const dims = shapes.shape(v)?.map((d) => d?.constant);
-  return dims && dims.every((d): d is number => d !== undefined) ? dims : undefined;
+  return dims?.every((d): d is number => d !== undefined) ? dims : undefined;
 }

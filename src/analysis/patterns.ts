@@ -6,7 +6,7 @@ import type { Model } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
 import { isFloatType } from '../ir/tensor.js';
 import { DataType } from '../ir/types.js';
-import { EvalError, type NumTensor, evaluate, tensorOf } from './evaluate.js';
+import { EvaluationError, type NumTensor, evaluate, tensorOf } from './evaluate.js';
 import { type ShapeTable, inferShapes } from './shapes.js';
 import { product } from './symbolic.js';
 
@@ -81,7 +81,7 @@ export function constantOf(v: Value | null | undefined): Tensor | undefined {
 /** A one-element numeric constant as a number. */
 export function scalarOf(v: Value | null | undefined): number | undefined {
   const t = constantOf(v);
-  if (!t || t.size !== 1) return undefined;
+  if (t?.size !== 1) return undefined;
   try {
     return t.toFloat32()[0];
   } catch {
@@ -122,7 +122,7 @@ export function foldedScalar(v: Value | null | undefined, ctx: Context): number 
     const { data } = evaluate([v], feeds)[0];
     return data.length === 1 && Number.isFinite(data[0]) ? data[0] : undefined;
   } catch (error) {
-    if (error instanceof EvalError) return undefined;
+    if (error instanceof EvaluationError) return undefined;
     throw error;
   }
 }
@@ -269,7 +269,7 @@ export function reduceAxes(node: Node, ctx: Context): number[] | undefined {
 /** Whether a Reduce* node reduces exactly the last axis of its input. */
 export function reducesLastAxis(node: Node, ctx: Context): boolean {
   const axes = reduceAxes(node, ctx);
-  if (!axes || axes.length !== 1) return false;
+  if (axes?.length !== 1) return false;
   if (axes[0] === -1) return true;
   const rank = ctx.shapes.rank(node.inputs[0]);
   return rank !== undefined && axes[0] === rank - 1;

@@ -4,7 +4,7 @@
 // neither 0 nor a large negative number make a position bias (T5's relative bias, ALiBi).
 import type { Node, Value } from '../ir/graph.js';
 import { DataType } from '../ir/types.js';
-import { EvalError, type NumTensor, evaluate, tensorOf } from './evaluate.js';
+import { EvaluationError, type NumTensor, evaluate, tensorOf } from './evaluate.js';
 import { type Context, dataInputs, isParameter } from './patterns.js';
 
 export interface ScoreTerm {
@@ -48,7 +48,7 @@ export function classifyTerm(raw: RawTerm, ctx: Context): ScoreTerm {
   try {
     value = evaluate([raw.value], probeFeeds(raw.value, ctx), { shapeOf: (v) => probeShape(v, ctx) })[0];
   } catch (error) {
-    if (!(error instanceof EvalError)) throw error;
+    if (!(error instanceof EvaluationError)) throw error;
     term.pattern = `not evaluated: ${error.message}`;
     term.kind = raw.mode === 'select' || inputs.length ? 'mask' : weights.length ? 'positionBias' : 'unknown';
     return term;

@@ -609,7 +609,7 @@ function reduce(node: Node, t: ShapeTable): ValueInfo {
   const axesList = axesOf(node, t, 1);
   if (axesList === undefined && node.inputs[1]) return { dtype: ix.dtype };
   const noop = node.attrInt('noop_with_empty_axes', 0) === 1;
-  const axes = new Set((axesList && axesList.length ? axesList : noop ? [] : [...Array(rank).keys()]).map((a) => normAxis(a, rank)));
+  const axes = new Set((axesList?.length ? axesList : noop ? [] : [...Array(rank).keys()]).map((a) => normAxis(a, rank)));
   const shape = ix.shape.flatMap((d, i) => (axes.has(i) ? (keep ? [num(1)] : []) : [d]));
   return { dtype: ix.dtype, shape };
 }

@@ -41,7 +41,7 @@ export function latencyChart(report: BenchReport, title?: string): string {
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`,
     `<rect width="${WIDTH}" height="${HEIGHT}" fill="white"/>`,
-    `<text x="${WIDTH / 2}" y="24" text-anchor="middle" font-size="14">${escape(heading)}</text>`,
+    `<text x="${WIDTH / 2}" y="24" text-anchor="middle" font-size="14">${escapeXml(heading)}</text>`,
   ];
   for (const t of yTicks) {
     parts.push(`<line x1="${MARGIN.left}" x2="${MARGIN.left + plotW}" y1="${f(y(t))}" y2="${f(y(t))}" stroke="#e5e5e5"/>`);
@@ -60,14 +60,14 @@ export function latencyChart(report: BenchReport, title?: string): string {
     parts.push(`<polyline points="${line}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
     for (const p of s.points) {
       parts.push(`<line x1="${f(x(p.seq))}" x2="${f(x(p.seq))}" y1="${f(y(p.median))}" y2="${f(y(p.p90))}" stroke="${s.color}"/>`);
-      parts.push(`<circle cx="${f(x(p.seq))}" cy="${f(y(p.median))}" r="3.5" fill="${s.color}"><title>${escape(`${s.label}, seq ${p.seq}: median ${p.median.toFixed(1)} ms, p90 ${p.p90.toFixed(1)} ms`)}</title></circle>`);
+      parts.push(`<circle cx="${f(x(p.seq))}" cy="${f(y(p.median))}" r="3.5" fill="${s.color}"><title>${escapeXml(`${s.label}, seq ${p.seq}: median ${p.median.toFixed(1)} ms, p90 ${p.p90.toFixed(1)} ms`)}</title></circle>`);
     }
   }
   series.forEach((s, i) => {
     const ly = MARGIN.top + 10 + i * 20;
     const lx = MARGIN.left + plotW + 16;
     parts.push(`<line x1="${lx}" x2="${lx + 22}" y1="${ly}" y2="${ly}" stroke="${s.color}" stroke-width="2"/>`);
-    parts.push(`<text x="${lx + 28}" y="${ly + 4}">${escape(s.label)}</text>`);
+    parts.push(`<text x="${lx + 28}" y="${ly + 4}">${escapeXml(s.label)}</text>`);
   });
   parts.push('</svg>');
   return `${parts.join('\n')}\n`;
@@ -89,6 +89,6 @@ function f(n: number): string {
   return n.toFixed(1);
 }
 
-function escape(text: string): string {
+function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }

@@ -66,7 +66,7 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   const warmup = count(flags.warmup, '--warmup', 0);
   const runs = count(flags.runs, '--runs', 1);
   const progress = new Progress('bench', !flags.json && process.stderr.isTTY === true);
-  let report;
+  let report: Awaited<ReturnType<typeof benchModels>>;
   try {
     report = await benchModels(models, {
       ...grid(flags),

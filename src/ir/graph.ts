@@ -50,11 +50,11 @@ export class Value {
   }
 
   get isGraphInput(): boolean {
-    return this.graph !== null && this.graph.inputs.includes(this);
+    return this.graph?.inputs.includes(this) ?? false;
   }
 
   get isGraphOutput(): boolean {
-    return this.graph !== null && this.graph.outputs.includes(this);
+    return this.graph?.outputs.includes(this) ?? false;
   }
 
   /** The constant tensor behind this value: an initializer, or the `value` of a Constant node. */
@@ -145,7 +145,7 @@ export class Node {
   }
 
   setOutput(index: number, value: Value | null): void {
-    if (value && value.producer && value.producer !== this) {
+    if (value?.producer && value.producer !== this) {
       throw new Error(`value ${value.name} already has a producer (${value.producer.opType})`);
     }
     while (this.outputs.length <= index) this.outputs.push(null);

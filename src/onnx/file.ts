@@ -12,7 +12,7 @@ import { ModelFormatError, modelFromProto, modelToProto } from './serde.js';
 /** Decode a model from bytes. External data is resolved against `baseDir` when given. */
 export function decodeModel(bytes: Uint8Array, options: { baseDir?: string; label?: string } = {}): Model {
   const label = options.label ?? 'model';
-  let proto;
+  let proto: ReturnType<typeof decode>;
   try {
     proto = decode('ModelProto', bytes);
   } catch (error) {
@@ -142,7 +142,7 @@ export function saveModel(model: Model, file: string, options: SaveOptions = {})
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     let dataFile: { final: string; temp: string; location: string } | undefined;
-    let placeExternal;
+    let placeExternal: ReturnType<typeof externalWriter> | undefined;
     if (external) {
       const location = options.location ?? `${path.basename(file)}.data`;
       resolveOutputLocation(location);

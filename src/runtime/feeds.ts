@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { VcompileError, msg, option } from '../errors.js';
 import { type DimBinding, type InputSpec, bindDims, dimKey, shapeOf } from '../analysis/inputs.js';
-import { Tensor, isFloatType } from '../ir/tensor.js';
+import { Tensor, } from '../ir/tensor.js';
 import { DataType, dataTypeName } from '../ir/types.js';
 import { readTensorFile } from '../onnx/tensor-file.js';
 import { Rng } from '../random.js';

@@ -89,7 +89,7 @@ export function encodeNpy(tensor: Tensor): Uint8Array {
   let header = `{'descr': '${order}${code}', 'fortran_order': False, 'shape': ${shape}, }`;
   // numpy pads the header with spaces so the data starts on a 64-byte boundary, and ends it with \n.
   const unpadded = 10 + header.length + 1;
-  header = header + ' '.repeat((64 - (unpadded % 64)) % 64) + '\n';
+  header = `${header + ' '.repeat((64 - (unpadded % 64)) % 64)}\n`;
   const data = tensor.bytes();
   const out = new Uint8Array(10 + header.length + data.length);
   out.set(MAGIC, 0);

@@ -211,7 +211,7 @@ export function type(t: IrType): Obj {
   switch (t.kind) {
     case 'tensor':
     case 'sparse_tensor':
-      return { ...base, elemType: t.elemType, shape: t.shape && t.shape.map(dim) };
+      return { ...base, elemType: t.elemType, shape: t.shape?.map(dim) };
     case 'sequence':
     case 'optional':
       return { ...base, elem: t.elem && type(t.elem) };

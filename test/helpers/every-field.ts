@@ -2,7 +2,7 @@
 // where a field has them (int64 extremes, NaN and -0, every data type in raw and typed form, every type
 // and attribute kind) plus fields the schema does not know. It is not meant to run: it is the test of
 // whether reading and writing loses anything.
-import { type Attribute, AttributeType, Graph, Node, type SparseTensor, Value } from '../../src/ir/graph.js';
+import { type Attribute, AttributeType, Graph, type SparseTensor, Value } from '../../src/ir/graph.js';
 import { GraphBuilder, ModelBuilder, float } from '../../src/ir/builder.js';
 import { type Model, ModelFunction } from '../../src/ir/model.js';
 import { NameAuthority } from '../../src/ir/names.js';
