@@ -4,11 +4,11 @@
 // comes from real latencies. Reports p50/p95 end-to-end latency and the share served uncompressed.
 //   node dist/bench/adaptive.js --model SWITCHABLE.onnx [--requests 120] [--batch 1] [--seq 128] [--budget MS]
 import { parseArgs } from 'node:util';
-import { loadModel } from '../src/onnx/file.js';
-import { AdaptiveSession, type Policy, fixed, latencyBudget } from '../src/runtime/adaptive.js';
-import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
-import { Rng } from '../src/random.js';
 import { median, percentile } from '../src/bench/latency.js';
+import { loadModel } from '../src/onnx/file.js';
+import { Rng } from '../src/random.js';
+import { AdaptiveSession, fixed, latencyBudget, type Policy } from '../src/runtime/adaptive.js';
+import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 
 interface Served {
   arrivalMs: number;
@@ -32,7 +32,12 @@ function burstyArrivals(count: number, serviceMs: number, seed: number): number[
   return times;
 }
 
-async function serve(session: AdaptiveSession, policy: Policy, arrivals: number[], feeds: Parameters<AdaptiveSession['run']>[0]): Promise<Served[]> {
+async function serve(
+  session: AdaptiveSession,
+  policy: Policy,
+  arrivals: number[],
+  feeds: Parameters<AdaptiveSession['run']>[0],
+): Promise<Served[]> {
   session.setPolicy(policy);
   const served: Served[] = [];
   let clock = 0;
@@ -60,7 +65,11 @@ async function main(): Promise<void> {
   });
   if (!values.model) throw new Error('--model SWITCHABLE.onnx is required (vcompile MODEL --switchable --plugin ... -o SWITCHABLE.onnx)');
   const model = loadModel(values.model);
-  const feeds = generateFeeds(describeInputs(model).filter((s) => s.name !== 'vcompile_ratio'), { batch: Number(values.batch), seq: Number(values.seq) }, 0);
+  const feeds = generateFeeds(
+    describeInputs(model).filter((s) => s.name !== 'vcompile_ratio'),
+    { batch: Number(values.batch), seq: Number(values.seq) },
+    0,
+  );
   const session = await AdaptiveSession.create(model, fixed(1), { threads: values.threads ? Number(values.threads) : undefined });
   const service: Record<number, number> = {};
   for (const ratio of session.info.ratios) {
@@ -88,11 +97,20 @@ async function main(): Promise<void> {
   }
   await session.release();
   const fmt = (n: number) => n.toFixed(1);
-  console.log(`service time per call (median of 3): ${Object.entries(service).map(([r, ms]) => `k=${r} ${fmt(ms)} ms`).join(', ')}`);
-  console.log(`${arrivals.length} requests in bursts, batch ${values.batch}, seq ${values.seq}, budget ${fmt(budget)} ms (end to end, waiting included)`);
+  console.log(
+    `service time per call (median of 3): ${Object.entries(service)
+      .map(([r, ms]) => `k=${r} ${fmt(ms)} ms`)
+      .join(', ')}`,
+  );
+  console.log(
+    `${arrivals.length} requests in bursts, batch ${values.batch}, seq ${values.seq}, budget ${fmt(budget)} ms (end to end, waiting included)`,
+  );
   console.log('| policy | p50 ms | p95 ms | served uncompressed | mean k |');
   console.log('|---|---|---|---|---|');
-  for (const r of rows) console.log(`| ${r.policy} | ${fmt(r.p50Ms)} | ${fmt(r.p95Ms)} | ${(100 * r.uncompressedShare).toFixed(0)}% | ${r.meanRatio.toFixed(2)} |`);
+  for (const r of rows)
+    console.log(
+      `| ${r.policy} | ${fmt(r.p50Ms)} | ${fmt(r.p95Ms)} | ${(100 * r.uncompressedShare).toFixed(0)}% | ${r.meanRatio.toFixed(2)} |`,
+    );
 }
 
 main().catch((error) => {

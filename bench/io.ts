@@ -275,7 +275,18 @@ function summarize(model: string, samples: Map<string, Sample[]>): Summary[] {
 }
 
 function table(summaries: Summary[], externalIdentical: boolean): string {
-  const header = ['contender', 'median s', 'min–max s', 'process s', 'CPU s', 'peak RSS MiB', 'RSS / model', 'vs cp', 'vs python', 'same bytes'];
+  const header = [
+    'contender',
+    'median s',
+    'min–max s',
+    'process s',
+    'CPU s',
+    'peak RSS MiB',
+    'RSS / model',
+    'vs cp',
+    'vs python',
+    'same bytes',
+  ];
   const rows = summaries.map((s) => [
     s.label,
     s.medianSeconds.toFixed(3),

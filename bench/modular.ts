@@ -13,9 +13,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { benchModels, formatBenchReport, median } from '../src/bench/latency.js';
 import { modularPass } from '../src/compile/passes.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
-import { benchModels, formatBenchReport, median } from '../src/bench/latency.js';
 
 interface Options {
   model: string;
@@ -44,7 +44,8 @@ async function main(): Promise<void> {
     .strict()
     .parseAsync();
   const options: Options = { ...args, model: args.model ?? 'bench/out/bert_base.onnx', pairs: args.pairs.split(',').map(Number) };
-  if (!fs.existsSync(options.model)) throw new Error(`${options.model} does not exist: /usr/bin/python3 bench/models/bert_base.py ${options.model}`);
+  if (!fs.existsSync(options.model))
+    throw new Error(`${options.model} does not exist: /usr/bin/python3 bench/models/bert_base.py ${options.model}`);
   const files = [options.model, ...options.pairs.map((pairs) => writeVariant(options, pairs))];
   // the machine may be shared: the load average before and after says how quiet the timing was
   const loadBefore = os.loadavg()[0];
@@ -70,7 +71,9 @@ async function main(): Promise<void> {
     const pairs = i === 0 ? 0 : options.pairs[i - 1];
     const paired = median(result.samplesMs.map((ms, round) => base[round] / ms));
     const ratio = result.idealSpeedup ? paired / result.idealSpeedup : NaN;
-    console.log(`| ${2 * pairs} | ${pairs} | ${result.macs === null ? '?' : (result.macs / 1e9).toFixed(1)} | ${result.idealSpeedup?.toFixed(3) ?? '?'}x | ${result.speedup.toFixed(3)}x (${result.medianMs.toFixed(0)} ms) | ${paired.toFixed(3)}x | ${ratio.toFixed(3)} |`);
+    console.log(
+      `| ${2 * pairs} | ${pairs} | ${result.macs === null ? '?' : (result.macs / 1e9).toFixed(1)} | ${result.idealSpeedup?.toFixed(3) ?? '?'}x | ${result.speedup.toFixed(3)}x (${result.medianMs.toFixed(0)} ms) | ${paired.toFixed(3)}x | ${ratio.toFixed(3)} |`,
+    );
   }
   if (options.json) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);
 }

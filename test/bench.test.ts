@@ -5,9 +5,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { macsAt } from '../src/analysis/macs.js';
 import { niceTicks } from '../src/bench/chart.js';
 import { median, percentile } from '../src/bench/latency.js';
-import { macsAt } from '../src/analysis/macs.js';
 import { loadModel } from '../src/onnx/file.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
@@ -47,35 +47,82 @@ describe('vcompile bench', () => {
   it('reports every model at every point in the documented JSON schema, and draws the chart', () => {
     const chart = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-bench-')), 'latency.svg');
     const models = [fixture('bert_opset14.onnx'), fixture('bert_fused_qkv.onnx')];
-    const r = vcompile('bench', ...models, '--batch', '2', '--seq', '8,16', '--warmup', '1', '--runs', '3', '--threads', '1', '--json', '--chart', chart);
+    const r = vcompile(
+      'bench',
+      ...models,
+      '--batch',
+      '2',
+      '--seq',
+      '8,16',
+      '--warmup',
+      '1',
+      '--runs',
+      '3',
+      '--threads',
+      '1',
+      '--json',
+      '--chart',
+      chart,
+    );
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
-    conforms(report, {
-      models: arrayOf((m, where) => conforms(m, { file: 'string', label: 'string', ratio: 'number|null', ep: 'string', loadSeconds: 'number', memoryMiB: 'number|null' }, where)),
-      ep: 'string',
-      threads: 'number|null',
-      spinning: 'boolean',
-      warmup: 'number',
-      runs: 'number',
-      seed: 'number',
-      memoryNote: 'string',
-      points: arrayOf((p, where) =>
-        conforms(p, {
-          batch: 'number',
-          seq: 'number',
-          dims: numberRecord,
-          results: arrayOf((x, w) =>
-            conforms(x, {
-              model: 'number', medianMs: 'number', p90Ms: 'number', meanMs: 'number', minMs: 'number', throughput: 'number',
-              speedup: 'number', macs: 'number|null', idealSpeedup: 'number|null', samplesMs: numbers,
-            }, w)),
-        }, where)),
-      notes: strings,
-    }, 'report');
+    conforms(
+      report,
+      {
+        models: arrayOf((m, where) =>
+          conforms(
+            m,
+            { file: 'string', label: 'string', ratio: 'number|null', ep: 'string', loadSeconds: 'number', memoryMiB: 'number|null' },
+            where,
+          ),
+        ),
+        ep: 'string',
+        threads: 'number|null',
+        spinning: 'boolean',
+        warmup: 'number',
+        runs: 'number',
+        seed: 'number',
+        memoryNote: 'string',
+        points: arrayOf((p, where) =>
+          conforms(
+            p,
+            {
+              batch: 'number',
+              seq: 'number',
+              dims: numberRecord,
+              results: arrayOf((x, w) =>
+                conforms(
+                  x,
+                  {
+                    model: 'number',
+                    medianMs: 'number',
+                    p90Ms: 'number',
+                    meanMs: 'number',
+                    minMs: 'number',
+                    throughput: 'number',
+                    speedup: 'number',
+                    macs: 'number|null',
+                    idealSpeedup: 'number|null',
+                    samplesMs: numbers,
+                  },
+                  w,
+                ),
+              ),
+            },
+            where,
+          ),
+        ),
+        notes: strings,
+      },
+      'report',
+    );
     expect(report.models.map((m: { file: string }) => m.file)).toEqual(models);
     expect(report).toMatchObject({ ep: 'cpu', threads: 1, spinning: false, warmup: 1, runs: 3 });
-    expect(report.points.map((p: { batch: number; seq: number }) => [p.batch, p.seq])).toEqual([[2, 8], [2, 16]]);
+    expect(report.points.map((p: { batch: number; seq: number }) => [p.batch, p.seq])).toEqual([
+      [2, 8],
+      [2, 16],
+    ]);
     for (const point of report.points) {
       const [a, b] = point.results;
       expect(a).toMatchObject({ model: 0, speedup: 1, idealSpeedup: 1 });
@@ -95,7 +142,14 @@ describe('vcompile bench', () => {
     // bert_opset14: 3 layers, hidden 64, FFN 256, 4 heads of 16; per token and layer 4*64*64 (Q, K, V,
     // output) + 2*64*256 (FFN) MACs, plus 2 * seq * 64 for the scores and the context.
     const model = loadModel(fixture('bert_opset14.onnx'));
-    const at = (batch: number, seq: number) => macsAt(model, new Map([['input_ids', [batch, seq]], ['attention_mask', [batch, seq]]]));
+    const at = (batch: number, seq: number) =>
+      macsAt(
+        model,
+        new Map([
+          ['input_ids', [batch, seq]],
+          ['attention_mask', [batch, seq]],
+        ]),
+      );
     const expected = (batch: number, seq: number) => 3 * batch * seq * (4 * 64 * 64 + 2 * 64 * 256 + 2 * seq * 64);
     expect(at(2, 37)).toEqual({ macs: expected(2, 37), unknown: [] });
     expect(at(1, 128).macs).toBe(expected(1, 128));

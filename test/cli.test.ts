@@ -134,7 +134,17 @@ describe('modules and plugins in one compile', () => {
 
   it('plugins count layers as the input model does, and go on the layers that remain', () => {
     const dir = tempDir();
-    const r = vcompile(bert, '--module', '1-2=builtin:average', '--plugin', 'builtin:mean:2', '-o', path.join(dir, 'a.onnx'), '--json', '--no-verify');
+    const r = vcompile(
+      bert,
+      '--module',
+      '1-2=builtin:average',
+      '--plugin',
+      'builtin:mean:2',
+      '-o',
+      path.join(dir, 'a.onnx'),
+      '--json',
+      '--no-verify',
+    );
     expect(r.code).toBe(0);
     const plugins = JSON.parse(r.stdout).passes[1];
     expect(plugins.summary).toBe('layer 0: ffn k=2 (builtin:mean:2)');

@@ -8,8 +8,8 @@ import { describe, expect, it } from 'vitest';
 import { CONTRIB_BERT, contribBertReference } from '../fixtures/contrib-bert.js';
 import type { Model } from '../src/ir/model.js';
 import { DataType } from '../src/ir/types.js';
-import { loadModel } from '../src/onnx/file.js';
 import { verifyModel } from '../src/ir/verify.js';
+import { loadModel } from '../src/onnx/file.js';
 
 const fixtures = path.resolve(import.meta.dirname, '../fixtures');
 
@@ -51,7 +51,9 @@ function numbers(seed: number): () => number {
 /** Row b keeps its first max(1, len - 2b) positions: padded tails of different lengths. */
 function paddedMask(dims: number[]): BigInt64Array {
   const len = dims[dims.length - 1]!;
-  return BigInt64Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => (i % len < Math.max(1, len - 2 * Math.floor(i / len)) ? 1n : 0n));
+  return BigInt64Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) =>
+    i % len < Math.max(1, len - 2 * Math.floor(i / len)) ? 1n : 0n,
+  );
 }
 
 function makeInputs(model: Model, entry: Entry, sizes: Record<string, number>): Record<string, ort.Tensor> {
@@ -68,9 +70,17 @@ function makeInputs(model: Model, entry: Entry, sizes: Record<string, number>): 
       feeds[input.name] = new ort.Tensor('int64', paddedMask(dims), dims);
     } else if (elemType === DataType.INT64) {
       const vocab = entry.vocab ?? 1;
-      feeds[input.name] = new ort.Tensor('int64', BigInt64Array.from({ length: size }, () => BigInt(Math.floor(random() * vocab))), dims);
+      feeds[input.name] = new ort.Tensor(
+        'int64',
+        BigInt64Array.from({ length: size }, () => BigInt(Math.floor(random() * vocab))),
+        dims,
+      );
     } else if (elemType === DataType.FLOAT) {
-      feeds[input.name] = new ort.Tensor('float32', Float32Array.from({ length: size }, () => random() * 2 - 1), dims);
+      feeds[input.name] = new ort.Tensor(
+        'float32',
+        Float32Array.from({ length: size }, () => random() * 2 - 1),
+        dims,
+      );
     } else {
       throw new Error(`${entry.file}: no generator for input ${input.name} of element type ${elemType}`);
     }
@@ -143,7 +153,13 @@ describe('bert_contrib_fused.onnx', () => {
         const expected = contribBertReference(weights, ids, mask, batch, seq);
         expect(maxAbsDiff(actual, expected)).toBeLessThan(1e-4);
         // the padded tails must matter, or this comparison would not test the mask
-        const unmasked = contribBertReference(weights, ids, mask.map(() => 1n), batch, seq);
+        const unmasked = contribBertReference(
+          weights,
+          ids,
+          mask.map(() => 1n),
+          batch,
+          seq,
+        );
         expect(maxAbsDiff(unmasked, expected)).toBeGreaterThan(1e-2);
       }
     } finally {

@@ -5,9 +5,9 @@ import * as path from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { VcompileError } from '../src/errors.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { decodeModel, encodeModel } from '../src/onnx/file.js';
 import { decodeTensor, encodeTensor } from '../src/onnx/tensor-file.js';
-import { verifyModel } from '../src/ir/verify.js';
 
 const FIXTURES = path.join(import.meta.dirname, '..', 'fixtures');
 const TESTDATA = '/usr/share/libonnx-testdata/data';
@@ -28,12 +28,14 @@ const TESTDATA_TENSORS = ['node/test_add/test_data_set_0/input_0.pb', 'node/test
 
 function readTestdata(relative: string): Uint8Array {
   const file = path.join(TESTDATA, relative);
-  if (!fs.existsSync(file)) throw new Error(`${file} is missing: install ONNX's backend test models with \`apt-get install libonnx-testdata\``);
+  if (!fs.existsSync(file))
+    throw new Error(`${file} is missing: install ONNX's backend test models with \`apt-get install libonnx-testdata\``);
   return new Uint8Array(fs.readFileSync(file));
 }
 
 // What a damaged file may be told off with. Decoding runs without a folder, so external data is refused too.
-const EXPECTED_ERROR = /^damaged: (not an ONNX model|not a TensorProto|not a usable TensorProto|.*out of range|tensor .* stores its data in an external file)/;
+const EXPECTED_ERROR =
+  /^damaged: (not an ONNX model|not a TensorProto|not a usable TensorProto|.*out of range|tensor .* stores its data in an external file)/;
 
 /**
  * Positions drawn anywhere, in the first 16 KiB or in the last 4 KiB: in a model with weights most bytes
@@ -56,7 +58,13 @@ const mutation = fc.oneof(
   fc.record({ kind: fc.constant('delete' as const), at: position, count: fc.integer({ min: 1, max: 8 }) }),
 );
 
-type Drawn = { kind: 'truncate' | 'flip' | 'insert' | 'delete'; at: { region: string; n: number }; bit?: number; bytes?: Uint8Array; count?: number };
+type Drawn = {
+  kind: 'truncate' | 'flip' | 'insert' | 'delete';
+  at: { region: string; n: number };
+  bit?: number;
+  bytes?: Uint8Array;
+  count?: number;
+};
 
 function damage(original: Uint8Array, mutations: Drawn[]): Uint8Array {
   let bytes = original;
@@ -149,17 +157,26 @@ const damages = fc.array(mutation, { minLength: 1, maxLength: 4 });
 describe('damaged files', { timeout: 60_000 }, () => {
   it.each(FIXTURE_MODELS)('fixture %s', (name) => {
     const original = new Uint8Array(fs.readFileSync(path.join(FIXTURES, name)));
-    fc.assert(fc.property(damages, (mutations) => checkModelBytes(damage(original, mutations))), { numRuns: 500 });
+    fc.assert(
+      fc.property(damages, (mutations) => checkModelBytes(damage(original, mutations))),
+      { numRuns: 500 },
+    );
   });
 
   it.each(TESTDATA_MODELS)('libonnx-testdata %s', (name) => {
     const original = readTestdata(path.join(name, 'model.onnx'));
-    fc.assert(fc.property(damages, (mutations) => checkModelBytes(damage(original, mutations))), { numRuns: 300 });
+    fc.assert(
+      fc.property(damages, (mutations) => checkModelBytes(damage(original, mutations))),
+      { numRuns: 300 },
+    );
   });
 
   it.each(TESTDATA_TENSORS)('tensor file %s', (name) => {
     const original = readTestdata(name);
-    fc.assert(fc.property(damages, (mutations) => checkTensorBytes(damage(original, mutations))), { numRuns: 300 });
+    fc.assert(
+      fc.property(damages, (mutations) => checkTensorBytes(damage(original, mutations))),
+      { numRuns: 300 },
+    );
   });
 
   it("subgraphs nested past protobuf's limit fail in one line instead of overflowing the stack", () => {
@@ -167,11 +184,16 @@ describe('damaged files', { timeout: 60_000 }, () => {
     expect(encodeModel(model)).toBeInstanceOf(Uint8Array);
     expect(verifyModel(model)).toBeInstanceOf(Array);
     for (const depth of [40, 10_000]) {
-      expect(() => decodeModel(nestedSubgraphs(depth), { label: 'damaged' })).toThrow(/^damaged: not an ONNX model .*nested more than 100 deep/);
+      expect(() => decodeModel(nestedSubgraphs(depth), { label: 'damaged' })).toThrow(
+        /^damaged: not an ONNX model .*nested more than 100 deep/,
+      );
     }
   });
 
   it('random bytes', () => {
-    fc.assert(fc.property(fc.uint8Array({ maxLength: 256 }), (bytes) => checkModelBytes(bytes)), { numRuns: 1000 });
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 256 }), (bytes) => checkModelBytes(bytes)),
+      { numRuns: 1000 },
+    );
   });
 });

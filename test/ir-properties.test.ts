@@ -6,16 +6,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type Attrs, GraphBuilder, ModelBuilder, float } from '../src/ir/builder.js';
-import { Graph, type Node, type Value, replaceAllUses } from '../src/ir/graph.js';
+import { type Attrs, float, GraphBuilder, ModelBuilder } from '../src/ir/builder.js';
+import { Graph, type Node, replaceAllUses, type Value } from '../src/ir/graph.js';
 import type { Model } from '../src/ir/model.js';
 import { NameAuthority } from '../src/ir/names.js';
 import { Tensor, type TensorStorage } from '../src/ir/tensor.js';
 import { eliminateDeadCode, spliceGraph, toposort } from '../src/ir/transforms.js';
 import { DataType, type IrType, tensorType } from '../src/ir/types.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { concatChunks, decode, encode } from '../src/onnx/codec.js';
 import { decodeModel, encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
-import { verifyModel } from '../src/ir/verify.js';
 import { canonicalModel, expectSameModel, hex } from './helpers/canonical.js';
 
 const INT64_MIN = -(2n ** 63n);
@@ -63,7 +63,13 @@ const initRecipe: fc.Arbitrary<InitRecipe> = fc.oneof(
 );
 
 const attrRecipe = fc.record({
-  value: fc.oneof(int64, specialFloat, fc.array(int64, { maxLength: 4 }), values(specialFloat), fc.string({ maxLength: 6, unit: 'grapheme' })),
+  value: fc.oneof(
+    int64,
+    specialFloat,
+    fc.array(int64, { maxLength: 4 }),
+    values(specialFloat),
+    fc.string({ maxLength: 6, unit: 'grapheme' }),
+  ),
   asFloat: fc.boolean(),
 });
 
@@ -167,7 +173,10 @@ function branch(outer: GraphBuilder, name: string, reads: Value[], n: NodeRecipe
   const sb = new GraphBuilder(g, outer.names);
   let out: Value;
   if (n.nested && depth === 0) {
-    out = sb.op.If(cond, { then_branch: branch(sb, 'then', reads, n, cond, 1), else_branch: branch(sb, 'else', [...reads].reverse(), n, cond, 1) });
+    out = sb.op.If(cond, {
+      then_branch: branch(sb, 'then', reads, n, cond, 1),
+      else_branch: branch(sb, 'else', [...reads].reverse(), n, cond, 1),
+    });
   } else if (n.direct) out = reads[0];
   else out = depth % 2 ? sb.op.Identity(reads[0]) : sb.op.Add(reads[0], reads[1]);
   if (out.graph === g) out.type = FLOAT_BATCH;
@@ -202,21 +211,26 @@ function roundTripHolds(r: Recipe, via: Via): void {
 const PROPERTY_TIMEOUT = 60_000;
 
 describe('random graphs', () => {
-  it('are valid as built', () => {
-    fc.assert(
-      fc.property(recipe, (r) => {
-        expect(verifyModel(buildModel(r))).toEqual([]);
-      }),
-      { numRuns: 150 },
-    );
-  }, PROPERTY_TIMEOUT);
+  it(
+    'are valid as built',
+    () => {
+      fc.assert(
+        fc.property(recipe, (r) => {
+          expect(verifyModel(buildModel(r))).toEqual([]);
+        }),
+        { numRuns: 150 },
+      );
+    },
+    PROPERTY_TIMEOUT,
+  );
 
-  it('survive writing and reading unchanged (inline, saved, external data)', () => {
-    fc.assert(
-      fc.property(recipe, fc.constantFrom<Via>('encode', 'save', 'save-external'), roundTripHolds),
-      { numRuns: 150 },
-    );
-  }, PROPERTY_TIMEOUT);
+  it(
+    'survive writing and reading unchanged (inline, saved, external data)',
+    () => {
+      fc.assert(fc.property(recipe, fc.constantFrom<Via>('encode', 'save', 'save-external'), roundTripHolds), { numRuns: 150 });
+    },
+    PROPERTY_TIMEOUT,
+  );
 });
 
 // ------------------------------------------------------------------------------------ IR edits
@@ -272,7 +286,10 @@ type Edit =
   | { kind: 'splice'; seed: number; source: Recipe };
 
 const edit: fc.Arbitrary<Edit> = fc.oneof(
-  fc.record({ kind: fc.constantFrom('insert' as const, 'removeDead' as const, 'replace' as const, 'shuffle' as const, 'refuseRemove' as const), seed: fc.nat() }),
+  fc.record({
+    kind: fc.constantFrom('insert' as const, 'removeDead' as const, 'replace' as const, 'shuffle' as const, 'refuseRemove' as const),
+    seed: fc.nat(),
+  }),
   fc.record({ kind: fc.constant('dce' as const) }),
   fc.record({ kind: fc.constant('splice' as const), seed: fc.nat(), source: recipe }),
 );
@@ -352,7 +369,9 @@ function refuseRemove(model: Model, pick: (n: number) => number): string {
   // The removal is refused only when something outside the set needs one of its outputs.
   const removing = new Set(set);
   const neededOutside = set.some((n) =>
-    n.outputs.some((o) => o && (graph.outputs.includes(o) || o.uses().some((u) => !removing.has(u.node) && !insideAnyOf(u.node, removing)))),
+    n.outputs.some(
+      (o) => o && (graph.outputs.includes(o) || o.uses().some((u) => !removing.has(u.node) && !insideAnyOf(u.node, removing))),
+    ),
   );
   if (!neededOutside) return 'set is self-contained';
   const before = canonicalModel(model, { storageDetail: true });
@@ -388,7 +407,11 @@ function dceHolds(r: Recipe): void {
   expect(verifyModel(model)).toEqual([]);
   expect(model.graph.outputs.map((v) => v.name)).toEqual(outputsBefore);
   const live = new Set(model.graph.outputs.flatMap((o) => [...upstream(o, model.graph)]));
-  for (const node of model.graph.nodes) expect(node.outputs.some((o) => o && live.has(o)), `${node} is dead`).toBe(true);
+  for (const node of model.graph.nodes)
+    expect(
+      node.outputs.some((o) => o && live.has(o)),
+      `${node} is dead`,
+    ).toBe(true);
   for (const v of model.graph.initializers) expect(live.has(v) || v.useCount > 0, `${v.name} is unused`).toBe(true);
 }
 
@@ -402,27 +425,29 @@ function toposortHolds(r: Recipe, seed: number): void {
 }
 
 describe('IR edits keep the verifier happy', () => {
+  it(
+    'after every edit of a random sequence',
+    () => {
+      fc.assert(fc.property(recipe, fc.array(edit, { minLength: 1, maxLength: 8 }), runEdits), { numRuns: 150 });
+    },
+    PROPERTY_TIMEOUT,
+  );
 
-  it('after every edit of a random sequence', () => {
-    fc.assert(
-      fc.property(recipe, fc.array(edit, { minLength: 1, maxLength: 8 }), runEdits),
-      { numRuns: 150 },
-    );
-  }, PROPERTY_TIMEOUT);
+  it(
+    'eliminateDeadCode leaves only nodes some output depends on, and keeps every output',
+    () => {
+      fc.assert(fc.property(recipe, dceHolds), { numRuns: 150 });
+    },
+    PROPERTY_TIMEOUT,
+  );
 
-  it('eliminateDeadCode leaves only nodes some output depends on, and keeps every output', () => {
-    fc.assert(
-      fc.property(recipe, dceHolds),
-      { numRuns: 150 },
-    );
-  }, PROPERTY_TIMEOUT);
-
-  it('toposort restores any shuffled order and keeps every node', () => {
-    fc.assert(
-      fc.property(recipe, fc.nat(), toposortHolds),
-      { numRuns: 150 },
-    );
-  }, PROPERTY_TIMEOUT);
+  it(
+    'toposort restores any shuffled order and keeps every node',
+    () => {
+      fc.assert(fc.property(recipe, fc.nat(), toposortHolds), { numRuns: 150 });
+    },
+    PROPERTY_TIMEOUT,
+  );
 });
 
 // ------------------------------------------------------------------------------------ regressions
@@ -430,20 +455,31 @@ describe('IR edits keep the verifier happy', () => {
 /** Shrunk counterexamples the properties above found, kept as fixed cases (each failed before its fix). */
 describe('regressions', () => {
   const node = (op: NodeRecipe['op'], picks: number[], extra: Partial<NodeRecipe> = {}): NodeRecipe => ({
-    op, picks, attrs: [], direct: false, nested: false, ...extra,
+    op,
+    picks,
+    attrs: [],
+    direct: false,
+    nested: false,
+    ...extra,
   });
 
   it('codec: a 6- to 8-byte varint lost bits 32-34 (2^40 + 2^33 decoded as 2^40)', () => {
     const big = 2n ** 40n + 2n ** 33n;
     roundTripHolds(
-      { inputs: 1, initializers: [{ kind: 'i64', values: [big], typed: true }], nodes: [node('Relu', [0, 0, 0], { attrs: [{ value: big, asFloat: false }] })], outputs: [0] },
+      {
+        inputs: 1,
+        initializers: [{ kind: 'i64', values: [big], typed: true }],
+        nodes: [node('Relu', [0, 0, 0], { attrs: [{ value: big, asFloat: false }] })],
+        outputs: [0],
+      },
       'encode',
     );
   });
 
   it('builder: a whole-number float beyond 2^53 became an INT attribute that int64 cannot hold', () => {
     const r: Recipe = {
-      inputs: 1, initializers: [],
+      inputs: 1,
+      initializers: [],
       nodes: [node('Add', [0, 0, 0], { attrs: [{ value: 3.4028234663852886e38, asFloat: false }] }), node('Add', [0, 0, 0])],
       outputs: [0],
     };
@@ -454,8 +490,14 @@ describe('regressions', () => {
   it('builder: a list holding 2^63 as a number became INTS, wrapping to -2^63', () => {
     runEdits({ inputs: 1, initializers: [], nodes: [node('Add', [0, 0, 0])], outputs: [0] }, [
       {
-        kind: 'splice', seed: 0,
-        source: { inputs: 1, initializers: [], nodes: [node('Add', [0, 0, 0], { attrs: [{ value: [2 ** 63, -0], asFloat: false }] }), node('Add', [0, 1897116947, 0])], outputs: [0] },
+        kind: 'splice',
+        seed: 0,
+        source: {
+          inputs: 1,
+          initializers: [],
+          nodes: [node('Add', [0, 0, 0], { attrs: [{ value: [2 ** 63, -0], asFloat: false }] }), node('Add', [0, 1897116947, 0])],
+          outputs: [0],
+        },
       },
       { kind: 'splice', seed: 0, source: { inputs: 1, initializers: [], nodes: [node('Add', [0, 0, 0])], outputs: [0] } },
     ]);
@@ -469,12 +511,16 @@ describe('regressions', () => {
   });
 
   it('toposort: an If whose branch returns an outer value directly was moved above its producer', () => {
-    toposortHolds({ inputs: 1, initializers: [], nodes: [node('Add', [0, 0, 0]), node('If', [0, 419636795, 0], { direct: true })], outputs: [0] }, 379117631);
+    toposortHolds(
+      { inputs: 1, initializers: [], nodes: [node('Add', [0, 0, 0]), node('If', [0, 419636795, 0], { direct: true })], outputs: [0] },
+      379117631,
+    );
   });
 
   it('eliminateDeadCode: removed the producer of a value a nested branch returns directly', () => {
     dceHolds({
-      inputs: 1, initializers: [],
+      inputs: 1,
+      initializers: [],
       nodes: [node('Add', [0, 0, 0]), node('If', [0, 0, 18337], { direct: true, nested: true }), node('Add', [0, 0, 0])],
       outputs: [1080285902],
     });
@@ -482,7 +528,8 @@ describe('regressions', () => {
 
   it('eliminateDeadCode: removed an initializer a branch returns directly', () => {
     dceHolds({
-      inputs: 1, initializers: [{ kind: 'f32', values: [0], typed: false }],
+      inputs: 1,
+      initializers: [{ kind: 'f32', values: [0], typed: false }],
       nodes: [node('If', [231288233, 0, 0], { direct: true }), node('Add', [0, 0, 0])],
       outputs: [2122888102, 0],
     });
@@ -501,7 +548,9 @@ describe('regressions', () => {
     expect(verifyModel(b.model)).toEqual([]);
 
     const before = canonicalModel(b.model);
-    expect(() => b.graph.removeNodes([relu.producer!])).toThrow(`cannot remove Relu 'Relu': its output ${relu.name} is an output of subgraph then`);
+    expect(() => b.graph.removeNodes([relu.producer!])).toThrow(
+      `cannot remove Relu 'Relu': its output ${relu.name} is an output of subgraph then`,
+    );
     expect(canonicalModel(b.model)).toEqual(before);
 
     const neg = b.op.Neg(x);

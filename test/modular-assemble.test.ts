@@ -6,16 +6,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { assemble } from '../src/decide/assemble.js';
 import { extractModule } from '../passes/modular/extract.js';
-import { modularPass } from '../src/compile/passes.js';
-import { type Option, fewestLayers, mostSaved, reaches } from '../passes/modular/search.js';
+import { fewestLayers, mostSaved, type Option, reaches } from '../passes/modular/search.js';
 import { macsAt } from '../src/analysis/macs.js';
+import { modularPass } from '../src/compile/passes.js';
+import { assemble } from '../src/decide/assemble.js';
 import type { Model } from '../src/ir/model.js';
+import { assertValid } from '../src/ir/verify.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { bindDims, describeInputs, generateFeeds, shapeOf } from '../src/runtime/feeds.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/ir/verify.js';
 import { compareValues } from '../src/verify/numeric.js';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-assemble-'));
@@ -37,7 +37,11 @@ function allPlans(options: Option[]): Option[][] {
 
 const layersOf = (plan: Option[]) => plan.reduce((n, o) => n + o.end - o.start + 1, 0);
 const savedBy = (plan: Option[]) => plan.reduce((n, o) => n + o.saving, 0);
-const key = (plan: Option[]) => plan.map((o) => o.id).sort((a, b) => a - b).join(',');
+const key = (plan: Option[]) =>
+  plan
+    .map((o) => o.id)
+    .sort((a, b) => a - b)
+    .join(',');
 
 describe('plan search', () => {
   const cases = fc.integer({ min: 1, max: 8 }).chain((layerCount) =>
@@ -46,7 +50,11 @@ describe('plan search', () => {
       total: fc.integer({ min: 100, max: 10_000 }),
       target: fc.double({ min: 1.01, max: 4, noNaN: true }),
       options: fc.array(
-        fc.record({ start: fc.integer({ min: 0, max: layerCount - 1 }), length: fc.integer({ min: 1, max: layerCount }), saving: fc.integer({ min: -500, max: 5_000 }) }),
+        fc.record({
+          start: fc.integer({ min: 0, max: layerCount - 1 }),
+          length: fc.integer({ min: 1, max: layerCount }),
+          saving: fc.integer({ min: -500, max: 5_000 }),
+        }),
         { maxLength: 9 },
       ),
     }),
@@ -55,7 +63,12 @@ describe('plan search', () => {
   it('finds every plan reaching the target with the fewest layers, as brute force does', () => {
     fc.assert(
       fc.property(cases, ({ layerCount, total, target, options }) => {
-        const list: Option[] = options.map((o, id) => ({ id, start: o.start, end: Math.min(layerCount - 1, o.start + o.length - 1), saving: o.saving }));
+        const list: Option[] = options.map((o, id) => ({
+          id,
+          start: o.start,
+          end: Math.min(layerCount - 1, o.start + o.length - 1),
+          saving: o.saving,
+        }));
         const reaching = allPlans(list).filter((p) => reaches(total, savedBy(p), target));
         const found = fewestLayers(list, layerCount, total, target, 1_000);
         if (reaching.length === 0) {
@@ -65,7 +78,12 @@ describe('plan search', () => {
         const fewest = Math.min(...reaching.map(layersOf));
         expect(found?.layers).toBe(fewest);
         expect(found!.truncated).toBe(false);
-        expect(found!.plans.map(key).sort()).toEqual(reaching.filter((p) => layersOf(p) === fewest).map(key).sort());
+        expect(found!.plans.map(key).sort()).toEqual(
+          reaching
+            .filter((p) => layersOf(p) === fewest)
+            .map(key)
+            .sort(),
+        );
       }),
       { numRuns: 400, seed: 1122 },
     );
@@ -74,7 +92,12 @@ describe('plan search', () => {
   it('finds the most MACs any plan saves', () => {
     fc.assert(
       fc.property(cases, ({ layerCount, options }) => {
-        const list: Option[] = options.map((o, id) => ({ id, start: o.start, end: Math.min(layerCount - 1, o.start + o.length - 1), saving: o.saving }));
+        const list: Option[] = options.map((o, id) => ({
+          id,
+          start: o.start,
+          end: Math.min(layerCount - 1, o.start + o.length - 1),
+          saving: o.saving,
+        }));
         const best = mostSaved(list, layerCount);
         expect(best.saved).toBe(Math.max(...allPlans(list).map(savedBy)));
         expect(savedBy(best.plan)).toBe(best.saved);
@@ -137,7 +160,10 @@ describe('assembling the PyTorch-made modules', () => {
   });
 
   it('picks the module replacing fewer layers when it reaches the target, the other when only it does', async () => {
-    for (const [target, expected, speedup] of [[speedup2 - 0.01, span2, speedup2], [speedup2 + 0.01, span3, speedup3]] as const) {
+    for (const [target, expected, speedup] of [
+      [speedup2 - 0.01, span2, speedup2],
+      [speedup2 + 0.01, span3, speedup3],
+    ] as const) {
       const result = await assemble(BASE, { modulesDir: TRAINED, target, ...AT, seeds: 1, timingRuns: 1 });
       assertValid(result.model, 'assemble');
       expect(result.chosen.candidates.map((c) => [c.start, c.end, c.file])).toEqual([[expected.start, expected.end, expected.source]]);
@@ -176,7 +202,9 @@ describe('assembling the PyTorch-made modules', () => {
     }
     const result = await assemble(BASE, { modulesDir: dir, target: speedup2 - 0.01, ...AT, seeds: 2, timingRuns: 0 });
     expect(result.tied).toHaveLength(3);
-    const measured = await Promise.all(result.tied.map((t) => cosineAgainstBase(compiled(t.candidates.map((c) => ({ start: c.start, end: c.end, source: c.file }))), 2)));
+    const measured = await Promise.all(
+      result.tied.map((t) => cosineAgainstBase(compiled(t.candidates.map((c) => ({ start: c.start, end: c.end, source: c.file }))), 2)),
+    );
     result.tied.forEach((t, i) => expect(t.cosine).toBeCloseTo(measured[i], 6));
     const best = measured.indexOf(Math.max(...measured));
     expect(result.chosen.candidates[0].file).toBe(result.tied[best].candidates[0].file);

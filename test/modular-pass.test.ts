@@ -7,24 +7,24 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { extractModule } from '../passes/modular/extract.js';
 import { translateLayers } from '../passes/common/layers.js';
+import { extractModule } from '../passes/modular/extract.js';
 import type { ModuleRequest } from '../passes/modular/index.js';
-import { modularPass, pluginPass } from '../src/compile/passes.js';
 import { analyzeTransformer } from '../src/analysis/index.js';
+import { modularPass, pluginPass } from '../src/compile/passes.js';
+import { GraphBuilder } from '../src/ir/builder.js';
 import type { Value } from '../src/ir/graph.js';
 import type { Model } from '../src/ir/model.js';
-import { Tensor } from '../src/ir/tensor.js';
-import { GraphBuilder } from '../src/ir/builder.js';
 import { NameAuthority } from '../src/ir/names.js';
+import { Tensor } from '../src/ir/tensor.js';
 import { DataType, tensorType } from '../src/ir/types.js';
+import { assertValid } from '../src/ir/verify.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/ir/verify.js';
 import { asCommandLine } from './helpers/cli-message.js';
 import { referenceForward } from './helpers/reference-transformer.js';
-import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
+import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-modular-'));
 afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
@@ -58,7 +58,11 @@ function roundTrip(load: () => Model, start: number, end: number, label: string)
   const file = path.join(TMP, `${label}_L${start}-${end}.onnx`);
   saveModel(module, file, { overwrite: true });
   const target = load();
-  const removedWeights = new Set<Value>(analyzeTransformer(target).layers.slice(start, end + 1).flatMap((l) => l.params));
+  const removedWeights = new Set<Value>(
+    analyzeTransformer(target)
+      .layers.slice(start, end + 1)
+      .flatMap((l) => l.params),
+  );
   const result = modularPass({ modules: [{ start, end, source: file }] }).run(target);
   assertValid(target, 'modules');
   return { source, module, bias, target, removedWeights, report: result.report };
@@ -76,8 +80,14 @@ async function expectSameOutputs(original: Model, rewritten: Model, sizes: [numb
 
 describe('extract, then splice back: the original model', () => {
   const cases: [string, number, number][] = [
-    ['bert_opset14', 0, 0], ['bert_opset14', 1, 2], ['bert_opset14', 0, 2], ['bert_fused_qkv', 0, 1], ['vit', 0, 1], ['vit', 1, 1],
-    ['encoder_decoder', 0, 1], ['gpt_decoder', 0, 1],
+    ['bert_opset14', 0, 0],
+    ['bert_opset14', 1, 2],
+    ['bert_opset14', 0, 2],
+    ['bert_fused_qkv', 0, 1],
+    ['vit', 0, 1],
+    ['vit', 1, 1],
+    ['encoder_decoder', 0, 1],
+    ['gpt_decoder', 0, 1],
   ];
   it.each(cases)('%s layers %i-%i', async (name, start, end) => {
     const load = () => loadModel(`fixtures/${name}.onnx`);
@@ -92,19 +102,38 @@ describe('extract, then splice back: the original model', () => {
     // other layers keep their numbers; the spliced layers are found again, as module layers
     const layers = analyzeTransformer(source).layers.length;
     expect(report.layerMap).toEqual(Array.from({ length: layers }, (_, i) => (i >= start && i <= end ? null : i)));
-    await expectSameOutputs(source, target, name === 'vit' ? [[1, 1], [3, 1]] : [[1, 5], [3, 9]]);
+    await expectSameOutputs(
+      source,
+      target,
+      name === 'vit'
+        ? [
+            [1, 1],
+            [3, 1],
+          ]
+        : [
+            [1, 5],
+            [3, 9],
+          ],
+    );
   });
 
   it('takes the mask the model computes as attention_bias ([batch, 1, 1, seq] for BERT), nothing for ViT', () => {
     const bert = extractModule(loadModel('fixtures/bert_opset14.onnx'), 0, 1).module;
     expect(bert.graph.inputs.map((v) => v.name)).toEqual(['hidden', 'attention_bias']);
-    expect(bert.graph.inputs[1].type).toEqual({ kind: 'tensor', elemType: DataType.FLOAT, shape: [{ param: 'batch' }, { value: 1 }, { value: 1 }, { param: 'seq' }] });
+    expect(bert.graph.inputs[1].type).toEqual({
+      kind: 'tensor',
+      elemType: DataType.FLOAT,
+      shape: [{ param: 'batch' }, { value: 1 }, { value: 1 }, { param: 'seq' }],
+    });
     expect(extractModule(loadModel('fixtures/vit.onnx'), 0, 1).module.graph.inputs.map((v) => v.name)).toEqual(['hidden']);
   });
 
   it('two adjacent modules and a built-in in one pass', async () => {
     const load = () => loadModel('fixtures/bert_opset14.onnx');
-    const files = [[0, 0], [1, 1]].map(([s, e]) => {
+    const files = [
+      [0, 0],
+      [1, 1],
+    ].map(([s, e]) => {
       const file = path.join(TMP, `adjacent_L${s}-${e}.onnx`);
       saveModel(extractModule(load(), s, e).module, file, { overwrite: true });
       return { start: s, end: e, source: file };
@@ -112,7 +141,7 @@ describe('extract, then splice back: the original model', () => {
     const target = load();
     const result = modularPass({ modules: [...files, { start: 2, end: 2, source: 'builtin:average' }] }).run(target);
     assertValid(target, 'modules');
-    expect((result.report).layerMap).toEqual([null, null, null]);
+    expect(result.report.layerMap).toEqual([null, null, null]);
     await expectSameOutputs(load(), target, [[2, 6]]);
   });
 });
@@ -142,22 +171,42 @@ describe('extract, then splice back, on generated transformers', () => {
     await fc.assert(
       fc.asyncProperty(configArb, async (c) => {
         const config: TransformerConfig = {
-          layers: c.layers, hidden: c.heads * c.headSize, heads: c.heads, ffnInner: c.heads * c.headSize * c.ffnMultiple, norm: c.norm,
-          activation: c.activation, bias: c.bias, mask: c.mask, causal: c.causal, causalStyle: c.causalStyle, fusedQkv: c.fusedQkv,
-          normKind: c.normKind, scale: c.scale, attentionStyle: c.attentionStyle, vocab: 20, seed: c.seed,
+          layers: c.layers,
+          hidden: c.heads * c.headSize,
+          heads: c.heads,
+          ffnInner: c.heads * c.headSize * c.ffnMultiple,
+          norm: c.norm,
+          activation: c.activation,
+          bias: c.bias,
+          mask: c.mask,
+          causal: c.causal,
+          causalStyle: c.causalStyle,
+          fusedQkv: c.fusedQkv,
+          normKind: c.normKind,
+          scale: c.scale,
+          attentionStyle: c.attentionStyle,
+          vocab: 20,
+          seed: c.seed,
         };
         const start = c.at % c.layers;
         const end = start + (c.length % (c.layers - start));
         const load = () => buildTransformer(config);
         if (c.causal && c.causalStyle === 'where' && c.mask) {
           // GPT-2-style kept triangle plus a padding mask: two values on the scores, one attention_bias
-          expect(() => extractModule(load(), start, end)).toThrow(/reads? 2 values besides hidden and weights .*; the module contract has one attention_bias/);
+          expect(() => extractModule(load(), start, end)).toThrow(
+            /reads? 2 values besides hidden and weights .*; the module contract has one attention_bias/,
+          );
           return;
         }
         const { source, target, removedWeights, report } = roundTrip(load, start, end, `gen${c.seed}`);
         expect(target.graph.initializers.filter((v) => removedWeights.has(v))).toEqual([]);
-        expect(report.layerMap.filter((i) => i !== null)).toEqual(Array.from({ length: c.layers }, (_, i) => i).filter((i) => i < start || i > end));
-        await expectSameOutputs(source, target, [[1, 4], [3, 7]]);
+        expect(report.layerMap.filter((i) => i !== null)).toEqual(
+          Array.from({ length: c.layers }, (_, i) => i).filter((i) => i < start || i > end),
+        );
+        await expectSameOutputs(source, target, [
+          [1, 4],
+          [3, 7],
+        ]);
       }),
       { numRuns: 20, seed: 20261122 },
     );
@@ -179,8 +228,17 @@ function weightsView(model: Model, layers: number[], mean?: { at: number; over: 
     let t = tensor;
     if (mean && Number(match[1]) === mean.at) {
       const sum = new Float64Array(t.size);
-      for (const i of mean.over) byName.get(`layer${i}.${match[2]}`)!.toFloat32().forEach((x, k) => (sum[k] += x));
-      t = Tensor.fromArray(name, DataType.FLOAT, t.dims, Float32Array.from(sum, (s) => s / mean.over.length));
+      for (const i of mean.over)
+        byName
+          .get(`layer${i}.${match[2]}`)!
+          .toFloat32()
+          .forEach((x, k) => (sum[k] += x));
+      t = Tensor.fromArray(
+        name,
+        DataType.FLOAT,
+        t.dims,
+        Float32Array.from(sum, (s) => s / mean.over.length),
+      );
     }
     initializers.push({ name: `layer${j}.${match[2]}`, initializer: t });
   }
@@ -199,12 +257,22 @@ describe('built-in modules against a plain TS reference', () => {
     at: fc.nat(),
     length: fc.nat(),
   });
-  it('keep-first runs the span\'s first layer only; average, one layer of mean weights', async () => {
+  it("keep-first runs the span's first layer only; average, one layer of mean weights", async () => {
     await fc.assert(
       fc.asyncProperty(drawn, async (c) => {
         const config: TransformerConfig = {
-          layers: c.layers, hidden: 8, heads: 2, ffnInner: 16, norm: c.norm, normKind: c.normKind, activation: c.norm === 'pre' ? 'gelu_tanh' : 'relu',
-          bias: c.bias, mask: c.mask, causal: false, vocab: 30, seed: c.seed,
+          layers: c.layers,
+          hidden: 8,
+          heads: 2,
+          ffnInner: 16,
+          norm: c.norm,
+          normKind: c.normKind,
+          activation: c.norm === 'pre' ? 'gelu_tanh' : 'relu',
+          bias: c.bias,
+          mask: c.mask,
+          causal: false,
+          vocab: 30,
+          seed: c.seed,
         };
         const start = c.at % (c.layers - 1);
         const end = start + 1 + (c.length % (c.layers - start - 1));
@@ -219,14 +287,19 @@ describe('built-in modules against a plain TS reference', () => {
         const ids = Array.from({ length: batch }, (_, b) => Array.from({ length: seq }, (_, j) => (b * 7 + j * 3 + c.seed) % 30));
         const mask = c.mask ? ids.map((row, b) => row.map((_, j) => (j < seq - 2 * b ? 1 : 0))) : undefined;
         const expected = referenceForward(view, { ...config, layers: kept.length }, ids, mask);
-        const feeds: Record<string, Tensor> = { input_ids: Tensor.fromArray('input_ids', DataType.INT64, [batch, seq], BigInt64Array.from(ids.flat(), BigInt)) };
-        if (mask) feeds.attention_mask = Tensor.fromArray('attention_mask', DataType.INT64, [batch, seq], BigInt64Array.from(mask.flat(), BigInt));
+        const feeds: Record<string, Tensor> = {
+          input_ids: Tensor.fromArray('input_ids', DataType.INT64, [batch, seq], BigInt64Array.from(ids.flat(), BigInt)),
+        };
+        if (mask)
+          feeds.attention_mask = Tensor.fromArray('attention_mask', DataType.INT64, [batch, seq], BigInt64Array.from(mask.flat(), BigInt));
         const actual = (await outputsOf(model, feeds)).last_hidden_state;
         let worst = 0;
-        expected.forEach((rows, b) => rows.forEach((row, j) => {
-          if (mask && !mask[b][j]) return;
-          row.forEach((t, k) => (worst = Math.max(worst, Math.abs(actual[(b * seq + j) * 8 + k] - t))));
-        }));
+        expected.forEach((rows, b) =>
+          rows.forEach((row, j) => {
+            if (mask && !mask[b][j]) return;
+            row.forEach((t, k) => (worst = Math.max(worst, Math.abs(actual[(b * seq + j) * 8 + k] - t))));
+          }),
+        );
         expect(worst).toBeLessThan(1e-4);
       }),
       { numRuns: 16, seed: 7 },
@@ -234,11 +307,15 @@ describe('built-in modules against a plain TS reference', () => {
   }, 120_000);
 
   it('keep-first and average also work where a module file could not (T5: position bias and mask; decoder layers)', async () => {
-    for (const [name, start, end, kind] of [['t5_encoder', 0, 1, 'average'], ['t5_encoder', 0, 1, 'keep-first'], ['encoder_decoder', 2, 3, 'keep-first']] as const) {
+    for (const [name, start, end, kind] of [
+      ['t5_encoder', 0, 1, 'average'],
+      ['t5_encoder', 0, 1, 'keep-first'],
+      ['encoder_decoder', 2, 3, 'keep-first'],
+    ] as const) {
       const model = loadModel(`fixtures/${name}.onnx`);
       const result = modularPass({ modules: [{ start, end, source: `builtin:${kind}` }] }).run(model);
       assertValid(model, 'modules');
-      expect((result.report).removedInitializers).toBeGreaterThan(0);
+      expect(result.report.removedInitializers).toBeGreaterThan(0);
       const feeds = generateFeeds(describeInputs(model), { batch: 2, seq: 6 }, 3);
       const out = await outputsOf(model, feeds);
       for (const values of Object.values(out)) expect(values.every(Number.isFinite)).toBe(true);
@@ -260,9 +337,15 @@ describe('plugins on the layers that remain', () => {
     const report = modularPass({ modules: [{ start: 0, end: 1, source: 'builtin:keep-first' }] }).run(model).report;
     expect(report.layerMap).toEqual([0, 2]);
     expect(translateLayers(report.layerMap, [0, 2])).toEqual([0, 1]);
-    expect(asCommandLine(() => translateLayers(report.layerMap, [1]))).toThrow('--plugin: layer 1 was replaced by a module (plugins go on the layers that remain)');
-    expect(() => translateLayers(report.layerMap, [1])).toThrow('plugins: layer 1 was replaced by a module (plugins go on the layers that remain)');
-    const plugins = pluginPass({ plugins: [{ source: 'builtin:identity:1:layer' }], layers: translateLayers(report.layerMap, [2]) }).run(model);
+    expect(asCommandLine(() => translateLayers(report.layerMap, [1]))).toThrow(
+      '--plugin: layer 1 was replaced by a module (plugins go on the layers that remain)',
+    );
+    expect(() => translateLayers(report.layerMap, [1])).toThrow(
+      'plugins: layer 1 was replaced by a module (plugins go on the layers that remain)',
+    );
+    const plugins = pluginPass({ plugins: [{ source: 'builtin:identity:1:layer' }], layers: translateLayers(report.layerMap, [2]) }).run(
+      model,
+    );
     assertValid(model, 'plugins');
     expect((plugins.report.layers as { layer: number }[]).map((l) => l.layer)).toEqual([1]);
     const dropped = loadModel('fixtures/bert_opset14.onnx');
@@ -281,12 +364,29 @@ describe('refusals leave the model unchanged', () => {
     return file;
   };
   const cases: [string, () => ModuleRequest[], string | RegExp][] = [
-    ['overlapping spans', () => [{ start: 0, end: 1, source: bertFile(0, 1) }, { start: 1, end: 2, source: bertFile(1, 2) }],
-      /^--module 0-1=.* and --module 1-2=.* overlap \(layer 1\)$/],
-    ['a span of the wrong length', () => [{ start: 0, end: 2, source: bertFile(0, 1) }],
-      /^--module 0-2=.*: the module replaces 2 layers \(vcompile\.span = 2\) but layers 0-2 are 3 layers$/],
-    ['layers that do not exist', () => [{ start: 2, end: 3, source: 'builtin:keep-first' }], '--module 2-3=builtin:keep-first: layers 2-3 do not exist (the model has layers 0-2)'],
-    ['an unknown built-in', () => [{ start: 0, end: 1, source: 'builtin:median' }], "--module 0-1=builtin:median: unknown built-in module 'median' (there are builtin:keep-first and builtin:average)"],
+    [
+      'overlapping spans',
+      () => [
+        { start: 0, end: 1, source: bertFile(0, 1) },
+        { start: 1, end: 2, source: bertFile(1, 2) },
+      ],
+      /^--module 0-1=.* and --module 1-2=.* overlap \(layer 1\)$/,
+    ],
+    [
+      'a span of the wrong length',
+      () => [{ start: 0, end: 2, source: bertFile(0, 1) }],
+      /^--module 0-2=.*: the module replaces 2 layers \(vcompile\.span = 2\) but layers 0-2 are 3 layers$/,
+    ],
+    [
+      'layers that do not exist',
+      () => [{ start: 2, end: 3, source: 'builtin:keep-first' }],
+      '--module 2-3=builtin:keep-first: layers 2-3 do not exist (the model has layers 0-2)',
+    ],
+    [
+      'an unknown built-in',
+      () => [{ start: 0, end: 1, source: 'builtin:median' }],
+      "--module 0-1=builtin:median: unknown built-in module 'median' (there are builtin:keep-first and builtin:average)",
+    ],
     ['a missing module file', () => [{ start: 0, end: 1, source: '/nonexistent/m.onnx' }], 'module /nonexistent/m.onnx: no such file'],
   ];
   it.each(cases)('%s', (_what, requests, message) => {
@@ -301,7 +401,9 @@ describe('refusals leave the model unchanged', () => {
     const before = encodeModel(model);
     const other = path.join(TMP, 'fused_L0-1.onnx');
     saveModel(extractModule(loadModel('fixtures/bert_fused_qkv.onnx'), 0, 1).module, other, { overwrite: true });
-    expect(asCommandLine(() => modularPass({ modules: [{ start: 1, end: 2, source: other }] }).run(model))).toThrow(`module ${other}: hidden size 48 does not match the model's 64`);
+    expect(asCommandLine(() => modularPass({ modules: [{ start: 1, end: 2, source: other }] }).run(model))).toThrow(
+      `module ${other}: hidden size 48 does not match the model's 64`,
+    );
     expect(Buffer.from(encodeModel(model)).equals(Buffer.from(before))).toBe(true);
   });
 

@@ -11,10 +11,10 @@ import { modularPass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
+import { assertValid } from '../src/ir/verify.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
-import { type Session, openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/ir/verify.js';
+import { openSession, run, type Session } from '../src/runtime/session.js';
 
 const DIR = path.resolve('fixtures/modules');
 const TOLERANCE = 1e-4;
@@ -80,7 +80,12 @@ describe.each(manifest.cases)('modular pass vs PyTorch: $name', (testCase) => {
     expect(parameterElements(compiled)).toBe(parameterElements(loadModel(path.join(DIR, testCase.expected))));
   });
 
-  it.each([[1, 1], [1, 7], [3, 5], [3, 12]])('batch %i, seq %i matches the hand-replaced export', async (batch, seq) => {
+  it.each([
+    [1, 1],
+    [1, 7],
+    [3, 5],
+    [3, 12],
+  ])('batch %i, seq %i matches the hand-replaced export', async (batch, seq) => {
     const inputs = feeds(batch, seq, 11);
     const actual = await run(mine, inputs);
     const expected = await run(reference, inputs);

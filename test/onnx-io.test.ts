@@ -10,13 +10,13 @@ import { VcompileError } from '../src/errors.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
-import { type ProtoMessage, concatChunks, decode, encode } from '../src/onnx/codec.js';
+import { verifyModel } from '../src/ir/verify.js';
+import { concatChunks, decode, encode, type ProtoMessage } from '../src/onnx/codec.js';
 import { decodeModel, encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { messageDesc } from '../src/onnx/schema.js';
-import { verifyModel } from '../src/ir/verify.js';
 import { canonicalModel, expectSameModel, hex } from './helpers/canonical.js';
-import { UNKNOWN, buildEveryFieldModel } from './helpers/every-field.js';
 import { asCommandLine } from './helpers/cli-message.js';
+import { buildEveryFieldModel, UNKNOWN } from './helpers/every-field.js';
 
 // Every fs call of the code under test goes through these pass-through spies, so a test can tell which
 // files were opened, and make one call fail the way a full disk would.
@@ -114,7 +114,9 @@ describe('the every-field model', () => {
     expect(hexes(loaded.unknownFields)).toEqual(UNKNOWN.model.map(hex));
     expect(hexes(loaded.graph.unknownFields)).toEqual(UNKNOWN.graph.map(hex));
     expect(hexes(loaded.graph.nodes.find((n) => n.opType === 'ScaledAdd')!.unknownFields)).toEqual(UNKNOWN.node.map(hex));
-    expect(hexes(loaded.graph.initializers.find((v) => v.name === 'w_decorated')!.initializer!.unknownFields)).toEqual(UNKNOWN.tensor.map(hex));
+    expect(hexes(loaded.graph.initializers.find((v) => v.name === 'w_decorated')!.initializer!.unknownFields)).toEqual(
+      UNKNOWN.tensor.map(hex),
+    );
     expect(hexes(loaded.functions[0].unknownFields)).toEqual(UNKNOWN.function.map(hex));
     expect(hexes(loaded.trainingInfo[0].unknownFields)).toEqual(UNKNOWN.trainingInfo.map(hex));
   });
@@ -146,7 +148,10 @@ describe('the every-field model', () => {
 
 describe('the fixtures', () => {
   // (ONNX's backend test models get the same check in onnx-testdata.test.ts.)
-  const files = fs.readdirSync('fixtures').filter((f) => f.endsWith('.onnx')).map((f) => path.join('fixtures', f));
+  const files = fs
+    .readdirSync('fixtures')
+    .filter((f) => f.endsWith('.onnx'))
+    .map((f) => path.join('fixtures', f));
 
   it.skipIf(files.length === 0)(`re-encode byte-identically through the codec and the IR (${files.length} files)`, () => {
     const differing: string[] = [];
@@ -173,7 +178,13 @@ function externalModelBytes(entries: [string, string][], n = 4): Uint8Array {
       graph: {
         name: 'g',
         initializer: [
-          { name: 'w', data_type: DataType.FLOAT, dims: [BigInt(n)], data_location: 1, external_data: entries.map(([key, value]) => ({ key, value })) },
+          {
+            name: 'w',
+            data_type: DataType.FLOAT,
+            dims: [BigInt(n)],
+            data_location: 1,
+            external_data: entries.map(([key, value]) => ({ key, value })),
+          },
         ],
         output: [{ name: 'w', type: floatType }],
       },
@@ -240,7 +251,10 @@ describe('external data', () => {
     const entries = externalEntries(reloaded).get('w_float_raw')!;
     const sha1 = createHash('sha1').update(tensor.bytes()).digest('hex');
     expect(entries.map(([k]) => k)).toEqual(['location', 'offset', 'length', 'checksum', 'producer-note']);
-    expect(entries.slice(3)).toEqual([['checksum', sha1], ['producer-note', 'kept']]);
+    expect(entries.slice(3)).toEqual([
+      ['checksum', sha1],
+      ['producer-note', 'kept'],
+    ]);
     expect(entries[0]).toEqual(['location', 'b.onnx.data']);
     expectSameModel(reloaded, loaded);
   });
@@ -293,8 +307,17 @@ describe('external data', () => {
   it('refuses a range that runs past the end of the data file', () => {
     fs.writeFileSync(path.join(dir, 'w.bin'), Buffer.alloc(20));
     const file = path.join(dir, 'm.onnx');
-    fs.writeFileSync(file, externalModelBytes([['location', 'w.bin'], ['offset', '8'], ['length', '16']]));
-    expect(() => loadModel(file)).toThrow(new VcompileError(`${file}: tensor w: external data [8, 24) runs past the end of w.bin (20 bytes)`));
+    fs.writeFileSync(
+      file,
+      externalModelBytes([
+        ['location', 'w.bin'],
+        ['offset', '8'],
+        ['length', '16'],
+      ]),
+    );
+    expect(() => loadModel(file)).toThrow(
+      new VcompileError(`${file}: tensor w: external data [8, 24) runs past the end of w.bin (20 bytes)`),
+    );
   });
 
   it('reads a tensor at an offset beyond 2^31 (sparse 3 GiB file)', () => {
@@ -307,7 +330,14 @@ describe('external data', () => {
     fs.writeSync(fd, Buffer.from(Float32Array.of(1.5, -2, 1e30, -0).buffer), 0, 16, offset);
     fs.closeSync(fd);
     const file = path.join(dir, 'm.onnx');
-    fs.writeFileSync(file, externalModelBytes([['location', 'big.bin'], ['offset', String(offset)], ['length', '16']]));
+    fs.writeFileSync(
+      file,
+      externalModelBytes([
+        ['location', 'big.bin'],
+        ['offset', String(offset)],
+        ['length', '16'],
+      ]),
+    );
 
     const tensor = loadModel(file).graph.initializers[0].initializer!;
     expect(tensor.storage.kind === 'external' && tensor.storage.external.offset).toBe(offset);
@@ -350,7 +380,10 @@ describe('saveModel writes atomically', () => {
     const broken = new Tensor('broken', DataType.FLOAT, [256], {
       kind: 'external',
       external: {
-        location: 'gone.bin', offset: 0, length: 1024, entries: [['location', 'gone.bin']],
+        location: 'gone.bin',
+        offset: 0,
+        length: 1024,
+        entries: [['location', 'gone.bin']],
         load: () => {
           throw new Error('the data went away');
         },
@@ -387,7 +420,9 @@ describe('saveModel writes atomically', () => {
       expect(asCommandLine(() => saveModel(model, target, { protect: [input] }))).toThrow(
         `${target}: refusing to overwrite the input model (write elsewhere, or pass --overwrite)`,
       );
-      expect(() => saveModel(model, target, { protect: [input] })).toThrow(`${target}: refusing to overwrite the input model (write elsewhere, or pass overwrite: true)`);
+      expect(() => saveModel(model, target, { protect: [input] })).toThrow(
+        `${target}: refusing to overwrite the input model (write elsewhere, or pass overwrite: true)`,
+      );
       expect(hex(bytesOf(input))).toBe(before);
     }
     expect(filesIn(dir)).toEqual(['alias.onnx', 'in.onnx']);
@@ -414,9 +449,17 @@ describe('a file that is not an ONNX model', () => {
   const cases: [string, () => Uint8Array, string | RegExp][] = [
     ['a text file', () => Buffer.from('hello, this is not a model\n'), 'protobuf decode failed at byte 3: unsupported wire type 4'],
     ['an empty file', () => new Uint8Array(0), 'no ir_version and no graph'],
-    ['a PNG header', () => Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52]), 'protobuf decode failed at byte 11: field number 0'],
+    [
+      'a PNG header',
+      () => Uint8Array.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52]),
+      'protobuf decode failed at byte 11: field number 0',
+    ],
     ['JSON', () => Buffer.from('{"ir_version": 7}'), 'protobuf decode failed at byte 1: unsupported wire type 3'],
-    ['a model cut in half', () => model().subarray(0, model().length >> 1), /^protobuf decode failed at byte \d+: length \d+ runs past the end of its message$/],
+    [
+      'a model cut in half',
+      () => model().subarray(0, model().length >> 1),
+      /^protobuf decode failed at byte \d+: length \d+ runs past the end of its message$/,
+    ],
   ];
   for (const [what, bytes, why] of cases) {
     it(`${what}: one-line VcompileError`, () => {

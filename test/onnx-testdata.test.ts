@@ -7,10 +7,10 @@ import { describe, expect, it } from 'vitest';
 import type { Model } from '../src/ir/model.js';
 import type { Tensor } from '../src/ir/tensor.js';
 import { DataType, dataTypeName } from '../src/ir/types.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { encodeTensor, readTensorFile } from '../src/onnx/tensor-file.js';
 import { isOrtDataType, openSession, run } from '../src/runtime/session.js';
-import { verifyModel } from '../src/ir/verify.js';
 
 const DATA_ROOT = '/usr/share/libonnx-testdata/data';
 /** libonnx-testdata 1.12 (Debian bookworm) ships this many models. */

@@ -1,23 +1,34 @@
 // The plugin contract and the plumbing: the identity plugin leaves every fixture's outputs unchanged in
 // every scope, and every way a plugin file can break the contract is refused with its own message.
+
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { buildMeanPlugin } from '../passes/plugin/builtin.js';
+import { analyzeTransformer } from '../src/analysis/index.js';
 import { pluginPass } from '../src/compile/passes.js';
 import { ModelBuilder } from '../src/ir/builder.js';
 import type { Model } from '../src/ir/model.js';
 import { DataType, tensorType } from '../src/ir/types.js';
-import { analyzeTransformer } from '../src/analysis/index.js';
+import { assertValid } from '../src/ir/verify.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/ir/verify.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
-const fixtures = ['bert_opset14', 'bert_opset17', 'bert_fused_qkv', 'gpt_decoder', 't5_encoder', 'encoder_decoder', 'vit', 'bert_ort_optimized', 'bert_contrib_fused'];
+const fixtures = [
+  'bert_opset14',
+  'bert_opset17',
+  'bert_fused_qkv',
+  'gpt_decoder',
+  't5_encoder',
+  'encoder_decoder',
+  'vit',
+  'bert_ort_optimized',
+  'bert_contrib_fused',
+];
 
 async function outputs(model: Model, batch: number, seq: number): Promise<Float32Array[]> {
   const session = await openSession(encodeModel(model));
@@ -39,10 +50,17 @@ describe('identity plugin on every fixture', () => {
         // a decoder layer as a whole: its cross-attention reads the encoder's mask, which follows another
         // length, and the pass refuses it (tested in the refusals below).
         const wholeDecoder = scope === 'layer' && name === 'encoder_decoder';
-        const causal = wholeDecoder ? [] : analyzeTransformer(compiled).layers.filter((l) => l.selfAttention.causal).map((l) => l.index);
+        const causal = wholeDecoder
+          ? []
+          : analyzeTransformer(compiled)
+              .layers.filter((l) => l.selfAttention.causal)
+              .map((l) => l.index);
         pluginPass({ plugins: [{ source: `builtin:identity:1:${scope}` }], compressCausal: causal }).run(compiled);
         assertValid(compiled, 'plugins');
-        for (const [batch, seq] of [[1, 5], [2, 9]]) {
+        for (const [batch, seq] of [
+          [1, 5],
+          [2, 9],
+        ]) {
           const [a, b] = [await outputs(loadModel(file), batch, seq), await outputs(compiled, batch, seq)];
           a.forEach((values, i) => values.forEach((v, j) => expect(Math.abs(v - b[i][j])).toBeLessThanOrEqual(1e-5)));
         }
@@ -80,7 +98,10 @@ describe('plugin files that break the contract', () => {
       b.output(b.op.Identity(hidden), 'compressed');
       b.output(b.op.Identity(inner), 'restored');
     }
-    b.model.metadataProps = [['vcompile.ratio', '1'], ['vcompile.scope', 'ffn']];
+    b.model.metadataProps = [
+      ['vcompile.ratio', '1'],
+      ['vcompile.scope', 'ffn'],
+    ];
     edit(b);
     const target = path.join(dir, file);
     saveModel(b.model, target);
@@ -88,35 +109,85 @@ describe('plugin files that break the contract', () => {
   }
 
   const cases: [string, () => string, (file: string) => string][] = [
-    ['a missing input', () => plugin('no-inner.onnx', () => {}, (b) => {
-      const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
-      b.output(b.op.Identity(hidden), 'compressed');
-      b.output(b.op.Identity(hidden), 'restored');
-    }), (f) => `plugin ${f}: missing input 'inner' (found 'hidden')`],
-    ['an extra input', () => plugin('extra.onnx', (b) => void b.input('temperature', tensorType(DataType.FLOAT, []))),
-      (f) => `plugin ${f}: input 'temperature' is not part of the contract (the inputs are hidden and inner)`],
-    ['a missing output', () => plugin('no-restored.onnx', (b) => void b.graph.outputs.pop()), (f) => `plugin ${f}: missing output 'restored' (found 'compressed')`],
-    ['compressed computed from inner', () => plugin('leaky.onnx', () => {}, (b) => {
-      const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
-      const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', d]));
-      b.output(b.op.Add(hidden, inner), 'compressed');
-      b.output(b.op.Identity(inner), 'restored');
-    }), (f) => `plugin ${f}: output 'compressed' depends on input 'inner' (it must be computed from hidden only)`],
-    ['no ratio', () => plugin('no-ratio.onnx', (b) => void (b.model.metadataProps = [['vcompile.scope', 'ffn']])), (f) => `plugin ${f}: metadata_props has no vcompile.ratio`],
-    ['a bad ratio', () => plugin('bad-ratio.onnx', (b) => b.model.setMetadata('vcompile.ratio', '0')), (f) => `plugin ${f}: vcompile.ratio must be an integer >= 1, got '0'`],
-    ['a bad scope', () => plugin('bad-scope.onnx', (b) => b.model.setMetadata('vcompile.scope', 'everything')),
-      (f) => `plugin ${f}: vcompile.scope must be ffn, attention, layer; got 'everything'`],
-    ['another hidden size', () => plugin('d32.onnx', () => {}, (b) => {
-      const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', 32]));
-      const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', 32]));
-      b.output(b.op.Identity(hidden), 'compressed');
-      b.output(b.op.Identity(inner), 'restored');
-    }), (f) => `plugin ${f}: hidden size 32 does not match the model's 64`],
-    ['an op whose form changed between the opsets', () => {
-      const target = path.join(dir, 'opset18.onnx');
-      saveModel(buildMeanPlugin({ ratio: 2, hidden: d, scope: 'ffn', opset: 18 }), target);
-      return target;
-    }, (f) => `plugin ${f}: uses ReduceMean, whose form changed at opset 18 (plugin opset 18, model opset 14): export the plugin at opset 14`],
+    [
+      'a missing input',
+      () =>
+        plugin(
+          'no-inner.onnx',
+          () => {},
+          (b) => {
+            const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+            b.output(b.op.Identity(hidden), 'compressed');
+            b.output(b.op.Identity(hidden), 'restored');
+          },
+        ),
+      (f) => `plugin ${f}: missing input 'inner' (found 'hidden')`,
+    ],
+    [
+      'an extra input',
+      () => plugin('extra.onnx', (b) => void b.input('temperature', tensorType(DataType.FLOAT, []))),
+      (f) => `plugin ${f}: input 'temperature' is not part of the contract (the inputs are hidden and inner)`,
+    ],
+    [
+      'a missing output',
+      () => plugin('no-restored.onnx', (b) => void b.graph.outputs.pop()),
+      (f) => `plugin ${f}: missing output 'restored' (found 'compressed')`,
+    ],
+    [
+      'compressed computed from inner',
+      () =>
+        plugin(
+          'leaky.onnx',
+          () => {},
+          (b) => {
+            const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+            const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', d]));
+            b.output(b.op.Add(hidden, inner), 'compressed');
+            b.output(b.op.Identity(inner), 'restored');
+          },
+        ),
+      (f) => `plugin ${f}: output 'compressed' depends on input 'inner' (it must be computed from hidden only)`,
+    ],
+    [
+      'no ratio',
+      () => plugin('no-ratio.onnx', (b) => void (b.model.metadataProps = [['vcompile.scope', 'ffn']])),
+      (f) => `plugin ${f}: metadata_props has no vcompile.ratio`,
+    ],
+    [
+      'a bad ratio',
+      () => plugin('bad-ratio.onnx', (b) => b.model.setMetadata('vcompile.ratio', '0')),
+      (f) => `plugin ${f}: vcompile.ratio must be an integer >= 1, got '0'`,
+    ],
+    [
+      'a bad scope',
+      () => plugin('bad-scope.onnx', (b) => b.model.setMetadata('vcompile.scope', 'everything')),
+      (f) => `plugin ${f}: vcompile.scope must be ffn, attention, layer; got 'everything'`,
+    ],
+    [
+      'another hidden size',
+      () =>
+        plugin(
+          'd32.onnx',
+          () => {},
+          (b) => {
+            const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', 32]));
+            const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', 32]));
+            b.output(b.op.Identity(hidden), 'compressed');
+            b.output(b.op.Identity(inner), 'restored');
+          },
+        ),
+      (f) => `plugin ${f}: hidden size 32 does not match the model's 64`,
+    ],
+    [
+      'an op whose form changed between the opsets',
+      () => {
+        const target = path.join(dir, 'opset18.onnx');
+        saveModel(buildMeanPlugin({ ratio: 2, hidden: d, scope: 'ffn', opset: 18 }), target);
+        return target;
+      },
+      (f) =>
+        `plugin ${f}: uses ReduceMean, whose form changed at opset 18 (plugin opset 18, model opset 14): export the plugin at opset 14`,
+    ],
   ];
   for (const [what, make, message] of cases) {
     it(what, () => {
@@ -132,7 +203,11 @@ describe('plugin files that break the contract', () => {
     const [, make, message] = cases[3];
     const file = make();
     const out = path.join(dir, 'never.onnx');
-    const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), path.join(repo, 'fixtures/bert_opset14.onnx'), '--plugin', file, '-o', out], { encoding: 'utf8' });
+    const r = spawnSync(
+      process.execPath,
+      [path.join(repo, 'bin/vcompile'), path.join(repo, 'fixtures/bert_opset14.onnx'), '--plugin', file, '-o', out],
+      { encoding: 'utf8' },
+    );
     expect(r.status).toBe(2);
     expect(r.stderr).toBe(`vcompile: ${message(file)}\n`);
     expect(fs.existsSync(out)).toBe(false);

@@ -15,7 +15,10 @@ const repo = path.resolve(import.meta.dirname, '..');
 async function optimizedOps(bytes: Uint8Array): Promise<Record<string, number>> {
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-opt-')), 'optimized.onnx');
   const session = await ort.InferenceSession.create(bytes, {
-    graphOptimizationLevel: 'extended', optimizedModelFilePath: out, executionProviders: ['cpu'], logSeverityLevel: 4,
+    graphOptimizationLevel: 'extended',
+    optimizedModelFilePath: out,
+    executionProviders: ['cpu'],
+    logSeverityLevel: 4,
   });
   await session.release();
   return summarize(loadModel(out)).ops;

@@ -6,14 +6,26 @@ import { pluginPass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
+import { assertValid } from '../src/ir/verify.js';
 import { encodeModel } from '../src/onnx/file.js';
 import { openSession, run } from '../src/runtime/session.js';
-import { assertValid } from '../src/ir/verify.js';
-import { referenceForward } from './helpers/reference-transformer.js';
-import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
 import { asCommandLine } from './helpers/cli-message.js';
+import { referenceForward } from './helpers/reference-transformer.js';
+import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
-const tiny: TransformerConfig = { layers: 2, hidden: 8, heads: 2, ffnInner: 16, norm: 'post', activation: 'relu', bias: true, mask: true, causal: false, vocab: 30, seed: 7 };
+const tiny: TransformerConfig = {
+  layers: 2,
+  hidden: 8,
+  heads: 2,
+  ffnInner: 16,
+  norm: 'post',
+  activation: 'relu',
+  bias: true,
+  mask: true,
+  causal: false,
+  vocab: 30,
+  seed: 7,
+};
 
 function feeds(batch: number, seq: number, vocab: number, withMask: boolean) {
   const ids = Array.from({ length: batch }, (_, b) => Array.from({ length: seq }, (_, j) => (b * 7 + j * 3) % vocab));
@@ -21,7 +33,8 @@ function feeds(batch: number, seq: number, vocab: number, withMask: boolean) {
   const tensors: Record<string, Tensor> = {
     input_ids: Tensor.fromArray('input_ids', DataType.INT64, [batch, seq], BigInt64Array.from(ids.flat(), BigInt)),
   };
-  if (withMask) tensors.attention_mask = Tensor.fromArray('attention_mask', DataType.INT64, [batch, seq], BigInt64Array.from(mask.flat(), BigInt));
+  if (withMask)
+    tensors.attention_mask = Tensor.fromArray('attention_mask', DataType.INT64, [batch, seq], BigInt64Array.from(mask.flat(), BigInt));
   return { ids, mask: withMask ? mask : undefined, tensors };
 }
 
@@ -50,7 +63,11 @@ function maxRealError(actual: Float32Array, expected: number[][][], mask: number
 
 describe('mean plugin against a plain TS reference', () => {
   for (const scope of ['ffn', 'attention', 'layer'] as const) {
-    for (const [norm, ratio, seq] of [['post', 2, 6], ['post', 3, 7], ['pre', 2, 5]] as const) {
+    for (const [norm, ratio, seq] of [
+      ['post', 2, 6],
+      ['post', 3, 7],
+      ['pre', 2, 5],
+    ] as const) {
       it(`${scope} scope, ${norm}-norm, k=${ratio}, seq ${seq}`, async () => {
         const config: TransformerConfig = { ...tiny, norm, activation: norm === 'pre' ? 'gelu_tanh' : 'relu' };
         const model = buildTransformer(config);
@@ -86,14 +103,27 @@ describe('identity plugin: the compiled model equals the original', () => {
     await fc.assert(
       fc.asyncProperty(configs, async (c) => {
         const config: TransformerConfig = {
-          layers: c.layers, hidden: c.heads * c.headSize, heads: c.heads, ffnInner: c.heads * c.headSize * c.ffnMultiple, norm: c.norm,
-          activation: c.activation, bias: c.bias, mask: c.mask, causal: false, fusedQkv: c.fusedQkv, vocab: 20, seed: c.seed,
+          layers: c.layers,
+          hidden: c.heads * c.headSize,
+          heads: c.heads,
+          ffnInner: c.heads * c.headSize * c.ffnMultiple,
+          norm: c.norm,
+          activation: c.activation,
+          bias: c.bias,
+          mask: c.mask,
+          causal: false,
+          fusedQkv: c.fusedQkv,
+          vocab: 20,
+          seed: c.seed,
         };
         const original = buildTransformer(config);
         const compiled = buildTransformer(config);
         pluginPass({ plugins: [{ source: `builtin:identity:1:${c.scope}` }] }).run(compiled);
         assertValid(compiled, 'plugins');
-        for (const [batch, seq] of [[1, 5], [3, 8]]) {
+        for (const [batch, seq] of [
+          [1, 5],
+          [3, 8],
+        ]) {
           const { tensors } = feeds(batch, seq, 20, c.mask);
           const [a, b] = [await runModel(original, tensors), await runModel(compiled, tensors)];
           for (let i = 0; i < a.length; i++) expect(Math.abs(a[i] - b[i])).toBeLessThanOrEqual(1e-5);
@@ -114,13 +144,30 @@ describe('refusals', () => {
   });
 
   const cases: [string, Parameters<typeof pluginPass>[0], TransformerConfig, string][] = [
-    ['a causal layer named explicitly', { plugins: [{ source: 'builtin:mean:2' }], layers: [1] }, causal,
-      'layer 1 uses causal self-attention: merging positions would leak future tokens (--compress-causal 1 forces it)'],
-    ['a layer that does not exist', { plugins: [{ source: 'builtin:mean:2' }], layers: [5] }, tiny, 'layer 5 does not exist (the model has layers 0-1)'],
-    ['a malformed builtin', { plugins: [{ source: 'builtin:mean:x' }] }, tiny,
-      'plugin builtin:mean:x: expected builtin:KIND:K[:SCOPE] with KIND mean|variator|identity and SCOPE ffn|attention|layer'],
-    ['two plugins for all layers', { plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }, tiny,
-      'give one --plugin for all layers, and --plugin L=FILE for single layers'],
+    [
+      'a causal layer named explicitly',
+      { plugins: [{ source: 'builtin:mean:2' }], layers: [1] },
+      causal,
+      'layer 1 uses causal self-attention: merging positions would leak future tokens (--compress-causal 1 forces it)',
+    ],
+    [
+      'a layer that does not exist',
+      { plugins: [{ source: 'builtin:mean:2' }], layers: [5] },
+      tiny,
+      'layer 5 does not exist (the model has layers 0-1)',
+    ],
+    [
+      'a malformed builtin',
+      { plugins: [{ source: 'builtin:mean:x' }] },
+      tiny,
+      'plugin builtin:mean:x: expected builtin:KIND:K[:SCOPE] with KIND mean|variator|identity and SCOPE ffn|attention|layer',
+    ],
+    [
+      'two plugins for all layers',
+      { plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] },
+      tiny,
+      'give one --plugin for all layers, and --plugin L=FILE for single layers',
+    ],
     ['a missing plugin file', { plugins: [{ source: '/nonexistent/p.onnx' }] }, tiny, 'plugin /nonexistent/p.onnx: no such file'],
   ];
   for (const [what, options, config, message] of cases) {

@@ -6,15 +6,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { PluginRequest } from '../passes/plugin/index.js';
+import { pluginPass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
+import { verifyModel } from '../src/ir/verify.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
-import { type Session, openSession, run } from '../src/runtime/session.js';
-import { verifyModel } from '../src/ir/verify.js';
-import type { PluginRequest } from '../passes/plugin/index.js';
-import { pluginPass } from '../src/compile/passes.js';
+import { openSession, run, type Session } from '../src/runtime/session.js';
 
 const DIR = path.resolve('fixtures/plugins');
 const TOLERANCE = 1e-4;
@@ -99,7 +99,7 @@ describe.each(cases)('plugin pass vs PyTorch: $name', (testCase) => {
     expect(rewritten.getMetadata('vcompile.plugins')).toBeDefined();
   });
 
-  it('stores each plugin\'s weights once, however many layers use it', () => {
+  it("stores each plugin's weights once, however many layers use it", () => {
     // The pass names its own constants with the same prefix, but those are scalars or int64; the
     // plugin's weights are the float tensors with more than one element.
     const spliced = floatWeights(rewritten, (name) => name.startsWith(PLUGIN_PREFIX));
@@ -114,14 +114,17 @@ describe.each(cases)('plugin pass vs PyTorch: $name', (testCase) => {
     expect(spliced).toHaveLength(expectedCount);
   });
 
-  it.each(BATCHES.flatMap((batch) => SEQUENCES.map((seq) => [batch, seq] as const)))('batch %i, seq %i matches the hand-applied export', async (batch, seq) => {
-    const inputs = feeds(batch, seq, testCase.vocab, 7);
-    const actual = await run(compiled, inputs);
-    const expected = await run(reference, inputs);
-    expect(Object.keys(actual).sort()).toEqual(Object.keys(expected).sort());
-    for (const [name, tensor] of Object.entries(expected)) {
-      expect(tensor.dims).toEqual([batch, seq, 32]);
-      expect(maxAbsDifference(actual[name]!, tensor), `${name}`).toBeLessThanOrEqual(TOLERANCE);
-    }
-  });
+  it.each(BATCHES.flatMap((batch) => SEQUENCES.map((seq) => [batch, seq] as const)))(
+    'batch %i, seq %i matches the hand-applied export',
+    async (batch, seq) => {
+      const inputs = feeds(batch, seq, testCase.vocab, 7);
+      const actual = await run(compiled, inputs);
+      const expected = await run(reference, inputs);
+      expect(Object.keys(actual).sort()).toEqual(Object.keys(expected).sort());
+      for (const [name, tensor] of Object.entries(expected)) {
+        expect(tensor.dims).toEqual([batch, seq, 32]);
+        expect(maxAbsDifference(actual[name]!, tensor), `${name}`).toBeLessThanOrEqual(TOLERANCE);
+      }
+    },
+  );
 });

@@ -10,9 +10,9 @@ import { Tensor } from '../src/ir/tensor.js';
 import { DataType, tensorType } from '../src/ir/types.js';
 import { loadModel } from '../src/onnx/file.js';
 import { writeTensorFile } from '../src/onnx/tensor-file.js';
+import { Rng } from '../src/random.js';
 import { bindDims, describeInputs, generateFeeds, readFeedFolder, realPositions } from '../src/runtime/feeds.js';
 import { decodeNpy, encodeNpy, readNpy, writeNpy } from '../src/runtime/npy.js';
-import { Rng } from '../src/random.js';
 import { asCommandLine } from './helpers/cli-message.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
@@ -24,7 +24,9 @@ interface ManifestEntry {
   inputs: Record<string, (string | number)[]>;
 }
 const manifest = (name: string) => (JSON.parse(fs.readFileSync(fixture(name), 'utf8')) as { fixtures: ManifestEntry[] }).fixtures;
-const withVocab = [...manifest('manifest.json'), ...manifest('manifest-derived.json')].filter((f) => typeof f.vocab === 'number' && !f.file.startsWith('..'));
+const withVocab = [...manifest('manifest.json'), ...manifest('manifest-derived.json')].filter(
+  (f) => typeof f.vocab === 'number' && !f.file.startsWith('..'),
+);
 
 describe('generated feeds', () => {
   it.each(withVocab.map((f) => [f.file, f] as const))('%s: ids index the embedding table, and only it', (file, entry) => {
@@ -55,7 +57,11 @@ describe('generated feeds', () => {
       expect(row).toEqual([...new Array(real).fill(1), ...new Array(10 - real).fill(0)]);
       expect(ids.slice(b * 10 + real, b * 10 + 10).every((v) => v === 0)).toBe(true);
     }
-    for (const [batch, seq] of [[5, 2], [3, 1], [9, 4]]) {
+    for (const [batch, seq] of [
+      [5, 2],
+      [3, 1],
+      [9, 4],
+    ]) {
       for (let b = 0; b < batch; b++) expect(realPositions(b, batch, seq)).toBeGreaterThanOrEqual(1);
     }
   });
@@ -98,8 +104,16 @@ describe('generated feeds', () => {
     b.output(b.op.Identity(x), 'xo');
     b.output(b.op.Identity(y), 'yo');
     const specs = describeInputs(b.model);
-    expect(Object.fromEntries(bindDims(specs, { batch: 2, seq: 9 }))).toEqual({ 'p2o.DynamicDimension.0': 2, 'p2o.DynamicDimension.1': 9, 'y.0': 2, seq_len: 9, batch_size: 2 });
-    expect(bindDims(specs, { batch: 2, seq: 9, dims: { 'p2o.DynamicDimension.1': 320, 'y.0': 5 } }).get('p2o.DynamicDimension.1')).toBe(320);
+    expect(Object.fromEntries(bindDims(specs, { batch: 2, seq: 9 }))).toEqual({
+      'p2o.DynamicDimension.0': 2,
+      'p2o.DynamicDimension.1': 9,
+      'y.0': 2,
+      seq_len: 9,
+      batch_size: 2,
+    });
+    expect(bindDims(specs, { batch: 2, seq: 9, dims: { 'p2o.DynamicDimension.1': 320, 'y.0': 5 } }).get('p2o.DynamicDimension.1')).toBe(
+      320,
+    );
     expect(bindDims(specs, { batch: 2, seq: 9, dims: { 'y.0': 5 } }).get('y.0')).toBe(5);
   });
 

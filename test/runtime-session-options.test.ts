@@ -4,11 +4,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { cliMessage } from '../src/cli/errors.js';
 import { VcompileError } from '../src/errors.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
 import { describeInputs, generateFeeds } from '../src/runtime/feeds.js';
 import { cudaProviderInstalled, openSession, run } from '../src/runtime/session.js';
-import { cliMessage } from '../src/cli/errors.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const bert = path.join(repo, 'fixtures/bert_opset14.onnx');
@@ -45,7 +45,9 @@ describe('extra outputs', () => {
   it('refuses a name the graph does not define', async () => {
     const error = await openSession(bert, { extraOutputs: ['no/such/value'] }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(VcompileError);
-    expect((error as Error).message).toBe('extra output no/such/value: no such value in the main graph (node outputs and graph inputs can be read)');
+    expect((error as Error).message).toBe(
+      'extra output no/such/value: no such value in the main graph (node outputs and graph inputs can be read)',
+    );
   });
 });
 
@@ -55,13 +57,16 @@ describe('external data', () => {
     const file = path.join(dir, 'ext.onnx');
     saveModel(loadModel(bert), file, { externalData: 'always', location: 'weights.bin' });
     const reference = await run(await openSession(bert), feeds);
-    const same = (outputs: Record<string, { bytes(): Uint8Array }>) => Buffer.from(outputs.last_hidden_state.bytes()).equals(Buffer.from(reference.last_hidden_state.bytes()));
+    const same = (outputs: Record<string, { bytes(): Uint8Array }>) =>
+      Buffer.from(outputs.last_hidden_state.bytes()).equals(Buffer.from(reference.last_hidden_state.bytes()));
 
     expect(same(await run(await openSession(file), feeds))).toBe(true);
     const bytes = fs.readFileSync(file);
     const error = await openSession(bytes).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(VcompileError);
-    const withData = await openSession(bytes, { externalData: [{ path: 'weights.bin', data: fs.readFileSync(path.join(dir, 'weights.bin')) }] });
+    const withData = await openSession(bytes, {
+      externalData: [{ path: 'weights.bin', data: fs.readFileSync(path.join(dir, 'weights.bin')) }],
+    });
     expect(same(await run(withData, feeds))).toBe(true);
     const fromIr = await openSession(loadModel(file), { extraOutputs: [softmax] });
     const outputs = await run(fromIr, feeds);

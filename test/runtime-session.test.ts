@@ -31,17 +31,20 @@ const NUMERIC: [number, ArrayBufferView][] = [
 ];
 
 describe('onnxruntime-node session', () => {
-  it.each(NUMERIC.map(([dataType, values]) => [dataTypeName(dataType), dataType, values] as const))('%s round trip', async (_, dataType, values) => {
-    const session = await openSession(identityModel(dataType, [2, 2]), { threads: 1 });
-    // Raw data taken at an odd offset of a larger buffer, as tensors read from a file often are.
-    const source = new Uint8Array(values.byteLength + 1);
-    source.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), 1);
-    const outputs = await run(session, { x: Tensor.fromRaw('x', dataType, [2, 2], source.subarray(1)) });
-    await session.release();
-    expect(outputs.y.dataType).toBe(dataType);
-    expect(outputs.y.dims).toEqual([2, 2]);
-    expect(Buffer.from(outputs.y.bytes()).equals(Buffer.from(source.subarray(1)))).toBe(true);
-  });
+  it.each(NUMERIC.map(([dataType, values]) => [dataTypeName(dataType), dataType, values] as const))(
+    '%s round trip',
+    async (_, dataType, values) => {
+      const session = await openSession(identityModel(dataType, [2, 2]), { threads: 1 });
+      // Raw data taken at an odd offset of a larger buffer, as tensors read from a file often are.
+      const source = new Uint8Array(values.byteLength + 1);
+      source.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength), 1);
+      const outputs = await run(session, { x: Tensor.fromRaw('x', dataType, [2, 2], source.subarray(1)) });
+      await session.release();
+      expect(outputs.y.dataType).toBe(dataType);
+      expect(outputs.y.dims).toEqual([2, 2]);
+      expect(Buffer.from(outputs.y.bytes()).equals(Buffer.from(source.subarray(1)))).toBe(true);
+    },
+  );
 
   it('string round trip', async () => {
     const session = await openSession(identityModel(DataType.STRING, [3]), { threads: 1 });
@@ -56,7 +59,9 @@ describe('onnxruntime-node session', () => {
     const session = await openSession(identityModel(DataType.FLOAT, [1]), { threads: 1 });
     const bf16 = Tensor.fromArray('x', DataType.BFLOAT16, [1], new Uint16Array([0x3f80]));
     await expect(run(session, { x: bf16 })).rejects.toThrow(/tensor x: onnxruntime-node cannot take bfloat16 tensors/);
-    await expect(run(session, { nope: Tensor.fromArray('nope', DataType.FLOAT, [1], new Float32Array([1])) })).rejects.toThrow(VcompileError);
+    await expect(run(session, { nope: Tensor.fromArray('nope', DataType.FLOAT, [1], new Float32Array([1])) })).rejects.toThrow(
+      VcompileError,
+    );
     await session.release();
     const error = await openSession(new Uint8Array([1, 2, 3])).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(VcompileError);

@@ -1,25 +1,39 @@
 // One model, many speeds: every branch of a switchable model equals the single-ratio compiled model,
 // the default applies when the ratio is not fed, unknown ratios fail clearly, and the policies choose
 // as documented.
-import * as fc from 'fast-check';
+
 import * as path from 'node:path';
+import * as fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { pluginPass, switchablePass } from '../src/compile/passes.js';
 import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
-import { encodeModel, loadModel } from '../src/onnx/file.js';
-import { AdaptiveSession, type CallContext, fixed, latencyBudget, queueDepth, ratioTensor, withFeedableRatio } from '../src/runtime/adaptive.js';
-import { openSession, run } from '../src/runtime/session.js';
 import { assertValid } from '../src/ir/verify.js';
-import { type TransformerConfig, buildTransformer } from './helpers/transformer-gen.js';
+import { encodeModel, loadModel } from '../src/onnx/file.js';
+import {
+  AdaptiveSession,
+  type CallContext,
+  fixed,
+  latencyBudget,
+  queueDepth,
+  ratioTensor,
+  withFeedableRatio,
+} from '../src/runtime/adaptive.js';
+import { openSession, run } from '../src/runtime/session.js';
 import { asCommandLine, asCommandLineAsync } from './helpers/cli-message.js';
+import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
 const fixture = (name: string) => path.resolve(import.meta.dirname, '../fixtures', name);
 
 function textFeeds(batch: number, seq: number, vocab: number, withMask = true): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {
-    input_ids: Tensor.fromArray('input_ids', DataType.INT64, [batch, seq], BigInt64Array.from({ length: batch * seq }, (_, i) => BigInt((i * 13) % vocab))),
+    input_ids: Tensor.fromArray(
+      'input_ids',
+      DataType.INT64,
+      [batch, seq],
+      BigInt64Array.from({ length: batch * seq }, (_, i) => BigInt((i * 13) % vocab)),
+    ),
   };
   if (withMask) {
     const mask = BigInt64Array.from({ length: batch * seq }, (_, i) => (i % seq < Math.max(1, seq - 2 * Math.floor(i / seq)) ? 1n : 0n));
@@ -67,17 +81,44 @@ describe('every branch equals the single-ratio compiled model', () => {
     it(`${file}: ${plugins.join(', ')}`, async () => {
       const vocab = file === 'bert_opset14.onnx' ? 1000 : 512;
       const feeds = textFeeds(2, 7, vocab);
-      if (file === 'encoder_decoder.onnx') feeds.decoder_input_ids = Tensor.fromArray('decoder_input_ids', DataType.INT64, [2, 5], BigInt64Array.from({ length: 10 }, (_, i) => BigInt(i + 3)));
+      if (file === 'encoder_decoder.onnx')
+        feeds.decoder_input_ids = Tensor.fromArray(
+          'decoder_input_ids',
+          DataType.INT64,
+          [2, 5],
+          BigInt64Array.from({ length: 10 }, (_, i) => BigInt(i + 3)),
+        );
       await expectBranchesMatch(() => loadModel(fixture(file)), [...plugins], feeds);
     });
   }
 
   it('on generated transformers', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.constantFrom('ffn' as const, 'attention' as const, 'layer' as const), fc.constantFrom('pre' as const, 'post' as const), fc.integer({ min: 1, max: 99 }), async (scope, norm, seed) => {
-        const config: TransformerConfig = { layers: 2, hidden: 8, heads: 2, ffnInner: 16, norm, activation: 'relu', bias: true, mask: true, causal: false, vocab: 20, seed };
-        await expectBranchesMatch(() => buildTransformer(config), [`builtin:mean:2:${scope}`, `builtin:variator:3:${scope}`], textFeeds(2, 5, 20));
-      }),
+      fc.asyncProperty(
+        fc.constantFrom('ffn' as const, 'attention' as const, 'layer' as const),
+        fc.constantFrom('pre' as const, 'post' as const),
+        fc.integer({ min: 1, max: 99 }),
+        async (scope, norm, seed) => {
+          const config: TransformerConfig = {
+            layers: 2,
+            hidden: 8,
+            heads: 2,
+            ffnInner: 16,
+            norm,
+            activation: 'relu',
+            bias: true,
+            mask: true,
+            causal: false,
+            vocab: 20,
+            seed,
+          };
+          await expectBranchesMatch(
+            () => buildTransformer(config),
+            [`builtin:mean:2:${scope}`, `builtin:variator:3:${scope}`],
+            textFeeds(2, 5, 20),
+          );
+        },
+      ),
       { numRuns: 6 },
     );
   }, 60_000);
@@ -102,7 +143,9 @@ describe('the ratio input', () => {
     const raw = loadModel(fixture('bert_opset14.onnx'));
     switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }).run(raw);
     const direct = await openSession(encodeModel(withFeedableRatio(raw)));
-    await expect(run(direct, { ...textFeeds(1, 4, 1000), vcompile_ratio: ratioTensor(3) })).rejects.toThrow("vcompile_ratio must be one of 1, 2, 4 (layer 0)");
+    await expect(run(direct, { ...textFeeds(1, 4, 1000), vcompile_ratio: ratioTensor(3) })).rejects.toThrow(
+      'vcompile_ratio must be one of 1, 2, 4 (layer 0)',
+    );
   });
 
   it('stores the backbone once: the file is the original plus the plugins', () => {
@@ -119,14 +162,26 @@ describe('the ratio input', () => {
 
   it('refuses what it cannot build', () => {
     const model = loadModel(fixture('bert_opset14.onnx'));
-    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:variator:2' }] }).run(model)).toThrow('two plugins for all layers have ratio 2; give one per ratio');
-    expect(asCommandLine(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }], defaultRatio: 4 }).run(model))).toThrow('--default-ratio 4 is not among the ratios of the plugins given (1, 2)');
-    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4:layer', layer: 1 }] }).run(model)).toThrow('layer 1 gets plugins of different scopes (ffn, layer); a switchable layer needs one scope');
+    expect(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:variator:2' }] }).run(model)).toThrow(
+      'two plugins for all layers have ratio 2; give one per ratio',
+    );
+    expect(asCommandLine(() => switchablePass({ plugins: [{ source: 'builtin:mean:2' }], defaultRatio: 4 }).run(model))).toThrow(
+      '--default-ratio 4 is not among the ratios of the plugins given (1, 2)',
+    );
+    expect(() =>
+      switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4:layer', layer: 1 }] }).run(model),
+    ).toThrow('layer 1 gets plugins of different scopes (ffn, layer); a switchable layer needs one scope');
   });
 });
 
 describe('policies', () => {
-  const call = (batch: number, seq: number, pending = 1, waitedMs = 0): CallContext => ({ batch, seq, pending, waitedMs, ratios: [1, 2, 4] });
+  const call = (batch: number, seq: number, pending = 1, waitedMs = 0): CallContext => ({
+    batch,
+    seq,
+    pending,
+    waitedMs,
+    ratios: [1, 2, 4],
+  });
 
   it('fixed and queueDepth', () => {
     expect(fixed(2).choose(call(1, 8))).toBe(2);
@@ -135,24 +190,33 @@ describe('policies', () => {
   });
 
   it('latencyBudget never picks a ratio whose learned latency exceeds the budget when another meets it', () => {
-    const lines = fc.array(fc.record({ fixedMs: fc.double({ min: 0, max: 20, noNaN: true }), perToken: fc.double({ min: 0.001, max: 1, noNaN: true }) }), { minLength: 3, maxLength: 3 });
+    const lines = fc.array(
+      fc.record({ fixedMs: fc.double({ min: 0, max: 20, noNaN: true }), perToken: fc.double({ min: 0.001, max: 1, noNaN: true }) }),
+      { minLength: 3, maxLength: 3 },
+    );
     fc.assert(
-      fc.property(lines, fc.double({ min: 1, max: 500, noNaN: true }), fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 512 }), (latency, budget, batch, seq) => {
-        const ratios = [1, 2, 4];
-        const policy = latencyBudget(budget);
-        const ms = (i: number, tokens: number) => latency[i].fixedMs + latency[i].perToken * tokens;
-        // learned from calls at two sizes, as a warm-up and a first real call would give
-        for (const tokens of [64, 1024]) ratios.forEach((r, i) => policy.observe(r, { ...call(1, tokens) }, ms(i, tokens)));
-        const chosen = policy.choose(call(batch, seq));
-        const tokens = batch * seq;
-        const meeting = ratios.filter((_, i) => ms(i, tokens) <= budget + 1e-9);
-        if (meeting.length) {
-          expect(meeting).toContain(chosen);
-          expect(chosen).toBe(Math.min(...meeting));
-        } else {
-          expect(chosen).toBe(4);
-        }
-      }),
+      fc.property(
+        lines,
+        fc.double({ min: 1, max: 500, noNaN: true }),
+        fc.integer({ min: 1, max: 64 }),
+        fc.integer({ min: 1, max: 512 }),
+        (latency, budget, batch, seq) => {
+          const ratios = [1, 2, 4];
+          const policy = latencyBudget(budget);
+          const ms = (i: number, tokens: number) => latency[i].fixedMs + latency[i].perToken * tokens;
+          // learned from calls at two sizes, as a warm-up and a first real call would give
+          for (const tokens of [64, 1024]) ratios.forEach((r, i) => policy.observe(r, { ...call(1, tokens) }, ms(i, tokens)));
+          const chosen = policy.choose(call(batch, seq));
+          const tokens = batch * seq;
+          const meeting = ratios.filter((_, i) => ms(i, tokens) <= budget + 1e-9);
+          if (meeting.length) {
+            expect(meeting).toContain(chosen);
+            expect(chosen).toBe(Math.min(...meeting));
+          } else {
+            expect(chosen).toBe(4);
+          }
+        },
+      ),
     );
   });
 
@@ -198,8 +262,14 @@ describe('vcompile bench --ratios', () => {
     switchablePass({ plugins: [{ source: 'builtin:mean:2' }, { source: 'builtin:mean:4' }] }).run(model);
     saveModel(model, file);
     const report = await benchModels([file, fixture('bert_opset14.onnx')], { batches: [1], seqs: [8], warmup: 0, runs: 2, ratios: [1, 4] });
-    expect(report.models.map((m) => [m.label.endsWith('@k=1'), m.label.endsWith('@k=4'), m.ratio])).toEqual([[true, false, 1], [false, true, 4], [false, false, null]]);
+    expect(report.models.map((m) => [m.label.endsWith('@k=1'), m.label.endsWith('@k=4'), m.ratio])).toEqual([
+      [true, false, 1],
+      [false, true, 4],
+      [false, false, null],
+    ]);
     expect(report.points[0].results.every((r) => r.samplesMs.length === 2)).toBe(true);
-    await expect(asCommandLineAsync(() => benchModels([file], { batches: [1], seqs: [8], warmup: 0, runs: 1, ratios: [3] }))).rejects.toThrow('--ratios 3 is not offered (the model has 1, 2, 4)');
+    await expect(
+      asCommandLineAsync(() => benchModels([file], { batches: [1], seqs: [8], warmup: 0, runs: 1, ratios: [3] })),
+    ).rejects.toThrow('--ratios 3 is not offered (the model has 1, 2, 4)');
   });
 });

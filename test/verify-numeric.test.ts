@@ -56,9 +56,22 @@ describe('verifyModels', () => {
   it('identical models: zero error on every case of the grid', async () => {
     const r = await verifyModels(bert, bert, { maxError: 0, minCosine: 1 });
     expect(r.pass).toBe(true);
-    expect(r.cases.map((c) => [c.batch, c.seq])).toEqual([[1, 16], [1, 37], [3, 16], [3, 37]]);
+    expect(r.cases.map((c) => [c.batch, c.seq])).toEqual([
+      [1, 16],
+      [1, 37],
+      [3, 16],
+      [3, 37],
+    ]);
     expect(r.outputs).toHaveLength(1);
-    expect(r.outputs[0]).toMatchObject({ name: 'last_hidden_state', maskedBy: 'attention_mask', maxAbs: 0, meanAbs: 0, relative: 0, cosine: 1, pass: true });
+    expect(r.outputs[0]).toMatchObject({
+      name: 'last_hidden_state',
+      maskedBy: 'attention_mask',
+      maxAbs: 0,
+      meanAbs: 0,
+      relative: 0,
+      cosine: 1,
+      pass: true,
+    });
     // batch 3 rows keep 16, 11, 6 and 37, 25, 13 positions: the padded rest is excluded
     expect(r.outputs[0].excluded).toBe(64 * (5 + 10 + 12 + 24));
   });
@@ -80,7 +93,14 @@ describe('verifyModels', () => {
     };
     const r = await verifyModels(build(0), build(5), { maxError: 1e-6, batches: [3], seqs: [8] });
     const [masked, unmasked] = r.outputs;
-    expect(masked).toMatchObject({ name: 'per_token', maskedBy: 'attention_mask', maxAbs: 0, pass: true, compared: 8 + 6 + 3, excluded: 2 + 5 });
+    expect(masked).toMatchObject({
+      name: 'per_token',
+      maskedBy: 'attention_mask',
+      maxAbs: 0,
+      pass: true,
+      compared: 8 + 6 + 3,
+      excluded: 2 + 5,
+    });
     expect(unmasked).toMatchObject({ name: 'per_token_unmasked', maskedBy: null, maxAbs: 5, pass: false, compared: 24, excluded: 0 });
     expect(r.failures).toEqual(['per_token_unmasked: max abs error 5 > 0.000001 at batch 3, seq 8']);
   });
@@ -102,26 +122,71 @@ describe('vcompile verify', () => {
     const r = vcompile('verify', bert, bert, '--json', '--batch', '2', '--seq', '5', '--min-cosine', '0.999');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
-    expect(Object.keys(report).sort()).toEqual(['cases', 'ep', 'failures', 'original', 'outputs', 'pass', 'rewritten', 'seed', 'thresholds']);
-    expect(report).toMatchObject({ original: bert, rewritten: bert, ep: 'cpu', seed: 0, thresholds: { maxError: null, minCosine: 0.999 }, failures: [], pass: true });
+    expect(Object.keys(report).sort()).toEqual([
+      'cases',
+      'ep',
+      'failures',
+      'original',
+      'outputs',
+      'pass',
+      'rewritten',
+      'seed',
+      'thresholds',
+    ]);
+    expect(report).toMatchObject({
+      original: bert,
+      rewritten: bert,
+      ep: 'cpu',
+      seed: 0,
+      thresholds: { maxError: null, minCosine: 0.999 },
+      failures: [],
+      pass: true,
+    });
     expect(report.cases).toEqual([
       {
         batch: 2,
         seq: 5,
         dims: { batch: 2, seq: 5 },
-        outputs: [{ name: 'last_hidden_state', shape: [2, 5, 64], compared: 512, excluded: 128, maxAbs: 0, meanAbs: 0, relative: 0, cosine: 1, nonFinite: 0 }],
+        outputs: [
+          {
+            name: 'last_hidden_state',
+            shape: [2, 5, 64],
+            compared: 512,
+            excluded: 128,
+            maxAbs: 0,
+            meanAbs: 0,
+            relative: 0,
+            cosine: 1,
+            nonFinite: 0,
+          },
+        ],
       },
     ]);
-    expect(Object.keys(report.outputs[0]).sort()).toEqual(['compared', 'cosine', 'excluded', 'maskedBy', 'maxAbs', 'meanAbs', 'name', 'nonFinite', 'pass', 'relative']);
+    expect(Object.keys(report.outputs[0]).sort()).toEqual([
+      'compared',
+      'cosine',
+      'excluded',
+      'maskedBy',
+      'maxAbs',
+      'meanAbs',
+      'name',
+      'nonFinite',
+      'pass',
+      'relative',
+    ]);
   });
 
   it.skipIf(cudaProviderInstalled())('--ep cuda without the provider: exit 2 and how to install it; --ep auto: a one-line notice', () => {
     const cuda = vcompile('verify', bert, bert, '--ep', 'cuda');
     expect(cuda.code).toBe(2);
-    expect(cuda.stderr).toMatch(/^vcompile: --ep cuda: onnxruntime-node's CUDA execution provider is not installed .*`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`.*\n$/);
+    expect(cuda.stderr).toMatch(
+      /^vcompile: --ep cuda: onnxruntime-node's CUDA execution provider is not installed .*`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`.*\n$/,
+    );
     const auto = vcompile('verify', bert, bert, '--ep', 'auto', '--batch', '1', '--seq', '4');
     expect(auto.code).toBe(0);
-    expect(auto.stderr).toMatch(/^vcompile: note: --ep auto: running on CPU: onnxruntime-node's CUDA execution provider is not installed [^\n]*\n$/);
+    expect(auto.stderr).toMatch(
+      /^vcompile: note: --ep auto: running on CPU: onnxruntime-node's CUDA execution provider is not installed [^\n]*\n$/,
+    );
   });
 });
 
@@ -134,7 +199,9 @@ describe('verification at the end of a compile', () => {
     expect(report.verify).toMatchObject({ original: bert, rewritten: out, pass: true, thresholds: {} });
     expect(report.verify.cases).toHaveLength(4);
     expect(JSON.parse(vcompile(bert, '-o', out, '--json', '--no-verify').stdout).verify).toBeNull();
-    expect(vcompile(bert, '-o', out).stdout).toMatch(/^verify last_hidden_state: max abs error 0\.00e\+0, cosine 1\.000000 over 4 cases \(padding masked by attention_mask\): ok$/m);
+    expect(vcompile(bert, '-o', out).stdout).toMatch(
+      /^verify last_hidden_state: max abs error 0\.00e\+0, cosine 1\.000000 over 4 cases \(padding masked by attention_mask\): ok$/m,
+    );
   });
 
   it('reports a lossy plugin without failing, and gates it when thresholds are given', () => {

@@ -4,7 +4,7 @@
 // The rewriter keeps one invariant: a value replaced by an earlier placement is never read again. A
 // layer-scope result is the next layer's input, so placements look their inputs up through `current`.
 // A plugin or module spliced in more than once stores its weights once (keyed by the plugin or module).
-import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
+import { analyzeTransformer, type TransformerAnalysis } from '../../src/analysis/index.js';
 import { VcompileError } from '../../src/errors.js';
 import type { GraphBuilder } from '../../src/ir/builder.js';
 import type { Graph, Value } from '../../src/ir/graph.js';

@@ -1,6 +1,6 @@
 // Layer numbers across passes that renumber layers: users (and the passes' options) count layers as the
 // input model does; after modules are spliced in, the pipeline context's layer map translates them.
-import { VcompileError, type OptionName, msg, option } from '../../src/errors.js';
+import { msg, type OptionName, option, VcompileError } from '../../src/errors.js';
 
 /**
  * Layer numbers of the input model as the current model numbers them, from a layer map (for each current
@@ -10,7 +10,8 @@ import { VcompileError, type OptionName, msg, option } from '../../src/errors.js
 export function translateLayers(layerMap: readonly (number | null)[], layers: readonly number[], asked: OptionName = 'plugins'): number[] {
   return layers.map((original) => {
     const at = layerMap.indexOf(original);
-    if (at < 0) throw new VcompileError(msg`${option(asked)}: layer ${original} was replaced by a module (plugins go on the layers that remain)`);
+    if (at < 0)
+      throw new VcompileError(msg`${option(asked)}: layer ${original} was replaced by a module (plugins go on the layers that remain)`);
     return at;
   });
 }

@@ -5,11 +5,11 @@
 // at the same places. Anything else they read (the mask, a position bias, the encoder states) must be
 // the same value for all of them; non-float constants (shape vectors) must be equal.
 import type { TransformerAnalysis } from '../../src/analysis/index.js';
-import { type Label, VcompileError, msg, } from '../../src/errors.js';
+import { type Label, msg, VcompileError } from '../../src/errors.js';
 import type { Attribute, Node, Value } from '../../src/ir/graph.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { DataType, dataTypeName } from '../../src/ir/types.js';
-import { type Span, describeSpan } from './span.js';
+import { describeSpan, type Span } from './span.js';
 
 export interface Averaged {
   /** the first layer's nodes (weight-only computations and the layer itself), in graph order */
@@ -29,17 +29,23 @@ export function averageLayers(span: Span, analysis: TransformerAnalysis, constan
   const firstNodes = sequences[0];
   const matches = new Map<Value, Value[]>(first.constants.map((c) => [c, [c]]));
   for (let i = 1; i < layers.length; i++) {
-    const differ = (why: string) => new VcompileError(msg`${what}: layer ${layers[i].start} differs from layer ${first.start} in structure: ${why}; builtin:average needs layers of one structure`);
+    const differ = (why: string) =>
+      new VcompileError(
+        msg`${what}: layer ${layers[i].start} differs from layer ${first.start} in structure: ${why}; builtin:average needs layers of one structure`,
+      );
     const nodes = sequences[i];
     if (nodes.length !== firstNodes.length) throw differ(`${nodes.length} nodes instead of ${firstNodes.length}`);
     const positionA = positions(firstNodes);
     const positionB = positions(nodes);
     firstNodes.forEach((a, k) => {
       const b = nodes[k];
-      if (a.opType !== b.opType || (a.domain ?? '') !== (b.domain ?? '')) throw differ(`node ${k} is ${b.qualifiedOp}, not ${a.qualifiedOp}`);
-      if (a.subgraphs().length || b.subgraphs().length) throw differ(`node ${k} (${a.qualifiedOp}) holds subgraphs, which are not compared`);
+      if (a.opType !== b.opType || (a.domain ?? '') !== (b.domain ?? ''))
+        throw differ(`node ${k} is ${b.qualifiedOp}, not ${a.qualifiedOp}`);
+      if (a.subgraphs().length || b.subgraphs().length)
+        throw differ(`node ${k} (${a.qualifiedOp}) holds subgraphs, which are not compared`);
       if (!sameAttributes(a.attributes, b.attributes)) throw differ(`the attributes of node ${k} (${a.qualifiedOp}) differ`);
-      if (a.inputs.length !== b.inputs.length || a.outputs.length !== b.outputs.length) throw differ(`node ${k} (${a.qualifiedOp}) has other inputs or outputs`);
+      if (a.inputs.length !== b.inputs.length || a.outputs.length !== b.outputs.length)
+        throw differ(`node ${k} (${a.qualifiedOp}) has other inputs or outputs`);
       a.inputs.forEach((x, j) => {
         const y = b.inputs[j];
         const where = `input ${j} of node ${k} (${a.qualifiedOp})`;
@@ -63,7 +69,8 @@ export function averageLayers(span: Span, analysis: TransformerAnalysis, constan
           }
           const list = matches.get(x)!;
           const previous = list[i];
-          if (previous && previous !== y && !sameBytes(previous.constTensor()!, ty)) throw differ(`${x.name} is used where layer ${layers[i].start} reads two different weights`);
+          if (previous && previous !== y && !sameBytes(previous.constTensor()!, ty))
+            throw differ(`${x.name} is used where layer ${layers[i].start} reads two different weights`);
           list[i] = y;
           return;
         }
@@ -88,7 +95,9 @@ function means(matches: Map<Value, Value[]>, layerCount: number, what: Label): M
     if (tensors.length < layerCount) continue; // read only where the other layers read nothing: structure checks ruled that out
     if (tensors.every((t) => t === tensors[0] || sameBytes(t, tensors[0]))) continue;
     if (tensors[0].dataType !== DataType.FLOAT) {
-      throw new VcompileError(msg`${what}: ${weight.name} (${dataTypeName(tensors[0].dataType)}) differs between the layers; builtin:average averages float weights and needs other constants equal`);
+      throw new VcompileError(
+        msg`${what}: ${weight.name} (${dataTypeName(tensors[0].dataType)}) differs between the layers; builtin:average averages float weights and needs other constants equal`,
+      );
     }
     const sum = new Float64Array(tensors[0].size);
     for (const t of tensors) t.toFloat32().forEach((x, i) => (sum[i] += x));
@@ -110,12 +119,23 @@ function sameBytes(a: Tensor, b: Tensor): boolean {
   if (a.dataType !== b.dataType || !sameDims(a.dims, b.dims)) return false;
   const x = a.bytes();
   const y = b.bytes();
-  return x.length === y.length && Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength));
+  return (
+    x.length === y.length && Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(Buffer.from(y.buffer, y.byteOffset, y.byteLength))
+  );
 }
 
 function sameAttributes(a: Attribute[], b: Attribute[]): boolean {
   if (a.length !== b.length) return false;
-  const key = (attr: Attribute) => JSON.stringify(attr, (k, v) => (k === 't' ? tensorKey(v as Tensor) : typeof v === 'bigint' ? `${v}n` : v instanceof Uint8Array ? Buffer.from(v).toString('base64') : v));
+  const key = (attr: Attribute) =>
+    JSON.stringify(attr, (k, v) =>
+      k === 't'
+        ? tensorKey(v as Tensor)
+        : typeof v === 'bigint'
+          ? `${v}n`
+          : v instanceof Uint8Array
+            ? Buffer.from(v).toString('base64')
+            : v,
+    );
   const sorted = (list: Attribute[]) => list.map(key).sort();
   const [x, y] = [sorted(a), sorted(b)];
   return x.every((s, i) => s === y[i]);

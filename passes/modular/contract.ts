@@ -39,14 +39,16 @@ export function checkModuleContract(model: Model, source: string, sha256: string
   if (!hiddenInput) throw refuse(`missing input '${HIDDEN}' (found ${names(inputs)})`);
   const biasInput = inputs.find((v) => v.name === ATTENTION_BIAS);
   const extra = inputs.find((v) => v !== hiddenInput && v !== biasInput);
-  if (extra) throw refuse(`input '${extra.name}' is not part of the contract (the inputs are ${HIDDEN} and, optionally, ${ATTENTION_BIAS})`);
+  if (extra)
+    throw refuse(`input '${extra.name}' is not part of the contract (the inputs are ${HIDDEN} and, optionally, ${ATTENTION_BIAS})`);
   const output = graph.outputs.find((v) => v.name === HIDDEN_OUT);
   if (!output) throw refuse(`missing output '${HIDDEN_OUT}' (found ${names(graph.outputs)})`);
   const extraOut = graph.outputs.find((v) => v !== output);
   if (extraOut) throw refuse(`output '${extraOut.name}' is not part of the contract (the output is ${HIDDEN_OUT})`);
   const inSize = hiddenSize(hiddenInput, refuse);
   const outSize = hiddenSize(output, refuse);
-  if (inSize !== undefined && outSize !== undefined && inSize !== outSize) throw refuse(`${HIDDEN} has size ${inSize} but ${HIDDEN_OUT} has ${outSize}`);
+  if (inSize !== undefined && outSize !== undefined && inSize !== outSize)
+    throw refuse(`${HIDDEN} has size ${inSize} but ${HIDDEN_OUT} has ${outSize}`);
   const span = readCount(model, SPAN_KEY, 1, refuse);
   if (span === undefined) throw refuse(`metadata_props has no ${SPAN_KEY} (how many consecutive layers the module replaces)`);
   return {

@@ -3,16 +3,16 @@
 // read (values computed from weights only included) as the module's own initializers, over the same
 // data. The module keeps the model's opset imports, so it can be spliced back unchanged, or trained
 // in any framework as the starting point of a modular layer.
-import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { VcompileError, msg, } from '../../src/errors.js';
+import { analyzeTransformer, type TransformerAnalysis } from '../../src/analysis/index.js';
+import { msg, VcompileError } from '../../src/errors.js';
 import { ModelBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { cloneNodes } from '../../src/ir/transforms.js';
-import { DataType, type Dim, type IrType, dataTypeName, tensorType } from '../../src/ir/types.js';
+import { DataType, type Dim, dataTypeName, type IrType, tensorType } from '../../src/ir/types.js';
 import { ATTENTION_BIAS, HIDDEN, HIDDEN_OUT, SPAN_KEY, START_KEY } from './contract.js';
-import { type Span, attentionBias, constantDerived, describeSpan, spanName } from './span.js';
+import { attentionBias, constantDerived, describeSpan, type Span, spanName } from './span.js';
 
 export interface Extracted {
   module: Model;
@@ -21,7 +21,12 @@ export interface Extracted {
 }
 
 /** Layers `start..end` of `model` as a module (the model is not changed). */
-export function extractModule(model: Model, start: number, end: number, analysis: TransformerAnalysis = analyzeTransformer(model)): Extracted {
+export function extractModule(
+  model: Model,
+  start: number,
+  end: number,
+  analysis: TransformerAnalysis = analyzeTransformer(model),
+): Extracted {
   const what = `extract ${spanName(start, end)}`;
   if (analysis.error) throw new VcompileError(msg`${what}: transformer analysis stopped: ${analysis.error.message}`);
   const hiddenSize = analysis.hidden;
@@ -30,9 +35,15 @@ export function extractModule(model: Model, start: number, end: number, analysis
   const bias = attentionBias(span, analysis, what);
   const shapes = analysis.context.shapes;
   const streamType = shapes.get(span.hidden).dtype;
-  if (streamType !== DataType.FLOAT) throw new VcompileError(msg`${what}: the residual stream is ${dataTypeName(streamType ?? 0)}; the module contract takes float`);
-  const local = model.functions.find((f) => [...span.region, ...span.cone].some((n) => n.opType === f.name && (n.domain ?? '') === (f.domain ?? '')));
-  if (local) throw new VcompileError(msg`${what}: the layers call the model-local function ${local.domain ?? ''}::${local.name}; modules cannot carry functions`);
+  if (streamType !== DataType.FLOAT)
+    throw new VcompileError(msg`${what}: the residual stream is ${dataTypeName(streamType ?? 0)}; the module contract takes float`);
+  const local = model.functions.find((f) =>
+    [...span.region, ...span.cone].some((n) => n.opType === f.name && (n.domain ?? '') === (f.domain ?? '')),
+  );
+  if (local)
+    throw new VcompileError(
+      msg`${what}: the layers call the model-local function ${local.domain ?? ''}::${local.name}; modules cannot carry functions`,
+    );
 
   const b = new ModelBuilder(model.opsetVersion('') ?? 17, `vcompile_module_L${start}-${end}`);
   const module = b.model;
@@ -43,7 +54,11 @@ export function extractModule(model: Model, start: number, end: number, analysis
   if (bias) mapping.set(bias, b.input(ATTENTION_BIAS, biasType(bias, span, analysis)));
   for (const weight of span.constants) mapping.set(weight, b.initializer(weight.name, tensorCopy(weight.constTensor()!)));
   const nodes = new Set([...span.cone, ...span.region]);
-  cloneNodes(model.graph.nodes.filter((n) => nodes.has(n)), b, mapping);
+  cloneNodes(
+    model.graph.nodes.filter((n) => nodes.has(n)),
+    b,
+    mapping,
+  );
   const out = mapping.get(span.output);
   if (!out) throw new Error(`internal: the copied layers do not compute ${span.output.name}`);
   b.output(out, HIDDEN_OUT, stream);

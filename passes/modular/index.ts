@@ -8,8 +8,8 @@
 // first; the model changes only once every placement is known to work, so a refusal leaves it as it was.
 // Module files are read above the pass (src/compile/load.ts) and handed in through a loader. The pass
 // renumbers layers: it tells later passes how, through the pipeline context's layer map.
-import { type TransformerAnalysis, analyzeTransformer } from '../../src/analysis/index.js';
-import { type Label, VcompileError, msg, option } from '../../src/errors.js';
+import { analyzeTransformer, type TransformerAnalysis } from '../../src/analysis/index.js';
+import { type Label, msg, option, VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
@@ -21,7 +21,7 @@ import { composeLayerMaps } from '../common/layers.js';
 import type { Pass } from '../pipeline.js';
 import { type Averaged, averageLayers } from './average.js';
 import type { Module } from './contract.js';
-import { type Span, attentionBias, checkRemovable, constantDerived, describeSpan, spanName } from './span.js';
+import { attentionBias, checkRemovable, constantDerived, describeSpan, type Span, spanName } from './span.js';
 
 /** Gives the module a request names (a file), checked against the contract. */
 export type ModuleLoader = (source: string) => Module;
@@ -78,7 +78,9 @@ function builtinKind(source: string, r: ModuleRequest): BuiltinModule | undefine
   if (!source.startsWith('builtin:')) return undefined;
   const kind = source.slice('builtin:'.length);
   if (!(BUILTIN_MODULES as readonly string[]).includes(kind)) {
-    throw new VcompileError(msg`${flag(r)}: unknown built-in module '${kind}' (there are ${BUILTIN_MODULES.map((k) => `builtin:${k}`).join(' and ')})`);
+    throw new VcompileError(
+      msg`${flag(r)}: unknown built-in module '${kind}' (there are ${BUILTIN_MODULES.map((k) => `builtin:${k}`).join(' and ')})`,
+    );
   }
   return kind as BuiltinModule;
 }
@@ -104,7 +106,9 @@ export function modularPass(options: ModularPassOptions, load: ModuleLoader): Pa
         model,
         modified: placements.length > 0,
         report,
-        summary: describeModules(report).map((line) => line.replace(/^modules: /, '')).join('; '),
+        summary: describeModules(report)
+          .map((line) => line.replace(/^modules: /, ''))
+          .join('; '),
         context: { ...context, layerMap: composeLayerMaps(context?.layerMap, report.layerMap) },
       };
     },
@@ -114,7 +118,9 @@ export function modularPass(options: ModularPassOptions, load: ModuleLoader): Pa
 /** One line per placed module, the layer map, and the pass's notes. */
 export function describeModules(report: ModularReport): string[] {
   const lines = report.modules.map((m) => `modules: ${spanName(m.start, m.end)} <- ${m.kind === 'file' ? m.source : `builtin:${m.kind}`}`);
-  lines.push(`modules: removed ${report.removedNodes} nodes and ${report.removedInitializers} weights; output layers are ${formatLayerMap(report.layerMap)}`);
+  lines.push(
+    `modules: removed ${report.removedNodes} nodes and ${report.removedInitializers} weights; output layers are ${formatLayerMap(report.layerMap)}`,
+  );
   if (report.layerMapNote) lines.push(`modules: note: ${report.layerMapNote}`);
   for (const note of report.notes) lines.push(`modules: note: ${note}`);
   return lines;
@@ -169,23 +175,40 @@ export function planModules(model: Model, analysis: TransformerAnalysis, options
 }
 
 /** Whether `module` can stand in for `span`: span length, hidden size, opsets, attention bias. */
-function fitModule(module: Module, model: Model, span: Span, analysis: TransformerAnalysis, hidden: number, what: Label): { bias?: Value; notes: string[] } {
+function fitModule(
+  module: Module,
+  model: Model,
+  span: Span,
+  analysis: TransformerAnalysis,
+  hidden: number,
+  what: Label,
+): { bias?: Value; notes: string[] } {
   const count = span.end - span.start + 1;
   if (module.span !== count) {
-    throw new VcompileError(msg`${what}: the module replaces ${module.span} layer${module.span === 1 ? '' : 's'} (vcompile.span = ${module.span}) but ${spanName(span.start, span.end)} ${count === 1 ? 'is 1 layer' : `are ${count} layers`}`);
+    throw new VcompileError(
+      msg`${what}: the module replaces ${module.span} layer${module.span === 1 ? '' : 's'} (vcompile.span = ${module.span}) but ${spanName(span.start, span.end)} ${count === 1 ? 'is 1 layer' : `are ${count} layers`}`,
+    );
   }
-  if (module.hidden !== undefined && module.hidden !== hidden) throw new VcompileError(`module ${module.source}: hidden size ${module.hidden} does not match the model's ${hidden}`);
+  if (module.hidden !== undefined && module.hidden !== hidden)
+    throw new VcompileError(`module ${module.source}: hidden size ${module.hidden} does not match the model's ${hidden}`);
   const stream = analysis.context.shapes.get(span.hidden).dtype;
-  if (stream !== undefined && stream !== DataType.FLOAT) throw new VcompileError(msg`${what}: the model's residual stream is ${dataTypeName(stream)}; modules take and return float`);
+  if (stream !== undefined && stream !== DataType.FLOAT)
+    throw new VcompileError(msg`${what}: the model's residual stream is ${dataTypeName(stream)}; modules take and return float`);
   checkOpsetMerge(module.model, model, module.source, 'module');
   const notes: string[] = [];
   const single = span.start === span.end;
   if (!module.biasInput) {
-    if (span.others.length) notes.push(`module ${module.source} takes no attention_bias: it ignores what ${spanName(span.start, span.end)} ${single ? 'applies to its' : 'apply to their'} attention scores`);
+    if (span.others.length)
+      notes.push(
+        `module ${module.source} takes no attention_bias: it ignores what ${spanName(span.start, span.end)} ${single ? 'applies to its' : 'apply to their'} attention scores`,
+      );
     return { notes };
   }
   const bias = attentionBias(span, analysis, what);
-  if (!bias) throw new VcompileError(msg`${what}: the module takes attention_bias, but ${spanName(span.start, span.end)} ${single ? 'applies nothing to its' : 'apply nothing to their'} attention scores`);
+  if (!bias)
+    throw new VcompileError(
+      msg`${what}: the module takes attention_bias, but ${spanName(span.start, span.end)} ${single ? 'applies nothing to its' : 'apply nothing to their'} attention scores`,
+    );
   checkBiasType(module, bias, analysis, what);
   return { bias, notes };
 }
@@ -195,16 +218,23 @@ function checkBiasType(module: Module, bias: Value, analysis: TransformerAnalysi
   if (!isTensorType(declared)) throw new VcompileError(`module ${module.source}: attention_bias must be a tensor`);
   const info = analysis.context.shapes.get(bias);
   if (declared.elemType !== undefined && info.dtype !== undefined && declared.elemType !== info.dtype) {
-    throw new VcompileError(msg`${what}: the module's attention_bias is ${dataTypeName(declared.elemType)} but the model's (${bias.name}) is ${dataTypeName(info.dtype)}`);
+    throw new VcompileError(
+      msg`${what}: the module's attention_bias is ${dataTypeName(declared.elemType)} but the model's (${bias.name}) is ${dataTypeName(info.dtype)}`,
+    );
   }
   const theirs = declared.shape;
   const ours = info.shape;
   if (!theirs || !ours) return;
-  if (theirs.length !== ours.length) throw new VcompileError(msg`${what}: the module's attention_bias has rank ${theirs.length} but the model's (${bias.name}) has rank ${ours.length}`);
+  if (theirs.length !== ours.length)
+    throw new VcompileError(
+      msg`${what}: the module's attention_bias has rank ${theirs.length} but the model's (${bias.name}) has rank ${ours.length}`,
+    );
   theirs.forEach((d, axis) => {
     const mine = ours[axis]?.constant;
     if (d.value !== undefined && mine !== d.value) {
-      throw new VcompileError(msg`${what}: the module's attention_bias has ${d.value} at axis ${axis} but the model's (${bias.name}) has ${ours[axis] ?? 'an unknown size'}`);
+      throw new VcompileError(
+        msg`${what}: the module's attention_bias has ${d.value} at axis ${axis} but the model's (${bias.name}) has ${ours[axis] ?? 'an unknown size'}`,
+      );
     }
   });
 }
@@ -215,7 +245,10 @@ class ModuleRewriter extends BlockRewriter {
   apply(p: Placement): void {
     // new nodes go where the replaced layers begin, so the layers keep their order in the graph (the
     // analysis numbers layers by graph order); toposort afterwards settles the order of inputs
-    const b = new GraphBuilder(this.model.graph, this.names, { prefix: `vcompile/module/L${p.span.start}-${p.span.end}/`, before: p.span.region[0] });
+    const b = new GraphBuilder(this.model.graph, this.names, {
+      prefix: `vcompile/module/L${p.span.start}-${p.span.end}/`,
+      before: p.span.region[0],
+    });
     let result: Value;
     if (p.kind === 'keep-first') {
       result = this.current(p.span.layers[0].output);
@@ -235,7 +268,8 @@ class ModuleRewriter extends BlockRewriter {
 
   private spliceModule(b: GraphBuilder, p: Placement): Value {
     const module = p.module!;
-    for (const { domain, version } of checkOpsetMerge(module.model, this.model, module.source, 'module')) this.model.requireOpset(domain, version);
+    for (const { domain, version } of checkOpsetMerge(module.model, this.model, module.source, 'module'))
+      this.model.requireOpset(domain, version);
     if ((module.model.irVersion ?? 0) > (this.model.irVersion ?? 0)) this.model.irVersion = module.model.irVersion;
     const inputs = new Map<Value, Value>([[module.hiddenInput, this.current(p.span.hidden)]]);
     if (module.biasInput) inputs.set(module.biasInput, p.bias!);
@@ -253,5 +287,7 @@ function layerMap(model: Model, before: TransformerAnalysis): { layerMap: (numbe
   const original = new Map(before.layers.map((l) => [l.output, l.index] as const));
   const after = analyzeTransformer(model);
   const map = after.layers.map((l) => original.get(l.output) ?? null);
-  return after.error ? { layerMap: map, layerMapNote: `the output model's layers after ${map.length} could not be followed: ${after.error.message}` } : { layerMap: map };
+  return after.error
+    ? { layerMap: map, layerMapNote: `the output model's layers after ${map.length} could not be followed: ${after.error.message}` }
+    : { layerMap: map };
 }

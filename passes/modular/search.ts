@@ -63,7 +63,13 @@ function tables(options: readonly Option[], layerCount: number): { prefix: numbe
 }
 
 /** The plans reaching `target` with the fewest layers replaced, or undefined when none reaches it. */
-export function fewestLayers(options: readonly Option[], layerCount: number, total: number, target: number, maxPlans = 32): Search | undefined {
+export function fewestLayers(
+  options: readonly Option[],
+  layerCount: number,
+  total: number,
+  target: number,
+  maxPlans = 32,
+): Search | undefined {
   const usable = options.filter((o) => o.start >= 0 && o.end < layerCount && o.start <= o.end);
   const { prefix, suffix } = tables(usable, layerCount);
   const best = prefix[layerCount].findIndex((saved) => saved > -Infinity && reaches(total, saved, target));

@@ -6,7 +6,7 @@
 import type { Layer, TransformerAnalysis } from '../../src/analysis/index.js';
 import { dependsOn, nodeLabel } from '../../src/analysis/patterns.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
-import { type Label, VcompileError, msg, } from '../../src/errors.js';
+import { type Label, msg, VcompileError } from '../../src/errors.js';
 import type { Graph, Node, Value } from '../../src/ir/graph.js';
 
 export interface Span {
@@ -35,27 +35,42 @@ export function spanName(start: number, end: number): string {
 /** Check that `start..end` names consecutive layers of one residual stream. */
 export function checkSpanRange(analysis: TransformerAnalysis, start: number, end: number, what: Label): Layer[] {
   const count = analysis.layers.length;
-  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < 0) throw new VcompileError(msg`${what}: layers are numbered from 0`);
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < 0)
+    throw new VcompileError(msg`${what}: layers are numbered from 0`);
   if (start > end) throw new VcompileError(msg`${what}: START ${start} is after END ${end}`);
-  if (end >= count) throw new VcompileError(msg`${what}: ${spanName(start, end)} ${start === end ? 'does' : 'do'} not exist (the model has layers 0-${count - 1})`);
+  if (end >= count)
+    throw new VcompileError(
+      msg`${what}: ${spanName(start, end)} ${start === end ? 'does' : 'do'} not exist (the model has layers 0-${count - 1})`,
+    );
   const layers = analysis.layers.slice(start, end + 1);
   for (let i = 1; i < layers.length; i++) {
     if (layers[i].input !== layers[i - 1].output) {
-      throw new VcompileError(msg`${what}: ${spanName(start, end)} are not consecutive on one residual stream (layer ${layers[i].index} starts the ${layers[i].stack} stack)`);
+      throw new VcompileError(
+        msg`${what}: ${spanName(start, end)} are not consecutive on one residual stream (layer ${layers[i].index} starts the ${layers[i].stack} stack)`,
+      );
     }
   }
   return layers;
 }
 
 /** The span's region and outside reads; `constantValues` is `constantDerived(graph)`. */
-export function describeSpan(analysis: TransformerAnalysis, start: number, end: number, constantValues: ReadonlySet<Value>, what: Label): Span {
+export function describeSpan(
+  analysis: TransformerAnalysis,
+  start: number,
+  end: number,
+  constantValues: ReadonlySet<Value>,
+  what: Label,
+): Span {
   const layers = checkSpanRange(analysis, start, end, what);
   const hidden = layers[0].input;
   const output = layers[layers.length - 1].output;
   const region = regionBetween(hidden, output, analysis.context.graph.nodes);
   if (region.length === 0) throw new VcompileError(msg`${what}: nothing lies between ${hidden.name} and ${output.name}`);
   const outside = regionInputs(region).filter((v) => v !== hidden);
-  const cone = coneOf(outside.filter((v) => constantValues.has(v) && !v.constTensor()), analysis.context.graph);
+  const cone = coneOf(
+    outside.filter((v) => constantValues.has(v) && !v.constTensor()),
+    analysis.context.graph,
+  );
   const constants = [...new Set([...outside, ...regionInputs(cone)].filter((v) => v.constTensor()))];
   const others = outside.filter((v) => !constantValues.has(v));
   return { start, end, layers, hidden, output, region, cone, constants, others };
@@ -96,7 +111,8 @@ function coneOf(values: readonly Value[], graph: Graph): Node[] {
  */
 export function attentionBias(span: Span, analysis: TransformerAnalysis, what: Label): Value | undefined {
   const ctx = analysis.context;
-  const describe = (v: Value) => `${v.name}${v.producer ? ` (from ${nodeLabel(v.producer, ctx)})` : v.isGraphInput ? ' (a graph input)' : ''}`;
+  const describe = (v: Value) =>
+    `${v.name}${v.producer ? ` (from ${nodeLabel(v.producer, ctx)})` : v.isGraphInput ? ' (a graph input)' : ''}`;
   const where = msg`${what}: ${spanName(span.start, span.end)}`;
   const reads = span.start === span.end ? 'reads' : 'read';
   if (span.others.length > 1) {
@@ -108,14 +124,17 @@ export function attentionBias(span: Span, analysis: TransformerAnalysis, what: L
   if (bias) {
     const applied = span.layers.some((layer) => layer.selfAttention.terms.some((t) => t.value === bias || dependsOn(t.value, bias)));
     if (!applied) {
-      throw new VcompileError(msg`${where} ${reads} ${describe(bias)}, which is neither a weight nor what ${span.start === span.end ? 'it applies to its' : 'they apply to their'} attention scores; the module contract has only hidden and attention_bias`);
+      throw new VcompileError(
+        msg`${where} ${reads} ${describe(bias)}, which is neither a weight nor what ${span.start === span.end ? 'it applies to its' : 'they apply to their'} attention scores; the module contract has only hidden and attention_bias`,
+      );
     }
   }
   const shapes = ctx.shapes;
   const seqAtoms = new Set(shapes.dim(span.hidden, 1)?.atoms() ?? []);
   const allowed = new Set<Value>([span.hidden, ...(bias ? [bias] : [])]);
   const dependent = sequenceDependentInput([...regionInputs(span.region), ...regionInputs(span.cone)], allowed, seqAtoms, shapes);
-  if (dependent) throw new VcompileError(msg`${where} ${reads} ${describe(dependent)}, which follows the sequence length and is not the attention bias`);
+  if (dependent)
+    throw new VcompileError(msg`${where} ${reads} ${describe(dependent)}, which follows the sequence length and is not the attention bias`);
   return bias;
 }
 
@@ -132,7 +151,10 @@ export function checkRemovable(removed: readonly Node[], keep: Value, analysis: 
       if (!out || out === keep) continue;
       if (out.isGraphOutput) throw new VcompileError(msg`${what} cannot be removed: ${out.name}, computed inside, is a graph output`);
       const use = out.uses().find((u) => !inside.has(topLevel(u.node, ctx.graph)));
-      if (use) throw new VcompileError(msg`${what} cannot be removed: ${out.name}, computed inside, is also read by ${nodeLabel(topLevel(use.node, ctx.graph), ctx)} outside`);
+      if (use)
+        throw new VcompileError(
+          msg`${what} cannot be removed: ${out.name}, computed inside, is also read by ${nodeLabel(topLevel(use.node, ctx.graph), ctx)} outside`,
+        );
     }
   }
 }

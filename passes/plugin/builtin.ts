@@ -40,15 +40,25 @@ export interface VariatorWeights {
 export const VARIATOR_BOTTLENECK = 64;
 
 export function buildMeanPlugin(shape: PluginShape): Model {
-  return buildPlugin(shape, 'mean', (b, ops, hidden) => {
-    const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, shape.ratio, shape.hidden]));
-    return ops.reduce('ReduceMean', groups, [2], false);
-  }, (b, ops, inner) => repeatGroups(b, ops, inner, shape));
+  return buildPlugin(
+    shape,
+    'mean',
+    (b, ops, hidden) => {
+      const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, shape.ratio, shape.hidden]));
+      return ops.reduce('ReduceMean', groups, [2], false);
+    },
+    (b, ops, inner) => repeatGroups(b, ops, inner, shape),
+  );
 }
 
 export function buildIdentityPlugin(shape: PluginShape): Model {
   if (shape.ratio !== 1) throw new Error('the identity plugin has ratio 1');
-  return buildPlugin(shape, 'identity', (b, _ops, hidden) => b.op.Identity(hidden), (b, _ops, inner) => b.op.Identity(inner));
+  return buildPlugin(
+    shape,
+    'identity',
+    (b, _ops, hidden) => b.op.Identity(hidden),
+    (b, _ops, inner) => b.op.Identity(inner),
+  );
 }
 
 export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights): Model {
@@ -64,7 +74,10 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
     'variator',
     (b, ops, hidden) => {
       const concatenated = b.op.Reshape(hidden, b.int64s('concat_shape', [0, -1, k * d]));
-      const scores = b.op.Add(b.op.MatMul(concatenated, b.floats('merge_weight_t', [k * d, k], transpose(weights.mergeWeight, k, k * d))), b.floats('merge_bias', [k], weights.mergeBias));
+      const scores = b.op.Add(
+        b.op.MatMul(concatenated, b.floats('merge_weight_t', [k * d, k], transpose(weights.mergeWeight, k, k * d))),
+        b.floats('merge_bias', [k], weights.mergeBias),
+      );
       const mix = b.op.Reshape(ops.softmaxLastAxis(scores, 3), b.int64s('mix_shape', [0, -1, 1, k]));
       const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, k, d]));
       return b.op.Reshape(b.op.MatMul(mix, groups), b.int64s('merged_shape', [0, -1, d]));
@@ -72,15 +85,25 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
     (b, ops, inner, hidden) => {
       const repeated = repeatGroups(b, ops, inner, shape);
       const both = b.op.Concat(repeated, hidden, { axis: -1 });
-      const down = b.op.Add(b.op.MatMul(both, b.floats('adapter_in_weight_t', [2 * d, bottleneck], transpose(weights.adapterInWeight, bottleneck, 2 * d))), b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias));
-      const up = b.op.Add(b.op.MatMul(b.op.Tanh(down), b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck))), b.floats('adapter_out_bias', [d], weights.adapterOutBias));
+      const down = b.op.Add(
+        b.op.MatMul(both, b.floats('adapter_in_weight_t', [2 * d, bottleneck], transpose(weights.adapterInWeight, bottleneck, 2 * d))),
+        b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias),
+      );
+      const up = b.op.Add(
+        b.op.MatMul(b.op.Tanh(down), b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck))),
+        b.floats('adapter_out_bias', [d], weights.adapterOutBias),
+      );
       return b.op.Add(repeated, up);
     },
   );
 }
 
 /** Variator weights drawn from a seeded generator (PyTorch's Linear init range); `zeroAdapter` makes restore a plain repeat. */
-export function initVariatorWeights(ratio: number, hidden: number, options: { seed?: number; zeroAdapter?: boolean; bottleneck?: number } = {}): VariatorWeights {
+export function initVariatorWeights(
+  ratio: number,
+  hidden: number,
+  options: { seed?: number; zeroAdapter?: boolean; bottleneck?: number } = {},
+): VariatorWeights {
   const rng = new Rng(options.seed ?? 0, 'variator');
   const bottleneck = options.bottleneck ?? VARIATOR_BOTTLENECK;
   const uniform = (n: number, fanIn: number) => Float32Array.from({ length: n }, () => (rng.next() * 2 - 1) / Math.sqrt(fanIn));

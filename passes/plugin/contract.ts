@@ -30,7 +30,13 @@ export function parseBuiltin(spec: string): { kind: BuiltinKind; ratio: number; 
   const [kind, ratioText, scopeText = 'ffn', ...rest] = spec.slice('builtin:'.length).split(':');
   const usage = `plugin ${spec}: expected builtin:KIND:K[:SCOPE] with KIND ${BUILTIN_KINDS.join('|')} and SCOPE ${SCOPES.join('|')}`;
   const ratio = Number(ratioText);
-  if (!BUILTIN_KINDS.includes(kind as BuiltinKind) || !Number.isInteger(ratio) || ratio < 1 || !SCOPES.includes(scopeText as Scope) || rest.length) {
+  if (
+    !BUILTIN_KINDS.includes(kind as BuiltinKind) ||
+    !Number.isInteger(ratio) ||
+    ratio < 1 ||
+    !SCOPES.includes(scopeText as Scope) ||
+    rest.length
+  ) {
     throw new VcompileError(usage);
   }
   if (kind === 'identity' && ratio !== 1) throw new VcompileError(`plugin ${spec}: the identity plugin has ratio 1`);
@@ -48,7 +54,8 @@ export function checkPluginContract(model: Model, source: string, sha256: string
   if (extra) throw refuse(`input '${extra.name}' is not part of the contract (the inputs are hidden and inner)`);
   const compressed = contractValue(graph.outputs, 'compressed', 'output', refuse);
   const restored = contractValue(graph.outputs, 'restored', 'output', refuse);
-  if (dependsOn(compressed, innerInput)) throw refuse("output 'compressed' depends on input 'inner' (it must be computed from hidden only)");
+  if (dependsOn(compressed, innerInput))
+    throw refuse("output 'compressed' depends on input 'inner' (it must be computed from hidden only)");
   const hiddenSize = checkRank3(hiddenInput, refuse);
   const innerSize = checkRank3(innerInput, refuse);
   if (hiddenSize !== undefined && innerSize !== undefined && hiddenSize !== innerSize) {
@@ -78,7 +85,8 @@ function contractValue(values: Value[], name: string, kind: string, refuse: (why
 function checkRank3(value: Value, refuse: (why: string) => Error): number | undefined {
   const type = value.type;
   if (type?.kind !== 'tensor' || type.elemType !== DataType.FLOAT) throw refuse(`input '${value.name}' must be a float tensor`);
-  if (type.shape && type.shape.length !== 3) throw refuse(`input '${value.name}' must have rank 3 ([batch, seq, d]), not ${type.shape.length}`);
+  if (type.shape && type.shape.length !== 3)
+    throw refuse(`input '${value.name}' must have rank 3 ([batch, seq, d]), not ${type.shape.length}`);
   return type.shape?.[2]?.value;
 }
 
@@ -86,7 +94,8 @@ function readRatio(model: Model, refuse: (why: string) => Error): number {
   const text = model.getMetadata('vcompile.ratio');
   if (text === undefined) throw refuse('metadata_props has no vcompile.ratio');
   const ratio = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(ratio) || ratio < 1) throw refuse(`vcompile.ratio must be an integer >= 1, got '${text}'`);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(ratio) || ratio < 1)
+    throw refuse(`vcompile.ratio must be an integer >= 1, got '${text}'`);
   return ratio;
 }
 

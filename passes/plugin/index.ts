@@ -9,15 +9,15 @@
 // generates `builtin:` plugins for the model's hidden size and opset.
 import type { AttentionBlock, Layer, ScoreTerm, ShapeTable, TransformerAnalysis } from '../../src/analysis/index.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
-import { VcompileError, msg, option } from '../../src/errors.js';
+import { msg, option, VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
-import { type Graph, type Node, type Value, Value as IrValue, replaceAllUses } from '../../src/ir/graph.js';
+import { type Graph, Value as IrValue, type Node, replaceAllUses, type Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { MIN_OPSET, VersionedOps } from '../../src/ir/ops.js';
 import { checkOpsetMerge } from '../../src/ir/opsets.js';
 import { cloneNodes } from '../../src/ir/transforms.js';
 import { DataType } from '../../src/ir/types.js';
-import { BlockRewriter, analyzeFor, formatLayers, recordProvenance } from '../common/blocks.js';
+import { analyzeFor, BlockRewriter, formatLayers, recordProvenance } from '../common/blocks.js';
 import { translateLayers } from '../common/layers.js';
 import type { Pass, PipelineContext } from '../pipeline.js';
 import type { Scope } from './builtin.js';
@@ -113,9 +113,15 @@ export function inInputNumbers(options: PluginPassOptions, context: PipelineCont
 
 // ------------------------------------------------------------------------------------------ plan
 
-export function plan(model: Model, analysis: TransformerAnalysis & { hidden: number }, options: PluginPassOptions, loader: PluginLoader): Placement[] {
+export function plan(
+  model: Model,
+  analysis: TransformerAnalysis & { hidden: number },
+  options: PluginPassOptions,
+  loader: PluginLoader,
+): Placement[] {
   const opset = model.opsetVersion('') ?? 0;
-  if (opset < MIN_OPSET) throw new VcompileError(`plugins need opset >= ${MIN_OPSET} (dynamic Pad and Slice); the model declares opset ${opset}`);
+  if (opset < MIN_OPSET)
+    throw new VcompileError(`plugins need opset >= ${MIN_OPSET} (dynamic Pad and Slice); the model declares opset ${opset}`);
   const hidden = analysis.hidden;
   const loaded = new Map<string, Plugin>();
   const load = (source: string) => {
@@ -123,23 +129,31 @@ export function plan(model: Model, analysis: TransformerAnalysis & { hidden: num
     return loaded.get(source)!;
   };
   const defaults = options.plugins.filter((r) => r.layer === undefined);
-  if (defaults.length > 1) throw new VcompileError(msg`give one ${option('plugins', undefined, 'plugin')} for all layers, and ${option('plugins', 'L=FILE', 'per-layer plugins')} for single layers`);
+  if (defaults.length > 1)
+    throw new VcompileError(
+      msg`give one ${option('plugins', undefined, 'plugin')} for all layers, and ${option('plugins', 'L=FILE', 'per-layer plugins')} for single layers`,
+    );
   const byLayer = new Map(options.plugins.filter((r) => r.layer !== undefined).map((r) => [r.layer!, load(r.source)]));
   const fallback = defaults[0] && load(defaults[0].source);
   for (const plugin of loaded.values()) checkPluginFits(plugin, model, hidden);
 
   const count = analysis.layers.length;
   for (const index of [...(options.layers ?? []), ...byLayer.keys(), ...(options.compressCausal ?? [])]) {
-    if (!Number.isInteger(index) || index < 0 || index >= count) throw new VcompileError(`layer ${index} does not exist (the model has layers 0-${count - 1})`);
+    if (!Number.isInteger(index) || index < 0 || index >= count)
+      throw new VcompileError(`layer ${index} does not exist (the model has layers 0-${count - 1})`);
   }
   const explicit = new Set([...(options.layers ?? []), ...byLayer.keys()]);
   const allowedCausal = new Set(options.compressCausal ?? []);
   const selected = analysis.layers.filter((layer) => {
-    const chosen = options.layers ? options.layers.includes(layer.index) || byLayer.has(layer.index) : byLayer.has(layer.index) || !!fallback;
+    const chosen = options.layers
+      ? options.layers.includes(layer.index) || byLayer.has(layer.index)
+      : byLayer.has(layer.index) || !!fallback;
     if (!chosen) return false;
     if (!layer.selfAttention.causal || allowedCausal.has(layer.index)) return true;
     if (explicit.has(layer.index)) {
-      throw new VcompileError(msg`layer ${layer.index} uses causal self-attention: merging positions would leak future tokens (${option('compressCausal', layer.index)} forces it)`);
+      throw new VcompileError(
+        msg`layer ${layer.index} uses causal self-attention: merging positions would leak future tokens (${option('compressCausal', layer.index)} forces it)`,
+      );
     }
     return false;
   });
@@ -166,12 +180,15 @@ function place(layer: Layer, plugin: Plugin, analysis: TransformerAnalysis): Pla
   const inside = new Set(region);
   const terms = (attention?.terms ?? []).filter((t) => !(t.value.producer && inside.has(t.value.producer)));
   const unknown = terms.find((t) => t.kind === 'unknown');
-  if (unknown) throw new VcompileError(`${where}: cannot tell how to shorten ${unknown.value.name}, added to the attention scores at ${unknown.node}`);
+  if (unknown)
+    throw new VcompileError(`${where}: cannot tell how to shorten ${unknown.value.name}, added to the attention scores at ${unknown.node}`);
   const shapes = analysis.context.shapes;
   const seqAtoms = new Set(shapes.dim(hidden, 1)?.atoms() ?? []);
   const dependent = sequenceDependentInput(regionInputs(region), new Set([hidden, ...terms.map((t) => t.value)]), seqAtoms, shapes);
   if (dependent) {
-    throw new VcompileError(`${where}: the block reads ${dependent.name}${dependent.producer ? ` (from ${dependent.producer})` : ''}, which follows the sequence length; it cannot run on the compressed sequence`);
+    throw new VcompileError(
+      `${where}: the block reads ${dependent.name}${dependent.producer ? ` (from ${dependent.producer})` : ''}, which follows the sequence length; it cannot run on the compressed sequence`,
+    );
   }
   const pooled = terms.map((term) => ({
     term,
@@ -236,10 +253,16 @@ export class PluginRewriter extends BlockRewriter {
     const hidden = this.current(p.hidden);
     const padded = k > 1 ? padToMultiple(b, ops, hidden, 1, 3, k, b.scalar('zero', 0)) : undefined;
     const inner = new IrValue(this.names.fresh(`vcompile/plugin/L${p.layer.index}/inner`));
-    const inputs = new Map([[p.plugin.hiddenInput, padded?.value ?? hidden], [p.plugin.innerInput, inner]]);
+    const inputs = new Map([
+      [p.plugin.hiddenInput, padded?.value ?? hidden],
+      [p.plugin.innerInput, inner],
+    ]);
     const outputs = this.splice(p.plugin, b, inputs, main);
     const pluginOutput = (v: Value) => outputs[p.plugin.model.graph.outputs.indexOf(v)];
-    const mapping = new Map<Value, Value>([[p.hidden, pluginOutput(p.plugin.compressed)], [hidden, pluginOutput(p.plugin.compressed)]]);
+    const mapping = new Map<Value, Value>([
+      [p.hidden, pluginOutput(p.plugin.compressed)],
+      [hidden, pluginOutput(p.plugin.compressed)],
+    ]);
     for (const pooled of p.terms) mapping.set(pooled.term.value, this.pool(main, this.ops(main), pooled, k));
     replaceAllUses(inner, this.copyRegion(p, b, mapping));
     const restored = pluginOutput(p.plugin.restored);
@@ -275,13 +298,24 @@ export function summarizePlacements(placements: readonly Placement[]): string {
   if (placements.length === 0) return 'no layer compressed';
   const byPlugin = new Map<Plugin, number[]>();
   for (const p of placements) byPlugin.set(p.plugin, [...(byPlugin.get(p.plugin) ?? []), p.layer.index]);
-  return [...byPlugin].map(([plugin, layers]) => `layer${layers.length > 1 ? 's' : ''} ${formatLayers(layers)}: ${plugin.scope} k=${plugin.ratio} (${plugin.source})`).join('; ');
+  return [...byPlugin]
+    .map(
+      ([plugin, layers]) =>
+        `layer${layers.length > 1 ? 's' : ''} ${formatLayers(layers)}: ${plugin.scope} k=${plugin.ratio} (${plugin.source})`,
+    )
+    .join('; ');
 }
 
 /** `vcompile.plugins`: each plugin applied, with its sha256 and the layers it went on. */
 export function recordPlugins(model: Model, placements: readonly Placement[]): void {
   const byPlugin = new Map<Plugin, number[]>();
   for (const p of placements) byPlugin.set(p.plugin, [...(byPlugin.get(p.plugin) ?? []), p.layer.index]);
-  const applied = [...byPlugin].map(([plugin, layers]) => ({ source: plugin.source, sha256: plugin.sha256, ratio: plugin.ratio, scope: plugin.scope, layers }));
+  const applied = [...byPlugin].map(([plugin, layers]) => ({
+    source: plugin.source,
+    sha256: plugin.sha256,
+    ratio: plugin.ratio,
+    scope: plugin.scope,
+    layers,
+  }));
   recordProvenance(model, 'vcompile.plugins', applied);
 }

@@ -46,7 +46,15 @@ export interface PoolSpec {
  * be attended to when any of its positions may: the max of an additive term, the min of a subtracted one,
  * OR of a keep-condition, AND of a mask-condition. Padded positions take the value that never wins.
  */
-export function poolGroups(b: GraphBuilder, ops: VersionedOps, term: Value, rank: number, axes: number[], k: number, spec: PoolSpec): Value {
+export function poolGroups(
+  b: GraphBuilder,
+  ops: VersionedOps,
+  term: Value,
+  rank: number,
+  axes: number[],
+  k: number,
+  spec: PoolSpec,
+): Value {
   const asFloat = spec.elemType !== DataType.FLOAT;
   let x = asFloat ? b.op.Cast(term, { to: DataType.FLOAT }) : term;
   const keepMax = spec.mode === 'add' || (spec.mode === 'select' && spec.keepWhen !== false);

@@ -4,7 +4,7 @@
 // stored once; plugin weights and pooled masks live in the main graph too. An unknown ratio fails at run
 // time in a node whose name says which ratios the model has.
 import type { ShapeTable, TransformerAnalysis } from '../../src/analysis/index.js';
-import { VcompileError, msg, option } from '../../src/errors.js';
+import { msg, option, VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
 import type { Graph, Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
@@ -14,7 +14,15 @@ import { analyzeFor } from '../common/blocks.js';
 import type { Pass } from '../pipeline.js';
 import type { Plugin } from './contract.js';
 import {
-  type Placement, type PluginLoader, type PluginPassOptions, type PluginRequest, PluginRewriter, inInputNumbers, plan, recordPlugins, summarizePlacements,
+  inInputNumbers,
+  type Placement,
+  type PluginLoader,
+  type PluginPassOptions,
+  type PluginRequest,
+  PluginRewriter,
+  plan,
+  recordPlugins,
+  summarizePlacements,
 } from './index.js';
 
 /** The graph input that selects the ratio of a switchable model. */
@@ -39,7 +47,10 @@ export function switchablePass(options: SwitchableOptions, load: PluginLoader): 
       const byRatio = planByRatio(model, analysis, { ...options, ...inInputNumbers(options, context) }, load);
       const ratios = [1, ...[...byRatio.keys()].sort((a, b) => a - b)];
       const defaultRatio = options.defaultRatio ?? 1;
-      if (!ratios.includes(defaultRatio)) throw new VcompileError(msg`${option('defaultRatio', defaultRatio)} is not among the ratios of the plugins given (${ratios.join(', ')})`);
+      if (!ratios.includes(defaultRatio))
+        throw new VcompileError(
+          msg`${option('defaultRatio', defaultRatio)} is not among the ratios of the plugins given (${ratios.join(', ')})`,
+        );
       if (model.graph.lookup(RATIO_INPUT)) throw new VcompileError(`the model already has a value named ${RATIO_INPUT}`);
       const layers = layersInOrder(byRatio);
       const builder = new SwitchBuilder(model, ratios, defaultRatio, analysis.context.shapes);
@@ -52,14 +63,23 @@ export function switchablePass(options: SwitchableOptions, load: PluginLoader): 
         model,
         modified: all.length > 0,
         summary: `vcompile_ratio in {${ratios.join(', ')}} (default ${defaultRatio}); ${[...byRatio.values()].map(summarizePlacements).join('; ')}`,
-        report: { ratios, defaultRatio, layers: layers.map((l) => ({ layer: l.values().next().value!.layer.index, ratios: [...l.keys()] })) },
+        report: {
+          ratios,
+          defaultRatio,
+          layers: layers.map((l) => ({ layer: l.values().next().value!.layer.index, ratios: [...l.keys()] })),
+        },
       };
     },
   };
 }
 
 /** The placements of each ratio, planned (and checked) as the single-ratio pass would; each plugin is loaded once. */
-function planByRatio(model: Model, analysis: TransformerAnalysis & { hidden: number }, options: SwitchableOptions, load: PluginLoader): Map<number, Placement[]> {
+function planByRatio(
+  model: Model,
+  analysis: TransformerAnalysis & { hidden: number },
+  options: SwitchableOptions,
+  load: PluginLoader,
+): Map<number, Placement[]> {
   const loaded = new Map<string, Plugin>();
   const once: PluginLoader = (source, target) => {
     if (!loaded.has(source)) loaded.set(source, load(source, target));
@@ -69,7 +89,8 @@ function planByRatio(model: Model, analysis: TransformerAnalysis & { hidden: num
   const groups = new Map<number, PluginRequest[]>();
   for (const request of options.plugins) {
     const { ratio } = once(request.source, target);
-    if (ratio === 1) throw new VcompileError(`plugin ${request.source}: ratio 1 is the original computation, which a switchable model always has`);
+    if (ratio === 1)
+      throw new VcompileError(`plugin ${request.source}: ratio 1 is the original computation, which a switchable model always has`);
     const group = groups.get(ratio) ?? [];
     if (request.layer === undefined && group.some((r) => r.layer === undefined)) {
       throw new VcompileError(`two plugins for all layers have ratio ${ratio}; give one per ratio`);
@@ -88,7 +109,9 @@ function layersInOrder(byRatio: Map<number, Placement[]>): Map<number, Placement
       const perRatio = layers.get(p.layer.index) ?? new Map<number, Placement>();
       const other = perRatio.values().next().value;
       if (other && other.plugin.scope !== p.plugin.scope) {
-        throw new VcompileError(`layer ${p.layer.index} gets plugins of different scopes (${other.plugin.scope}, ${p.plugin.scope}); a switchable layer needs one scope`);
+        throw new VcompileError(
+          `layer ${p.layer.index} gets plugins of different scopes (${other.plugin.scope}, ${p.plugin.scope}); a switchable layer needs one scope`,
+        );
       }
       layers.set(p.layer.index, perRatio.set(ratio, p));
     }
@@ -152,7 +175,11 @@ class SwitchBuilder {
     const shape = this.shapes.shape(p.output);
     const elemType = this.shapes.get(p.output).dtype ?? DataType.FLOAT;
     if (!shape) return { kind: 'tensor', elemType };
-    return { kind: 'tensor', elemType, shape: shape.map((d) => (d?.constant !== undefined ? { value: d.constant } : d?.atomName ? { param: d.atomName } : {})) };
+    return {
+      kind: 'tensor',
+      elemType,
+      shape: shape.map((d) => (d?.constant !== undefined ? { value: d.constant } : d?.atomName ? { param: d.atomName } : {})),
+    };
   }
 
   private condition(ratio: number): Value {
@@ -169,7 +196,10 @@ class SwitchBuilder {
    */
   private unknownRatioBranch(p: Placement): Graph {
     const b = this.main.subgraph(`vcompile/L${p.layer.index}/unknown_ratio`, { prefix: `vcompile/L${p.layer.index}/` });
-    const impossible = b.op.Unsqueeze(b.op.Sub(b.op.Mul(this.ratio, b.int64s('zero', [0], [])), b.int64s('two', [2], [])), b.int64s('axes', [0]));
+    const impossible = b.op.Unsqueeze(
+      b.op.Sub(b.op.Mul(this.ratio, b.int64s('zero', [0], [])), b.int64s('two', [2], [])),
+      b.int64s('axes', [0]),
+    );
     const failing = b.node('Reshape', [this.rewriter.current(p.hidden), impossible]);
     failing.name = this.rewriter.names.fresh(`${RATIO_INPUT} must be one of ${this.ratios.join(', ')} (layer ${p.layer.index})`);
     b.output(failing.outputs[0]!, undefined, this.blockType(p));

@@ -6,13 +6,25 @@
 // scores is classified by evaluating it on a small input: a mask (and whether it is causal) or a
 // position bias.
 import type { Node, Value } from '../ir/graph.js';
-import { product } from './symbolic.js';
 import {
-  type Context, type Match, dataInputs, dataUses, exclusiveCone, fail, isLearned, isPassThrough, nodeLabel, ok,
-  scaling, skipBack, skipForward, weightOf,
+  type Context,
+  dataInputs,
+  dataUses,
+  exclusiveCone,
+  fail,
+  isLearned,
+  isPassThrough,
+  type Match,
+  nodeLabel,
+  ok,
+  scaling,
+  skipBack,
+  skipForward,
+  weightOf,
 } from './patterns.js';
-import { type Projection, isProjection, projectionAt } from './projection.js';
-import { type RawTerm, type ScoreTerm, classifyTerm, learnedTensors } from './scores.js';
+import { isProjection, type Projection, projectionAt } from './projection.js';
+import { classifyTerm, learnedTensors, type RawTerm, type ScoreTerm } from './scores.js';
+import { product } from './symbolic.js';
 
 export type { Projection, ScoreTerm };
 
@@ -65,7 +77,8 @@ export function matchAttention(softmax: Node, ctx: Context): Match<AttentionBloc
   if (!ctxMatMul.ok) return ctxMatMul;
   const v = walkProjection(ctxMatMul.value.inputs[1]!, ctx, 'value');
   if (!v.ok) return v;
-  if (v.value.proj.input !== k.value.proj.input) return fail(`key and value of ${nodeLabel(softmax, ctx)} read different inputs`, v.value.proj.matmul);
+  if (v.value.proj.input !== k.value.proj.input)
+    return fail(`key and value of ${nodeLabel(softmax, ctx)} read different inputs`, v.value.proj.matmul);
   const out = outputProjection(ctxMatMul.value, ctx);
   if (!out.ok) return out;
   const heads = headsOf(qh, q.value.proj, ctx);
@@ -99,7 +112,6 @@ export function matchAttention(softmax: Node, ctx: Context): Match<AttentionBloc
   return ok(block);
 }
 
-
 /**
  * The stream value behind a projection input that was only transposed for the projections
  * (nn.MultiheadAttention turns [batch, seq, d] into [seq, batch, d] first): the block's input is
@@ -128,7 +140,11 @@ function walkScores(start: Value, ctx: Context): Match<{ scores: Node; terms: Ra
       if (p.opType === 'FusedMatMul') scale *= p.attrFloat('alpha', 1);
       return ok({ scores: p, terms: terms.reverse(), scale });
     }
-    if (!p || p.domain) return fail(`the scores before the Softmax come from ${p ? nodeLabel(p, ctx) : `input ${v.name}`}, not a Q·Kᵀ MatMul`, p ?? undefined);
+    if (!p || p.domain)
+      return fail(
+        `the scores before the Softmax come from ${p ? nodeLabel(p, ctx) : `input ${v.name}`}, not a Q·Kᵀ MatMul`,
+        p ?? undefined,
+      );
     const scaled = scaling(p, ctx);
     if (scaled) {
       scale *= scaled.factor;
@@ -140,7 +156,8 @@ function walkScores(start: Value, ctx: Context): Match<{ scores: Node; terms: Ra
       const reach = candidates.map((i) => ({ i, depth: scoresDepth(p.inputs[i]!) }));
       const viable = reach.filter((r) => r.depth !== undefined).sort((x, y) => x.depth! - y.depth!);
       if (viable.length === 0) return fail(`neither operand of ${nodeLabel(p, ctx)} leads back to a Q·Kᵀ MatMul`, p);
-      if (viable.length > 1 && viable[0].depth === viable[1].depth) return fail(`both operands of ${nodeLabel(p, ctx)} lead back to a Q·Kᵀ MatMul`, p);
+      if (viable.length > 1 && viable[0].depth === viable[1].depth)
+        return fail(`both operands of ${nodeLabel(p, ctx)} lead back to a Q·Kᵀ MatMul`, p);
       const chainIndex = viable[0].i;
       if (p.opType === 'Where') terms.push({ node: p, value: p.inputs[0]!, mode: 'select', keepWhen: chainIndex === 1 });
       else {
@@ -218,7 +235,13 @@ function walkProjection(start: Value, ctx: Context, role: string): Match<{ proj:
     if ((p.opType === 'MatMul' || p.opType === 'Gemm') && a && b) {
       if (!isProjection(p)) return fail(`${nodeLabel(p, ctx)} on the ${role} path has no constant weight`, p);
       const found = projectionAt(p, ctx);
-      const proj: Projection = { ...found, bias: bias ?? found.bias, biasAdd: biasAdd ?? found.biasAdd, output: biasAdd?.outputs[0] ?? found.output, part };
+      const proj: Projection = {
+        ...found,
+        bias: bias ?? found.bias,
+        biasAdd: biasAdd ?? found.biasAdd,
+        output: biasAdd?.outputs[0] ?? found.output,
+        part,
+      };
       return ok({ proj, scale });
     }
     return fail(`${nodeLabel(p, ctx)} on the ${role} path is not a projection or a layout op`, p);
@@ -301,32 +324,71 @@ export function matchFusedAttention(node: Node, ctx: Context): Match<AttentionBl
   if (past) return fail(`${nodeLabel(node, ctx)} reads a past key/value state (incremental decoding is not analyzed)`, node);
   const weight = weightOf(weights);
   const weightDims = ctx.shapes.shape(weights)?.map((d) => d?.constant);
-  if (!weight || weightDims?.length !== 2 || weightDims[1] === undefined) return fail(`${nodeLabel(node, ctx)} has no constant 2-D QKV weight`, node);
+  if (!weight || weightDims?.length !== 2 || weightDims[1] === undefined)
+    return fail(`${nodeLabel(node, ctx)} has no constant 2-D QKV weight`, node);
   const heads = node.attrInt('num_heads');
   const sizes = node.attr('qkv_hidden_sizes')?.ints?.map(Number) ?? Array(3).fill(weightDims[1] / 3);
   const headSize = sizes[0] / heads;
-  if (!Number.isInteger(headSize)) return fail(`${nodeLabel(node, ctx)}: hidden size ${sizes[0]} is not a multiple of ${heads} heads`, node);
+  if (!Number.isInteger(headSize))
+    return fail(`${nodeLabel(node, ctx)}: hidden size ${sizes[0]} is not a multiple of ${heads} heads`, node);
   const out = outputProjection(node, ctx);
   if (!out.ok) return out;
   const part = (index: number): Projection => ({
-    matmul: node, input, weight, bias: bias ?? undefined, output: node.outputs[0]!, outFeatures: sizes[index], part: { node, index },
+    matmul: node,
+    input,
+    weight,
+    bias: bias ?? undefined,
+    output: node.outputs[0]!,
+    outFeatures: sizes[index],
+    part: { node, index },
   });
   const terms: ScoreTerm[] = [];
   if (mask) {
     terms.push({
-      node, value: mask, mode: 'select', keepWhen: true, kind: 'mask', inputs: dataInputs(mask, ctx), weights: [], causal: false,
+      node,
+      value: mask,
+      mode: 'select',
+      keepWhen: true,
+      kind: 'mask',
+      inputs: dataInputs(mask, ctx),
+      weights: [],
+      causal: false,
       pattern: 'key padding (mask_index)',
     });
   }
   if (attentionBias) {
-    terms.push({ node, value: attentionBias, mode: 'add', kind: 'positionBias', inputs: dataInputs(attentionBias, ctx), weights: learnedTensors(attentionBias), causal: false, pattern: 'not evaluated' });
+    terms.push({
+      node,
+      value: attentionBias,
+      mode: 'add',
+      kind: 'positionBias',
+      inputs: dataInputs(attentionBias, ctx),
+      weights: learnedTensors(attentionBias),
+      causal: false,
+      pattern: 'not evaluated',
+    });
   }
   const causal = node.attrInt('unidirectional', 0) === 1;
   const scale = node.attrFloat('scale', 0) || 1 / Math.sqrt(headSize);
   const boundaries = new Set<Value>([input, ...terms.map((t) => t.value)]);
   return ok({
-    kind: 'self', input, kvInput: input, output: out.value.output, query: part(0), key: part(1), value: part(2),
-    outputProjection: out.value, fusedQkv: true, heads, headSize, scale, scores: node, softmax: node, context: node,
-    terms, causal, nodes: exclusiveCone([out.value.output], boundaries, ctx),
+    kind: 'self',
+    input,
+    kvInput: input,
+    output: out.value.output,
+    query: part(0),
+    key: part(1),
+    value: part(2),
+    outputProjection: out.value,
+    fusedQkv: true,
+    heads,
+    headSize,
+    scale,
+    scores: node,
+    softmax: node,
+    context: node,
+    terms,
+    causal,
+    nodes: exclusiveCone([out.value.output], boundaries, ctx),
   });
 }

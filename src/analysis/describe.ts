@@ -2,8 +2,8 @@
 // chosen batch size and sequence length, and a text table of the same.
 import { VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
-import { type Layer, type TransformerAnalysis, analyzeTransformer } from './layers.js';
 import type { AttentionBlock } from './attention.js';
+import { analyzeTransformer, type Layer, type TransformerAnalysis } from './layers.js';
 import type { ShapeTable } from './shapes.js';
 import type { Expr, SymDim } from './symbolic.js';
 
@@ -51,7 +51,9 @@ export function describeLayers(model: Model, options: DescribeOptions = {}): Mod
   const analysis = analyzeTransformer(model);
   if (analysis.error) {
     const found = analysis.layers.length;
-    throw new VcompileError(`transformer analysis stopped: ${analysis.error.message} (${found} layer${found === 1 ? '' : 's'} recognized before)`);
+    throw new VcompileError(
+      `transformer analysis stopped: ${analysis.error.message} (${found} layer${found === 1 ? '' : 's'} recognized before)`,
+    );
   }
   return describeAnalysis(analysis, options);
 }
@@ -77,7 +79,8 @@ export function describeAnalysis(analysis: TransformerAnalysis, options: Describ
 function describeLayer(layer: Layer, binding: Map<string, number>, analysis: TransformerAnalysis, notes: string[]): LayerDescription {
   const attn = layer.selfAttention;
   const macs = layer.macsUnknown.length ? undefined : layer.macs.evaluate(binding);
-  if (layer.macsUnknown.length) notes.push(`layer ${layer.index}: MACs unknown, shapes of ${layer.macsUnknown.map((n) => n.name ?? n.opType).join(', ')} not inferred`);
+  if (layer.macsUnknown.length)
+    notes.push(`layer ${layer.index}: MACs unknown, shapes of ${layer.macsUnknown.map((n) => n.name ?? n.opType).join(', ')} not inferred`);
   else if (macs === undefined) notes.push(`layer ${layer.index}: MACs ${layer.macs} depend on dims not bound to batch or seq`);
   const [seqDim] = sequenceDims(attn, analysis.context.shapes);
   return {
@@ -100,7 +103,11 @@ function describeLayer(layer: Layer, binding: Map<string, number>, analysis: Tra
 }
 
 function describeTerm(term: Layer['selfAttention']['terms'][number]): string {
-  const origin = term.inputs.length ? ` from input ${term.inputs.map((v) => v.name).join(', ')}` : term.weights.length ? ' from learned weights' : ' computed';
+  const origin = term.inputs.length
+    ? ` from input ${term.inputs.map((v) => v.name).join(', ')}`
+    : term.weights.length
+      ? ' from learned weights'
+      : ' computed';
   const how = term.mode === 'select' ? 'select' : term.mode === 'subtract' ? 'subtractive' : 'additive';
   const shape = term.causal ? ' causal' : term.pattern === 'none' || term.pattern === 'other' ? '' : ` (${term.pattern})`;
   return `${how}${shape} ${term.kind === 'positionBias' ? 'position bias' : term.kind}${origin}`;
@@ -148,12 +155,24 @@ function bindLinear(dim: Expr | undefined, target: number, binding: Map<string, 
   const at1 = dim.evaluate(new Map([...binding, [atom, 1]]));
   if (at0 === undefined || at1 === undefined || at1 === at0) return;
   const value = (target - at0) / (at1 - at0);
-  if (Number.isInteger(value) && value >= 1 && dim.evaluate(new Map([...binding, [atom, 2]])) === at0 + 2 * (at1 - at0)) binding.set(atom, value);
+  if (Number.isInteger(value) && value >= 1 && dim.evaluate(new Map([...binding, [atom, 2]])) === at0 + 2 * (at1 - at0))
+    binding.set(atom, value);
 }
 
 /** A text table: index, heads x headSize, causal, FFN inner, norm, MACs at seq, params. */
 export function formatLayerTable(desc: ModelDescription): string {
-  const header = ['layer', 'stack', 'heads x size', 'causal', 'cross', 'FFN inner', 'act', 'norm', `MACs (b=${desc.batch}, seq=${desc.seq})`, 'params'];
+  const header = [
+    'layer',
+    'stack',
+    'heads x size',
+    'causal',
+    'cross',
+    'FFN inner',
+    'act',
+    'norm',
+    `MACs (b=${desc.batch}, seq=${desc.seq})`,
+    'params',
+  ];
   const rows = desc.layers.map((l) => [
     String(l.index),
     l.stack,
@@ -170,7 +189,11 @@ export function formatLayerTable(desc: ModelDescription): string {
   const all = [header, ...rows, total];
   const widths = header.map((_, c) => Math.max(...all.map((r) => r[c].length)));
   const numeric = new Set([0, 5, 8, 9]);
-  const line = (r: string[]) => r.map((cell, c) => (numeric.has(c) ? cell.padStart(widths[c]) : cell.padEnd(widths[c]))).join('  ').trimEnd();
+  const line = (r: string[]) =>
+    r
+      .map((cell, c) => (numeric.has(c) ? cell.padStart(widths[c]) : cell.padEnd(widths[c])))
+      .join('  ')
+      .trimEnd();
   const out = [`hidden ${desc.hidden ?? '?'}, ${desc.layers.length} layers`, line(header), ...rows.map(line), line(total)];
   for (const note of desc.notes) out.push(`note: ${note}`);
   return out.join('\n');
@@ -179,7 +202,12 @@ export function formatLayerTable(desc: ModelDescription): string {
 /** 1234567 -> "1.23 M"; exact below 10,000. */
 export function formatCount(n: number): string {
   if (Math.abs(n) < 1e4) return String(n);
-  const units: [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
+  const units: [number, string][] = [
+    [1e12, 'T'],
+    [1e9, 'G'],
+    [1e6, 'M'],
+    [1e3, 'k'],
+  ];
   const [scale, unit] = units.find(([s]) => Math.abs(n) >= s)!;
   return `${(n / scale).toPrecision(3)} ${unit}`;
 }

@@ -44,7 +44,11 @@ export function evaluate(targets: readonly Value[], feeds: ReadonlyMap<Value, Nu
     const c = v.constTensor();
     if (c) {
       if (c.size > MAX_ELEMENTS) throw new EvaluationError(`constant ${v.name} is too large to evaluate`);
-      const t = tensorOf(c.dims, c.dataType === DataType.INT64 || c.dataType === DataType.UINT64 ? c.toBigInts().map(Number) : c.toFloat32(), c.dataType);
+      const t = tensorOf(
+        c.dims,
+        c.dataType === DataType.INT64 || c.dataType === DataType.UINT64 ? c.toBigInts().map(Number) : c.toFloat32(),
+        c.dataType,
+      );
       memo.set(v, t);
       return t;
     }
@@ -72,18 +76,48 @@ export function evaluate(targets: readonly Value[], feeds: ReadonlyMap<Value, Nu
 type Get = (v: Value | null | undefined) => NumTensor;
 
 const UNARY: Record<string, (x: number) => number> = {
-  Identity: (x) => x, Neg: (x) => -x, Abs: Math.abs, Exp: Math.exp, Log: Math.log, Sqrt: Math.sqrt,
-  Reciprocal: (x) => 1 / x, Floor: Math.floor, Ceil: Math.ceil, Round: roundHalfEven, Sign: Math.sign, Tanh: Math.tanh,
-  Sigmoid: (x) => 1 / (1 + Math.exp(-x)), Relu: (x) => Math.max(0, x), Erf: erf, Not: (x) => (x ? 0 : 1),
-  Sin: Math.sin, Cos: Math.cos, Softplus: (x) => Math.log1p(Math.exp(x)), Dropout: (x) => x,
-  Gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)), QuickGelu: (x) => x / (1 + Math.exp(-1.702 * x)),
-  HardSwish: (x) => x * Math.min(1, Math.max(0, x / 6 + 0.5)), HardSigmoid: (x) => Math.min(1, Math.max(0, 0.2 * x + 0.5)),
+  Identity: (x) => x,
+  Neg: (x) => -x,
+  Abs: Math.abs,
+  Exp: Math.exp,
+  Log: Math.log,
+  Sqrt: Math.sqrt,
+  Reciprocal: (x) => 1 / x,
+  Floor: Math.floor,
+  Ceil: Math.ceil,
+  Round: roundHalfEven,
+  Sign: Math.sign,
+  Tanh: Math.tanh,
+  Sigmoid: (x) => 1 / (1 + Math.exp(-x)),
+  Relu: (x) => Math.max(0, x),
+  Erf: erf,
+  Not: (x) => (x ? 0 : 1),
+  Sin: Math.sin,
+  Cos: Math.cos,
+  Softplus: (x) => Math.log1p(Math.exp(x)),
+  Dropout: (x) => x,
+  Gelu: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  QuickGelu: (x) => x / (1 + Math.exp(-1.702 * x)),
+  HardSwish: (x) => x * Math.min(1, Math.max(0, x / 6 + 0.5)),
+  HardSigmoid: (x) => Math.min(1, Math.max(0, 0.2 * x + 0.5)),
 };
 const BINARY: Record<string, (a: number, b: number) => number> = {
-  Add: (a, b) => a + b, Sub: (a, b) => a - b, Mul: (a, b) => a * b, Div: (a, b) => a / b, Pow: Math.pow,
-  Min: Math.min, Max: Math.max, Equal: (a, b) => +(a === b), Less: (a, b) => +(a < b), Greater: (a, b) => +(a > b),
-  LessOrEqual: (a, b) => +(a <= b), GreaterOrEqual: (a, b) => +(a >= b), And: (a, b) => +(!!a && !!b),
-  Or: (a, b) => +(!!a || !!b), Xor: (a, b) => +(!!a !== !!b), Mod: (a, b) => a - Math.floor(a / b) * b,
+  Add: (a, b) => a + b,
+  Sub: (a, b) => a - b,
+  Mul: (a, b) => a * b,
+  Div: (a, b) => a / b,
+  Pow: Math.pow,
+  Min: Math.min,
+  Max: Math.max,
+  Equal: (a, b) => +(a === b),
+  Less: (a, b) => +(a < b),
+  Greater: (a, b) => +(a > b),
+  LessOrEqual: (a, b) => +(a <= b),
+  GreaterOrEqual: (a, b) => +(a >= b),
+  And: (a, b) => +(!!a && !!b),
+  Or: (a, b) => +(!!a || !!b),
+  Xor: (a, b) => +(!!a !== !!b),
+  Mod: (a, b) => a - Math.floor(a / b) * b,
 };
 const BOOL_OPS = new Set(['Equal', 'Less', 'Greater', 'LessOrEqual', 'GreaterOrEqual', 'And', 'Or', 'Xor', 'Not']);
 
@@ -126,7 +160,8 @@ function run(node: Node, get: Get): NumTensor[] {
       const alpha = node.attrFloat('alpha', 0.01);
       return [map(x(), (v) => (v < 0 ? alpha * v : v))];
     }
-    case 'FastGelu': case 'BiasGelu': {
+    case 'FastGelu':
+    case 'BiasGelu': {
       const biased = node.inputs[1] ? broadcast([x(), get(node.inputs[1])], (v) => v[0] + v[1], DataType.FLOAT) : x();
       return [map(biased, op === 'FastGelu' ? geluTanh : UNARY.Gelu)];
     }
@@ -139,7 +174,10 @@ function run(node: Node, get: Get): NumTensor[] {
     }
     case 'Size':
       return [tensorOf([], [sizeOf(x().dims)], DataType.INT64)];
-    case 'Unsqueeze': case 'Squeeze': case 'Reshape': case 'Flatten':
+    case 'Unsqueeze':
+    case 'Squeeze':
+    case 'Reshape':
+    case 'Flatten':
       return [reshapeLike(node, x(), get)];
     case 'Transpose':
       return [transpose(x(), node.attrInts('perm', [...Array(x().dims.length).keys()].reverse()))];
@@ -160,7 +198,13 @@ function run(node: Node, get: Get): NumTensor[] {
       const [s, l, d] = node.inputs.map((v) => get(v).data[0]);
       const n = Math.max(0, Math.ceil((l - s) / d));
       if (n > MAX_ELEMENTS) throw new EvaluationError(`${node}: range too long`);
-      return [tensorOf([n], Array.from({ length: n }, (_, i) => s + i * d), get(node.inputs[0]).dtype)];
+      return [
+        tensorOf(
+          [n],
+          Array.from({ length: n }, (_, i) => s + i * d),
+          get(node.inputs[0]).dtype,
+        ),
+      ];
     }
     case 'Gather':
       return [gather(x(), get(node.inputs[1]), node.attrInt('axis', 0))];
@@ -341,7 +385,14 @@ function slice(node: Node, t: NumTensor, get: Get): NumTensor {
   const old = node.attr('starts') !== undefined;
   const starts = old ? node.attrInts('starts') : [...get(node.inputs[1]).data];
   const ends = old ? node.attrInts('ends') : [...get(node.inputs[2]).data];
-  const axes = old ? node.attrInts('axes', starts.map((_, i) => i)) : node.inputs[3] ? [...get(node.inputs[3]).data] : starts.map((_, i) => i);
+  const axes = old
+    ? node.attrInts(
+        'axes',
+        starts.map((_, i) => i),
+      )
+    : node.inputs[3]
+      ? [...get(node.inputs[3]).data]
+      : starts.map((_, i) => i);
   const steps = !old && node.inputs[4] ? [...get(node.inputs[4]).data] : starts.map(() => 1);
   const rank = t.dims.length;
   const picks = t.dims.map((n) => [...Array(n).keys()]);

@@ -3,11 +3,9 @@
 // evaluating the nodes between the projections on sample points and comparing with known functions,
 // so any spelling of GELU (Erf form, tanh form, Mul/Div orders, fused ops) reads the same.
 import type { Node, Value } from '../ir/graph.js';
-import { type Projection, isProjection, projectionAt } from './projection.js';
 import { EvaluationError, erf, evaluate, geluTanh, tensorOf } from './evaluate.js';
-import {
-  type Context, type Match, constantOf, dataUses, exclusiveCone, fail, nodeLabel, ok, skipBack,
-} from './patterns.js';
+import { type Context, constantOf, dataUses, exclusiveCone, fail, type Match, nodeLabel, ok, skipBack } from './patterns.js';
+import { isProjection, type Projection, projectionAt } from './projection.js';
 
 export interface FfnBlock {
   /** the block's input (the normalized stream in pre-LN, the stream itself in post-LN) */
@@ -27,9 +25,35 @@ export interface FfnBlock {
 
 /** Elementwise ops an activation may be spelled with. */
 const ELEMENTWISE = new Set([
-  'Add', 'Sub', 'Mul', 'Div', 'Pow', 'Erf', 'Tanh', 'Sigmoid', 'Relu', 'Gelu', 'FastGelu', 'BiasGelu', 'QuickGelu',
-  'Identity', 'Cast', 'Dropout', 'Sqrt', 'Neg', 'Exp', 'Log', 'Softplus', 'HardSwish', 'HardSigmoid', 'Clip',
-  'LeakyRelu', 'Min', 'Max', 'Reciprocal', 'Abs',
+  'Add',
+  'Sub',
+  'Mul',
+  'Div',
+  'Pow',
+  'Erf',
+  'Tanh',
+  'Sigmoid',
+  'Relu',
+  'Gelu',
+  'FastGelu',
+  'BiasGelu',
+  'QuickGelu',
+  'Identity',
+  'Cast',
+  'Dropout',
+  'Sqrt',
+  'Neg',
+  'Exp',
+  'Log',
+  'Softplus',
+  'HardSwish',
+  'HardSigmoid',
+  'Clip',
+  'LeakyRelu',
+  'Min',
+  'Max',
+  'Reciprocal',
+  'Abs',
 ]);
 const MAX_ACTIVATION_NODES = 40;
 
@@ -39,11 +63,18 @@ export function matchFfn(input: Value, ctx: Context): Match<FfnBlock> {
     .filter((u) => u.index === 0 && isProjection(u.node))
     .map((u) => projectionAt(u.node, ctx));
   if (ups.length === 0) {
-    const users = dataUses(input).map((u) => nodeLabel(u.node, ctx)).join(', ') || 'nothing';
+    const users =
+      dataUses(input)
+        .map((u) => nodeLabel(u.node, ctx))
+        .join(', ') || 'nothing';
     return fail(`no projection reads ${input.name} (it is used by ${users})`, input.producer ?? undefined);
   }
-  if (ups.length > 2) return fail(`${ups.length} projections read ${input.name}; a feed-forward block has one (or two when gated)`, ups[2].matmul);
-  const region = activationRegion(ups.map((u) => u.output), ctx);
+  if (ups.length > 2)
+    return fail(`${ups.length} projections read ${input.name}; a feed-forward block has one (or two when gated)`, ups[2].matmul);
+  const region = activationRegion(
+    ups.map((u) => u.output),
+    ctx,
+  );
   if (!region.ok) return region;
   const { nodes: actNodes, down: downNode } = region.value;
   const down = projectionAt(downNode, ctx, true);
@@ -84,17 +115,25 @@ function activationRegion(starts: Value[], ctx: Context): Match<{ nodes: Node[];
         return fail(`${nodeLabel(node, ctx)} follows the up projection where an activation or the down projection was expected`, node);
       }
       nodes.add(node);
-      if (nodes.size > MAX_ACTIVATION_NODES) return fail(`more than ${MAX_ACTIVATION_NODES} nodes after the up projection and no down projection`, node);
+      if (nodes.size > MAX_ACTIVATION_NODES)
+        return fail(`more than ${MAX_ACTIVATION_NODES} nodes after the up projection and no down projection`, node);
       for (const out of node.outputs) if (out) frontier.push(out);
     }
   }
   for (const node of nodes) {
     const foreign = node.inputs.find((i) => i && !isInside(i, nodes, starts) && !skipBack(i).constTensor());
-    if (foreign) return fail(`${nodeLabel(node, ctx)} mixes ${foreign.name} into the feed-forward activation (a residual add before any down projection?)`, node);
+    if (foreign)
+      return fail(
+        `${nodeLabel(node, ctx)} mixes ${foreign.name} into the feed-forward activation (a residual add before any down projection?)`,
+        node,
+      );
   }
   if (downs.size !== 1) {
     const where = starts.map((s) => s.name).join(', ');
-    return fail(downs.size === 0 ? `no down projection after ${where}` : `${downs.size} projections after ${where}; expected one down projection`, [...downs][1]);
+    return fail(
+      downs.size === 0 ? `no down projection after ${where}` : `${downs.size} projections after ${where}; expected one down projection`,
+      [...downs][1],
+    );
   }
   const ordered = [...nodes].sort((a, b) => ctx.order.get(a)! - ctx.order.get(b)!);
   return ok({ nodes: ordered, down: [...downs][0] });
@@ -118,7 +157,8 @@ function plainActivation(up: Projection, actOut: Value, nodes: Node[], ctx: Cont
 /** act(x·W1) * (x·W3): the projection entering the final Mul directly is the gate. */
 function gatedActivation(ups: Projection[], actOut: Value, nodes: Node[], ctx: Context): Match<Activation> {
   const mul = skipBack(actOut).producer;
-  if (mul?.opType !== 'Mul') return fail(`two projections read the feed-forward input but ${actOut.name} is not their product`, mul ?? undefined);
+  if (mul?.opType !== 'Mul')
+    return fail(`two projections read the feed-forward input but ${actOut.name} is not their product`, mul ?? undefined);
   const direct = ups.findIndex((u) => mul.inputs.some((i) => i && skipBack(i) === skipBack(u.output)));
   if (direct < 0) return fail(`${nodeLabel(mul, ctx)} does not multiply by a projection directly (not a gated feed-forward block)`, mul);
   const gate = ups[direct];

@@ -2,12 +2,11 @@
 // floats), its (symbolic) shape, the vocabulary bound of id inputs (from the embedding table they index),
 // and how symbolic dims are bound to concrete sizes (batch and seq by name). Feeds are generated and read
 // from files on top of this (src/runtime/feeds.ts); MACs at concrete sizes use the same binding.
-import { VcompileError, msg, option } from '../errors.js';
+import { msg, option, VcompileError } from '../errors.js';
 import type { Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
 import { isFloatType } from '../ir/tensor.js';
 import { type Dim, isTensorType } from '../ir/types.js';
-
 
 export type InputRole = 'mask' | 'positions' | 'tokenTypes' | 'float' | 'ids' | 'other';
 
@@ -42,11 +41,21 @@ export function describeInputs(model: Model, options: { allowUnshaped?: boolean 
   return graph.inputs
     .filter((v) => !withDefault.has(v.name))
     .map((v) => {
-      if (!isTensorType(v.type) || v.type.elemType === undefined) throw new VcompileError(msg`input ${v.name}: not a tensor of known element type; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`);
-      if (!v.type.shape && !options.allowUnshaped) throw new VcompileError(msg`input ${v.name}: no declared shape; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`);
+      if (!isTensorType(v.type) || v.type.elemType === undefined)
+        throw new VcompileError(
+          msg`input ${v.name}: not a tensor of known element type; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`,
+        );
+      if (!v.type.shape && !options.allowUnshaped)
+        throw new VcompileError(msg`input ${v.name}: no declared shape; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`);
       const dataType = v.type.elemType;
       const role = roleOf(v.name, dataType, vocab.has(v.name));
-      const spec: InputSpec = { name: v.name, dataType, dims: v.type.shape ?? [], role, ...(role === 'ids' && vocab.has(v.name) ? { vocab: vocab.get(v.name) } : {}) };
+      const spec: InputSpec = {
+        name: v.name,
+        dataType,
+        dims: v.type.shape ?? [],
+        role,
+        ...(role === 'ids' && vocab.has(v.name) ? { vocab: vocab.get(v.name) } : {}),
+      };
       if (!v.type.shape) spec.unshaped = true;
       return spec;
     });

@@ -7,9 +7,20 @@ import type { Model } from '../ir/model.js';
 import { type AttentionBlock, matchAttention, matchFusedAttention } from './attention.js';
 import { type FfnBlock, matchFfn } from './ffn.js';
 import { sumMacs } from './flops.js';
-import { type NormKind, type NormMatch, SKIP_NORMS, findNormAfter, matchNorm } from './norms.js';
+import { findNormAfter, matchNorm, type NormKind, type NormMatch, SKIP_NORMS } from './norms.js';
 import {
-  type Context, type Match, dataUses, dependsOn, fail, isParameter, makeContext, nodeLabel, ok, otherOperand, skipBack, skipForward,
+  type Context,
+  dataUses,
+  dependsOn,
+  fail,
+  isParameter,
+  type Match,
+  makeContext,
+  nodeLabel,
+  ok,
+  otherOperand,
+  skipBack,
+  skipForward,
 } from './patterns.js';
 import type { Expr } from './symbolic.js';
 
@@ -105,8 +116,13 @@ export function analyzeTransformer(model: Model): TransformerAnalysis {
         const reason = `${nodeLabel(node, ctx)} is not an attention softmax: ${block.reason}`;
         notes.push(reason);
         skipped.push({ anchor: node, reads: node.inputs[0]!, reason, node });
-      }
-      else pending.push({ anchor: node, reads: node.inputs[0]!, reason: `attention at ${nodeLabel(node, ctx)}: ${block.reason}`, node: block.node ?? node });
+      } else
+        pending.push({
+          anchor: node,
+          reads: node.inputs[0]!,
+          reason: `attention at ${nodeLabel(node, ctx)}: ${block.reason}`,
+          node: block.node ?? node,
+        });
       continue;
     }
     const wrapped = wrapAttention(block.value, ctx);
@@ -118,7 +134,9 @@ export function analyzeTransformer(model: Model): TransformerAnalysis {
   walk.run();
   result.hidden = result.layers.length ? ctx.shapes.dim(result.layers[0].input, -1)?.constant : undefined;
   if (!result.error && result.layers.length === 0) {
-    result.error = { message: `no transformer layer found: ${notes.length ? notes.join('; ') : 'the graph has no Softmax and no com.microsoft Attention node'}` };
+    result.error = {
+      message: `no transformer layer found: ${notes.length ? notes.join('; ') : 'the graph has no Softmax and no com.microsoft Attention node'}`,
+    };
   }
   return result;
 }
@@ -137,12 +155,16 @@ function wrapAttention(block: AttentionBlock, ctx: Context): Match<Sublayer> {
   const pre = matchNorm(block.input, ctx);
   const join = pre.ok ? residualJoin(y, pre.value.input, ctx) : undefined;
   if (pre.ok && join) {
-    if (!join.sum) return fail(`the residual ${nodeLabel(join.node, ctx)} of the ${kind} block does not output the stream it computes`, join.node);
+    if (!join.sum)
+      return fail(`the residual ${nodeLabel(join.node, ctx)} of the ${kind} block does not output the stream it computes`, join.node);
     block.outputProjection.bias ??= join.bias;
     return ok(sublayer(kind, 'pre', pre.value.input, join.sum, pre.value, join.node, { attention: block }, block.nodes));
   }
   const at = block.outputProjection.biasAdd ?? block.outputProjection.matmul;
-  return fail(`no residual add after the ${kind} block at node ${nodeLabel(at, ctx)}: its output ${y.name} is used by ${usesOf(y, ctx)}`, at);
+  return fail(
+    `no residual add after the ${kind} block at node ${nodeLabel(at, ctx)}: its output ${y.name} is used by ${usesOf(y, ctx)}`,
+    at,
+  );
 }
 
 /** Where a block's result `y` joins the stream: an Add, or a SkipLayerNormalization (add and norm fused). */
@@ -181,8 +203,14 @@ function usesOf(v: Value, ctx: Context): string {
 }
 
 function sublayer(
-  kind: Sublayer['kind'], placement: Placement, streamIn: Value, streamOut: Value, norm: NormMatch, residualAdd: Node,
-  block: { attention?: AttentionBlock; ffn?: FfnBlock }, blockNodes: Node[],
+  kind: Sublayer['kind'],
+  placement: Placement,
+  streamIn: Value,
+  streamOut: Value,
+  norm: NormMatch,
+  residualAdd: Node,
+  block: { attention?: AttentionBlock; ffn?: FfnBlock },
+  blockNodes: Node[],
 ): Sublayer {
   const nodes = [...new Set([...blockNodes, ...norm.nodes, residualAdd])];
   return { kind, placement, streamIn, streamOut, norm, residualAdd, ...block, nodes };
@@ -194,7 +222,8 @@ function ffnSublayer(t: Value, placement: Placement, ctx: Context): Match<Sublay
   let preNorm: NormMatch | undefined;
   if (placement === 'pre') {
     preNorm = findNormAfter(t, ctx);
-    if (!preNorm) return fail(`no norm before the feed-forward block: the stream ${t.name} is used by ${usesOf(t, ctx)}`, t.producer ?? undefined);
+    if (!preNorm)
+      return fail(`no norm before the feed-forward block: the stream ${t.name} is used by ${usesOf(t, ctx)}`, t.producer ?? undefined);
     input = preNorm.output;
   }
   const ffn = matchFfn(input, ctx);
@@ -202,10 +231,15 @@ function ffnSublayer(t: Value, placement: Placement, ctx: Context): Match<Sublay
   const y = skipForward(ffn.value.output);
   const join = residualJoin(y, t, ctx);
   const at = ffn.value.down.biasAdd ?? ffn.value.down.matmul;
-  if (!join) return fail(`no residual add after the feed-forward block at node ${nodeLabel(at, ctx)}: its output ${y.name} is used by ${usesOf(y, ctx)}`, at);
+  if (!join)
+    return fail(
+      `no residual add after the feed-forward block at node ${nodeLabel(at, ctx)}: its output ${y.name} is used by ${usesOf(y, ctx)}`,
+      at,
+    );
   ffn.value.down.bias ??= join.bias;
   if (placement === 'pre') {
-    if (!join.sum) return fail(`the residual ${nodeLabel(join.node, ctx)} of the feed-forward block does not output the stream it computes`, join.node);
+    if (!join.sum)
+      return fail(`the residual ${nodeLabel(join.node, ctx)} of the feed-forward block does not output the stream it computes`, join.node);
     return ok(sublayer('ffn', 'pre', t, join.sum, preNorm!, join.node, { ffn: ffn.value }, ffn.value.nodes));
   }
   const norm = join.norm ?? (join.sum && findNormAfter(join.sum, ctx));
@@ -258,13 +292,22 @@ class Walk {
   private checkGap(start: Sublayer): boolean {
     const begin = this.ctx.order.get(start.attention!.softmax)!;
     const walked = new Set(this.result.layers.flatMap((l) => l.nodes));
-    const missed = this.skipped.find((s) => this.ctx.order.get(s.anchor)! < begin && !walked.has(s.anchor) && dependsOn(start.streamIn, s.anchor.outputs[0]!));
+    const missed = this.skipped.find(
+      (s) => this.ctx.order.get(s.anchor)! < begin && !walked.has(s.anchor) && dependsOn(start.streamIn, s.anchor.outputs[0]!),
+    );
     const index = this.result.layers.length;
-    if (missed) return this.stop(`layer ${index}: before the attention block at ${nodeLabel(start.attention!.softmax, this.ctx)}, ${missed.reason}`, missed.node, index);
+    if (missed)
+      return this.stop(
+        `layer ${index}: before the attention block at ${nodeLabel(start.attention!.softmax, this.ctx)}, ${missed.reason}`,
+        missed.node,
+        index,
+      );
     const previous = this.result.stacks.filter((s) => dependsOn(start.streamIn, s.output)).pop();
     if (previous) {
       const from = this.result.stacks.indexOf(previous);
-      this.result.notes.push(`stack ${this.result.stacks.length} continues from the output ${previous.output.name} of stack ${from} through nodes that are not transformer layers`);
+      this.result.notes.push(
+        `stack ${this.result.stacks.length} continues from the output ${previous.output.name} of stack ${from} through nodes that are not transformer layers`,
+      );
     }
     return true;
   }

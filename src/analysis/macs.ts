@@ -8,8 +8,8 @@ import type { Node, Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
 import { type IrType, isTensorType, tensorType } from '../ir/types.js';
 import { sumMacs } from './flops.js';
-import { type DimBinding, bindDims, describeInputs, shapeOf } from './inputs.js';
-import { type ShapeTable, inferShapes } from './shapes.js';
+import { bindDims, type DimBinding, describeInputs, shapeOf } from './inputs.js';
+import { inferShapes, type ShapeTable } from './shapes.js';
 
 export interface MacCount {
   /** MACs of the main graph's matrix products and convolutions, or null when a shape could not be inferred */
@@ -56,7 +56,12 @@ export function macsOf(nodes: Iterable<Node>, shapes: ShapeTable, what: string):
   const { macs, unknown } = sumMacs(nodes, shapes);
   const value = macs.constant;
   if (unknown.length || value === undefined) {
-    const where = unknown.length ? `shapes not inferred at ${unknown.slice(0, 3).map((n) => n.name || n.opType).join(', ')}` : 'a count stayed symbolic';
+    const where = unknown.length
+      ? `shapes not inferred at ${unknown
+          .slice(0, 3)
+          .map((n) => n.name || n.opType)
+          .join(', ')}`
+      : 'a count stayed symbolic';
     throw new VcompileError(`cannot count the MACs of ${what}: ${where}`);
   }
   return value;

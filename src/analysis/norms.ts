@@ -5,8 +5,18 @@
 // with the inverse square root written as Div, Reciprocal, Pow(-0.5) or Div(1, Sqrt).
 import type { Node, Value } from '../ir/graph.js';
 import {
-  type Context, type Match, dataUses, exclusiveCone, fail, isLearned, nodeLabel, ok, otherOperand,
-  reducesLastAxis, scalarOf, skipBack,
+  type Context,
+  dataUses,
+  exclusiveCone,
+  fail,
+  isLearned,
+  type Match,
+  nodeLabel,
+  ok,
+  otherOperand,
+  reducesLastAxis,
+  scalarOf,
+  skipBack,
 } from './patterns.js';
 
 export type NormKind = 'layernorm' | 'rmsnorm';
@@ -48,9 +58,19 @@ export function matchNorm(output: Value, ctx: Context): Match<NormMatch> {
   if (opKind && end === p.outputs[0]) {
     const axis = p.attrInt('axis', -1);
     const rank = ctx.shapes.rank(p.inputs[0]);
-    if (axis !== -1 && axis !== (rank ?? 0) - 1) return fail(`${nodeLabel(p, ctx)} normalizes from axis ${axis}, not over the last axis only`, p);
+    if (axis !== -1 && axis !== (rank ?? 0) - 1)
+      return fail(`${nodeLabel(p, ctx)} normalizes from axis ${axis}, not over the last axis only`, p);
     const epsilon = p.attr('epsilon')?.f ?? 1e-5;
-    const norm: NormMatch = { kind: opKind, form: 'op', input: p.inputs[0]!, output, scale: p.inputs[1] ?? undefined, bias: p.inputs[2] ?? undefined, epsilon, nodes: [] };
+    const norm: NormMatch = {
+      kind: opKind,
+      form: 'op',
+      input: p.inputs[0]!,
+      output,
+      scale: p.inputs[1] ?? undefined,
+      bias: p.inputs[2] ?? undefined,
+      epsilon,
+      nodes: [],
+    };
     return ok(withNodes(norm, ctx));
   }
   const skipKind = p.domain === 'com.microsoft' ? SKIP_NORMS[p.opType] : undefined;
@@ -58,8 +78,15 @@ export function matchNorm(output: Value, ctx: Context): Match<NormMatch> {
     const epsilon = p.attr('epsilon')?.f ?? 1e-12;
     const hasBeta = p.opType === 'SkipLayerNormalization';
     return ok({
-      kind: skipKind, form: 'op', input: p.outputs[3] ?? p.inputs[0]!, output, scale: p.inputs[2] ?? undefined,
-      bias: hasBeta ? p.inputs[3] ?? undefined : undefined, epsilon, nodes: [p], fusedResidual: p,
+      kind: skipKind,
+      form: 'op',
+      input: p.outputs[3] ?? p.inputs[0]!,
+      output,
+      scale: p.inputs[2] ?? undefined,
+      bias: hasBeta ? (p.inputs[3] ?? undefined) : undefined,
+      epsilon,
+      nodes: [p],
+      fusedResidual: p,
     });
   }
   return matchSpelled(output, end, ctx);
@@ -81,7 +108,16 @@ function matchSpelled(output: Value, end: Value, ctx: Context): Match<NormMatch>
   const scale = peel('Mul');
   const core = matchNormalizedCore(skipBack(v), ctx);
   if (!core.ok) return core;
-  const norm: NormMatch = { kind: core.value.kind, form: 'spelled', input: core.value.input, output, scale, bias, epsilon: core.value.epsilon, nodes: [] };
+  const norm: NormMatch = {
+    kind: core.value.kind,
+    form: 'spelled',
+    input: core.value.input,
+    output,
+    scale,
+    bias,
+    epsilon: core.value.epsilon,
+    nodes: [],
+  };
   return ok(withNodes(norm, ctx));
 }
 
@@ -103,7 +139,10 @@ function matchNormalizedCore(v: Value, ctx: Context): Match<Core> {
     return fail(`${nodeLabel(p, ctx)} does not divide by a standard deviation: ${std.reason}`, p);
   }
   if (p.opType === 'Mul') {
-    for (const [c, r] of [[a, b], [b, a]] as const) {
+    for (const [c, r] of [
+      [a, b],
+      [b, a],
+    ] as const) {
       const inv = matchStd(skipBack(r), ctx, true);
       if (inv.ok) return centered(skipBack(c), inv.value, ctx, p);
     }
@@ -146,7 +185,8 @@ function matchVariance(v: Value, ctx: Context): Match<Std> {
     cur = skipBack(rest);
   }
   const mean = cur.producer;
-  if (mean?.opType !== 'ReduceMean' || !reducesLastAxis(mean, ctx)) return fail(`${cur.name} is not a mean over the last axis`, mean ?? undefined);
+  if (mean?.opType !== 'ReduceMean' || !reducesLastAxis(mean, ctx))
+    return fail(`${cur.name} is not a mean over the last axis`, mean ?? undefined);
   const sq = skipBack(mean.inputs[0]!).producer;
   if (sq?.opType === 'Pow' && scalarOf(sq.inputs[1]) === 2) return ok({ squared: skipBack(sq.inputs[0]!), epsilon });
   if (sq?.opType === 'Mul' && sq.inputs[0] && sq.inputs[0] === sq.inputs[1]) return ok({ squared: skipBack(sq.inputs[0]), epsilon });
@@ -207,6 +247,16 @@ export function findNormAfter(x: Value, ctx: Context): NormMatch | undefined {
 }
 
 const NORM_OPS = new Set([
-  'LayerNormalization', 'SimplifiedLayerNormalization', 'ReduceMean', 'Sub', 'Pow', 'Mul', 'Add', 'Div', 'Sqrt',
-  'Reciprocal', 'Cast', 'Identity',
+  'LayerNormalization',
+  'SimplifiedLayerNormalization',
+  'ReduceMean',
+  'Sub',
+  'Pow',
+  'Mul',
+  'Add',
+  'Div',
+  'Sqrt',
+  'Reciprocal',
+  'Cast',
+  'Identity',
 ]);

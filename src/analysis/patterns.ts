@@ -6,8 +6,8 @@ import type { Model } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
 import { isFloatType } from '../ir/tensor.js';
 import { DataType } from '../ir/types.js';
-import { EvaluationError, type NumTensor, evaluate, tensorOf } from './evaluate.js';
-import { type ShapeTable, inferShapes } from './shapes.js';
+import { EvaluationError, evaluate, type NumTensor, tensorOf } from './evaluate.js';
+import { inferShapes, type ShapeTable } from './shapes.js';
 import { product } from './symbolic.js';
 
 /**
@@ -113,7 +113,14 @@ export function foldedScalar(v: Value | null | undefined, ctx: Context): number 
     if (p.opType === 'Shape') {
       const dims = ctx.shapes.get(cur).value;
       if (!dims) return undefined;
-      feeds.set(cur, tensorOf([dims.length], dims.map((d) => d?.constant ?? NaN), DataType.INT64));
+      feeds.set(
+        cur,
+        tensorOf(
+          [dims.length],
+          dims.map((d) => d?.constant ?? NaN),
+          DataType.INT64,
+        ),
+      );
       continue;
     }
     for (const input of p.inputs) if (input) stack.push(input);

@@ -1,7 +1,7 @@
 // Linear projections: a MatMul or Gemm by a constant weight, with its bias and the layout ops that
 // bring the result back to the stream's shape. Attention and feed-forward blocks are made of these.
 import type { Node, Value } from '../ir/graph.js';
-import { type Context, type Weight, dataUses, isLearned, skipForward, weightOf } from './patterns.js';
+import { type Context, dataUses, isLearned, skipForward, type Weight, weightOf } from './patterns.js';
 
 export interface Projection {
   /** the MatMul or Gemm (for a fused attention op, the op itself) */
@@ -36,7 +36,7 @@ export function projectionAt(node: Node, ctx: Context, restoreLayout = false): P
   const weight = weightOf(node.inputs[1])!;
   const gemmTransB = node.opType === 'Gemm' && node.attrInt('transB', 0) === 1;
   let output = skipForward(node.outputs[0]!);
-  let bias = node.opType === 'Gemm' ? node.inputs[2] ?? undefined : undefined;
+  let bias = node.opType === 'Gemm' ? (node.inputs[2] ?? undefined) : undefined;
   let biasAdd: Node | undefined;
   const uses = dataUses(output);
   if (uses.length === 1 && uses[0].node.opType === 'Add' && !uses[0].node.domain) {
@@ -48,12 +48,21 @@ export function projectionAt(node: Node, ctx: Context, restoreLayout = false): P
     }
   }
   if (restoreLayout) {
-    for (let next = dataUses(output); next.length === 1 && next[0].index === 0 && LAYOUT.has(next[0].node.opType) && !next[0].node.domain; next = dataUses(output)) {
+    for (
+      let next = dataUses(output);
+      next.length === 1 && next[0].index === 0 && LAYOUT.has(next[0].node.opType) && !next[0].node.domain;
+      next = dataUses(output)
+    ) {
       output = skipForward(next[0].node.outputs[0]!);
     }
   }
   return {
-    matmul: node, input: node.inputs[0]!, weight: { ...weight, transposed: weight.transposed !== gemmTransB }, bias, biasAdd, output,
+    matmul: node,
+    input: node.inputs[0]!,
+    weight: { ...weight, transposed: weight.transposed !== gemmTransB },
+    bias,
+    biasAdd,
+    output,
     outFeatures: ctx.shapes.dim(node.outputs[0], -1)?.constant,
   };
 }

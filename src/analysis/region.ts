@@ -61,8 +61,12 @@ export function regionInputs(region: readonly Node[]): Value[] {
  * dim, or a shape vector computed from the sequence length. Such a block cannot run on a shorter
  * sequence unless the value is rewritten too (masks and position biases are, by the pass).
  */
-export function sequenceDependentInput(inputs: readonly Value[], allowed: ReadonlySet<Value>, seqAtoms: ReadonlySet<string>, shapes: ShapeTable): Value | undefined {
-  const mentionsSeq = (dims: readonly SymDim[] | undefined) =>
-    !!dims?.some((d) => d && [...d.atoms()].some((a) => seqAtoms.has(a)));
+export function sequenceDependentInput(
+  inputs: readonly Value[],
+  allowed: ReadonlySet<Value>,
+  seqAtoms: ReadonlySet<string>,
+  shapes: ShapeTable,
+): Value | undefined {
+  const mentionsSeq = (dims: readonly SymDim[] | undefined) => !!dims?.some((d) => d && [...d.atoms()].some((a) => seqAtoms.has(a)));
   return inputs.find((v) => !allowed.has(v) && !v.initializer && (mentionsSeq(shapes.get(v).value) || mentionsSeq(shapes.shape(v))));
 }

@@ -4,7 +4,7 @@
 // neither 0 nor a large negative number make a position bias (T5's relative bias, ALiBi).
 import type { Node, Value } from '../ir/graph.js';
 import { DataType } from '../ir/types.js';
-import { EvaluationError, type NumTensor, evaluate, tensorOf } from './evaluate.js';
+import { EvaluationError, evaluate, type NumTensor, tensorOf } from './evaluate.js';
 import { type Context, dataInputs, isParameter } from './patterns.js';
 
 export interface ScoreTerm {

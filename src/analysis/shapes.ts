@@ -3,8 +3,8 @@
 // values, so that `Reshape(x, Concat(Gather(Shape(x), 0), Gather(Shape(x), 1), 4, 16))` comes out as
 // [batch, seq, 4, 16] rather than four unknowns.
 import { type Graph, MalformedNodeError, type Node, type Value } from '../ir/graph.js';
-import { isTensorType, DataType } from '../ir/types.js';
-import { Expr, type SymDim, product } from './symbolic.js';
+import { DataType, isTensorType } from '../ir/types.js';
+import { Expr, product, type SymDim } from './symbolic.js';
 
 export interface ValueInfo {
   dtype?: number;
@@ -85,7 +85,9 @@ export function inferShapes(graph: Graph, table = new ShapeTable()): ShapeTable 
 
 function declared(v: Value): ValueInfo {
   if (!isTensorType(v.type)) return {};
-  const shape = v.type.shape?.map((d, i): SymDim => (d.value !== undefined ? Expr.num(d.value) : d.param ? Expr.atom(d.param) : Expr.atom(`${v.name}.${i}`)));
+  const shape = v.type.shape?.map(
+    (d, i): SymDim => (d.value !== undefined ? Expr.num(d.value) : d.param ? Expr.atom(d.param) : Expr.atom(`${v.name}.${i}`)),
+  );
   return { dtype: v.type.elemType, shape };
 }
 
@@ -104,8 +106,17 @@ function clampedInt(b: bigint): Expr {
 }
 
 export function isIntType(dtype: number | undefined): boolean {
-  return dtype === DataType.INT64 || dtype === DataType.INT32 || dtype === DataType.INT16 || dtype === DataType.INT8 ||
-    dtype === DataType.UINT8 || dtype === DataType.UINT16 || dtype === DataType.UINT32 || dtype === DataType.UINT64 || dtype === DataType.BOOL;
+  return (
+    dtype === DataType.INT64 ||
+    dtype === DataType.INT32 ||
+    dtype === DataType.INT16 ||
+    dtype === DataType.INT8 ||
+    dtype === DataType.UINT8 ||
+    dtype === DataType.UINT16 ||
+    dtype === DataType.UINT32 ||
+    dtype === DataType.UINT64 ||
+    dtype === DataType.BOOL
+  );
 }
 
 const num = (n: number) => Expr.num(n);
@@ -125,16 +136,85 @@ function opKey(node: Node): string {
 
 // ORT registers LayerNormalization and SimplifiedLayerNormalization in the default domain at every opset.
 const SAME_SHAPE = new Set([
-  'Identity', 'Relu', 'Sigmoid', 'Tanh', 'Erf', 'Sqrt', 'Reciprocal', 'Neg', 'Abs', 'Exp', 'Log', 'Softmax', 'LogSoftmax',
-  'Hardmax', 'Not', 'Floor', 'Ceil', 'Round', 'Sign', 'Gelu', 'HardSigmoid', 'HardSwish', 'LeakyRelu', 'Elu', 'Selu',
-  'Softplus', 'Softsign', 'Sin', 'Cos', 'IsNaN', 'IsInf', 'Clip', 'Trilu', 'CumSum', 'BatchNormalization',
-  'InstanceNormalization', 'LpNormalization', 'Mish', 'Celu', 'ThresholdedRelu', 'Dropout', 'Shrink',
-  'SimplifiedLayerNormalization', 'LayerNormalization',
-  ...['FastGelu', 'BiasGelu', 'QuickGelu', 'Gelu', 'BiasAdd', 'SkipLayerNormalization', 'SkipSimplifiedLayerNormalization', 'RotaryEmbedding'].map((op) => MS + op),
+  'Identity',
+  'Relu',
+  'Sigmoid',
+  'Tanh',
+  'Erf',
+  'Sqrt',
+  'Reciprocal',
+  'Neg',
+  'Abs',
+  'Exp',
+  'Log',
+  'Softmax',
+  'LogSoftmax',
+  'Hardmax',
+  'Not',
+  'Floor',
+  'Ceil',
+  'Round',
+  'Sign',
+  'Gelu',
+  'HardSigmoid',
+  'HardSwish',
+  'LeakyRelu',
+  'Elu',
+  'Selu',
+  'Softplus',
+  'Softsign',
+  'Sin',
+  'Cos',
+  'IsNaN',
+  'IsInf',
+  'Clip',
+  'Trilu',
+  'CumSum',
+  'BatchNormalization',
+  'InstanceNormalization',
+  'LpNormalization',
+  'Mish',
+  'Celu',
+  'ThresholdedRelu',
+  'Dropout',
+  'Shrink',
+  'SimplifiedLayerNormalization',
+  'LayerNormalization',
+  ...[
+    'FastGelu',
+    'BiasGelu',
+    'QuickGelu',
+    'Gelu',
+    'BiasAdd',
+    'SkipLayerNormalization',
+    'SkipSimplifiedLayerNormalization',
+    'RotaryEmbedding',
+  ].map((op) => MS + op),
 ]);
 const BROADCAST = new Set([
-  'Add', 'Sub', 'Mul', 'Div', 'Pow', 'Mod', 'Min', 'Max', 'Sum', 'Mean', 'Equal', 'Less', 'LessOrEqual', 'Greater',
-  'GreaterOrEqual', 'And', 'Or', 'Xor', 'BitShift', 'PRelu', 'Where', 'BitwiseAnd', 'BitwiseOr',
+  'Add',
+  'Sub',
+  'Mul',
+  'Div',
+  'Pow',
+  'Mod',
+  'Min',
+  'Max',
+  'Sum',
+  'Mean',
+  'Equal',
+  'Less',
+  'LessOrEqual',
+  'Greater',
+  'GreaterOrEqual',
+  'And',
+  'Or',
+  'Xor',
+  'BitShift',
+  'PRelu',
+  'Where',
+  'BitwiseAnd',
+  'BitwiseOr',
 ]);
 const BOOL_OUT = new Set(['Equal', 'Less', 'LessOrEqual', 'Greater', 'GreaterOrEqual', 'And', 'Or', 'Xor', 'Not', 'IsNaN', 'IsInf']);
 
@@ -190,25 +270,40 @@ function inferNode(node: Node, t: ShapeTable): (ValueInfo | undefined)[] {
       return [constantOfShape(node, t)];
     case 'Range':
       return [range(node, t)];
-    case 'ReduceMean': case 'ReduceSum': case 'ReduceMax': case 'ReduceMin': case 'ReduceProd': case 'ReduceL2':
-    case 'ReduceL1': case 'ReduceSumSquare': case 'ReduceLogSumExp':
+    case 'ReduceMean':
+    case 'ReduceSum':
+    case 'ReduceMax':
+    case 'ReduceMin':
+    case 'ReduceProd':
+    case 'ReduceL2':
+    case 'ReduceL1':
+    case 'ReduceSumSquare':
+    case 'ReduceLogSumExp':
       return [reduce(node, t)];
-    case 'ArgMax': case 'ArgMin':
+    case 'ArgMax':
+    case 'ArgMin':
       return [argReduce(node, ix)];
-    case 'Conv': case 'MaxPool': case 'AveragePool': case 'LpPool':
+    case 'Conv':
+    case 'MaxPool':
+    case 'AveragePool':
+    case 'LpPool':
       return [convLike(node, t)];
-    case 'GlobalAveragePool': case 'GlobalMaxPool':
+    case 'GlobalAveragePool':
+    case 'GlobalMaxPool':
       return [{ dtype: ix.dtype, shape: ix.shape?.map((d, i) => (i < 2 ? d : num(1))) }];
     case 'Pad':
       return [pad(node, t)];
     case 'ConvTranspose':
       return [convTranspose(node, t)];
-    case 'Resize': case 'Upsample':
+    case 'Resize':
+    case 'Upsample':
       return [resize(node, t)];
     case `${MS}Attention`:
       return contribAttention(node, t);
     case `${MS}MultiHeadAttention`:
-      return [{ dtype: ix.dtype, shape: ix.shape && [...ix.shape.slice(0, -1), t.dim(node.inputs[2], -1) ?? ix.shape[ix.shape.length - 1]] }];
+      return [
+        { dtype: ix.dtype, shape: ix.shape && [...ix.shape.slice(0, -1), t.dim(node.inputs[2], -1) ?? ix.shape[ix.shape.length - 1]] },
+      ];
     case `${MS}EmbedLayerNormalization`:
       return embedLayerNorm(node, t);
     default:
@@ -242,7 +337,8 @@ function sameShape(node: Node, t: ShapeTable): ValueInfo[] {
   const main: ValueInfo = { dtype, shape: ix.shape };
   if (op === 'Identity') main.value = ix.value;
   if (op === 'Neg' && ix.value) main.value = ix.value.map((e) => e?.scale(-1));
-  if (op === 'Abs' && ix.value) main.value = ix.value.map((e) => (e?.isConstant ? num(Math.abs(e.constant!)) : e?.isPositiveSymbolic ? e : undefined));
+  if (op === 'Abs' && ix.value)
+    main.value = ix.value.map((e) => (e?.isConstant ? num(Math.abs(e.constant!)) : e?.isPositiveSymbolic ? e : undefined));
   if (op === 'LayerNormalization' || op === 'SimplifiedLayerNormalization') {
     const rank = ix.shape?.length ?? 0;
     const axis = normAxis(node.attrInt('axis', -1), rank);
@@ -297,7 +393,15 @@ function broadcastOp(node: Node, t: ShapeTable): ValueInfo {
   const inputs = node.inputs.filter((v): v is Value => !!v);
   const shape = broadcastShapes(inputs.map((v) => t.shape(v)));
   const dtype = BOOL_OUT.has(op) ? DataType.BOOL : op === 'Where' ? t.get(node.inputs[1]).dtype : t.get(inputs[0]).dtype;
-  return { dtype, shape, value: elementwiseValue(op, inputs.map((v) => t.get(v).value), shape) };
+  return {
+    dtype,
+    shape,
+    value: elementwiseValue(
+      op,
+      inputs.map((v) => t.get(v).value),
+      shape,
+    ),
+  };
 }
 
 /** Element values of arithmetic on tracked integer tensors (scalars broadcast). */
@@ -308,7 +412,13 @@ function elementwiseValue(op: string, values: (SymDim[] | undefined)[], shape: S
   if (values.some((v) => v!.length !== size && v!.length !== 1)) return undefined;
   const at = (v: SymDim[], i: number) => (v.length === 1 ? v[0] : v[i]);
   const out: SymDim[] = [];
-  for (let i = 0; i < size; i++) out.push(combine(op, values.map((v) => at(v!, i))));
+  for (let i = 0; i < size; i++)
+    out.push(
+      combine(
+        op,
+        values.map((v) => at(v!, i)),
+      ),
+    );
   return out;
 }
 
@@ -320,9 +430,12 @@ function combine(op: string, args: SymDim[]): SymDim {
   }
   if (!a || !b) return undefined;
   switch (op) {
-    case 'Add': return a.add(b);
-    case 'Sub': return a.sub(b);
-    case 'Mul': return a.mul(b);
+    case 'Add':
+      return a.add(b);
+    case 'Sub':
+      return a.sub(b);
+    case 'Mul':
+      return a.mul(b);
     case 'Div': {
       const x = a.constant;
       const y = b.constant;
@@ -336,10 +449,14 @@ function combine(op: string, args: SymDim[]): SymDim {
       const y = b.constant;
       return x !== undefined && y !== undefined && x >= 0 && y > 0 ? num(x % y) : undefined;
     }
-    case 'Equal': return decideEqual(a, b);
-    case 'Max': return maxMin(a, b, true);
-    case 'Min': return maxMin(a, b, false);
-    default: return undefined;
+    case 'Equal':
+      return decideEqual(a, b);
+    case 'Max':
+      return maxMin(a, b, true);
+    case 'Min':
+      return maxMin(a, b, false);
+    default:
+      return undefined;
   }
 }
 
@@ -597,7 +714,8 @@ function range(node: Node, t: ShapeTable): ValueInfo {
   const info: ValueInfo = { dtype, shape: [length] };
   const n = length.constant;
   const s = start.constant;
-  if (n !== undefined && s !== undefined && n <= MAX_TRACKED) info.value = Array.from({ length: Math.max(0, n) }, (_, i) => num(s + i * step));
+  if (n !== undefined && s !== undefined && n <= MAX_TRACKED)
+    info.value = Array.from({ length: Math.max(0, n) }, (_, i) => num(s + i * step));
   return info;
 }
 
@@ -664,7 +782,8 @@ function pad(node: Node, t: ShapeTable): ValueInfo {
 function convTranspose(node: Node, t: ShapeTable): ValueInfo {
   const ix = t.get(node.inputs[0]);
   const w = t.shape(node.inputs[1]);
-  if (!ix.shape || !w || node.attr('output_shape') || (node.attr('auto_pad') && node.attrString('auto_pad') !== 'NOTSET')) return { dtype: ix.dtype };
+  if (!ix.shape || !w || node.attr('output_shape') || (node.attr('auto_pad') && node.attrString('auto_pad') !== 'NOTSET'))
+    return { dtype: ix.dtype };
   const spatial = ix.shape.length - 2;
   const kernel = node.attr('kernel_shape') ? node.attrInts('kernel_shape') : w.slice(2).map((d) => d?.constant ?? NaN);
   const strides = node.attrInts('strides', Array(spatial).fill(1));
@@ -677,7 +796,13 @@ function convTranspose(node: Node, t: ShapeTable): ValueInfo {
   for (let i = 0; i < spatial; i++) {
     const d = ix.shape[i + 2];
     if (!d || Number.isNaN(kernel[i])) out.push(undefined);
-    else out.push(d.sub(1).mul(strides[i]).add(extra[i] + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + spatial]));
+    else
+      out.push(
+        d
+          .sub(1)
+          .mul(strides[i])
+          .add(extra[i] + dilations[i] * (kernel[i] - 1) + 1 - pads[i] - pads[i + spatial]),
+      );
   }
   return { dtype: ix.dtype, shape: out };
 }

@@ -36,7 +36,8 @@ export function latencyChart(report: BenchReport, title?: string): string {
   const plotH = HEIGHT - MARGIN.top - MARGIN.bottom;
   const x = (seq: number) => MARGIN.left + (seqs.length > 1 ? ((seq - xMin) / (xMax - xMin)) * plotW : plotW / 2);
   const y = (ms: number) => MARGIN.top + plotH - (ms / yMax) * plotH;
-  const heading = title ?? `Median latency vs sequence length (${report.ep}${batches.length === 1 ? `, batch ${batches[0]}` : ''}; whiskers: p90)`;
+  const heading =
+    title ?? `Median latency vs sequence length (${report.ep}${batches.length === 1 ? `, batch ${batches[0]}` : ''}; whiskers: p90)`;
 
   const parts: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${WIDTH}" height="${HEIGHT}" viewBox="0 0 ${WIDTH} ${HEIGHT}" font-family="sans-serif" font-size="12">`,
@@ -60,7 +61,9 @@ export function latencyChart(report: BenchReport, title?: string): string {
     parts.push(`<polyline points="${line}" fill="none" stroke="${s.color}" stroke-width="2"/>`);
     for (const p of s.points) {
       parts.push(`<line x1="${f(x(p.seq))}" x2="${f(x(p.seq))}" y1="${f(y(p.median))}" y2="${f(y(p.p90))}" stroke="${s.color}"/>`);
-      parts.push(`<circle cx="${f(x(p.seq))}" cy="${f(y(p.median))}" r="3.5" fill="${s.color}"><title>${escapeXml(`${s.label}, seq ${p.seq}: median ${p.median.toFixed(1)} ms, p90 ${p.p90.toFixed(1)} ms`)}</title></circle>`);
+      parts.push(
+        `<circle cx="${f(x(p.seq))}" cy="${f(y(p.median))}" r="3.5" fill="${s.color}"><title>${escapeXml(`${s.label}, seq ${p.seq}: median ${p.median.toFixed(1)} ms, p90 ${p.p90.toFixed(1)} ms`)}</title></circle>`,
+      );
     }
   }
   series.forEach((s, i) => {

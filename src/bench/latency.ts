@@ -2,13 +2,13 @@
 // interleaved (A B A B ...) after warm-up so drift on the machine (frequency, other load) hits all
 // models alike, and the arithmetic (MACs) each model needs is reported next to its measured time.
 import type * as ort from 'onnxruntime-node';
-import { loadModel } from '../onnx/file.js';
-import { VcompileError, msg, option } from '../errors.js';
-import type { Tensor } from '../ir/tensor.js';
-import { RATIO_INPUT, ratioTensor, switchableInfo, withFeedableRatio } from '../runtime/adaptive.js';
-import { type DimBinding, type InputSpec, bindDims, describeInputs, generateFeeds, shapeOf } from '../runtime/feeds.js';
-import { type Session, type SessionOptions, openSession, prepareFeeds, runPrepared } from '../runtime/session.js';
 import { macsAt } from '../analysis/macs.js';
+import { msg, option, VcompileError } from '../errors.js';
+import type { Tensor } from '../ir/tensor.js';
+import { loadModel } from '../onnx/file.js';
+import { RATIO_INPUT, ratioTensor, switchableInfo, withFeedableRatio } from '../runtime/adaptive.js';
+import { bindDims, type DimBinding, describeInputs, generateFeeds, type InputSpec, shapeOf } from '../runtime/feeds.js';
+import { openSession, prepareFeeds, runPrepared, type Session, type SessionOptions } from '../runtime/session.js';
 
 export interface BenchOptions {
   batches: readonly number[];
@@ -99,7 +99,16 @@ export async function benchModels(files: readonly string[], options: BenchOption
   const grid = options.batches.flatMap((batch) => options.seqs.map((seq) => ({ batch, seq })));
   const seed = options.seed ?? 0;
   const plans = files.flatMap((file) => plan(file, grid, options));
-  const notes = [...new Set(plans.filter((p) => p.unknownMacs.length).map((p) => `${p.file}: MACs unknown, shapes not inferred for ${p.unknownMacs.slice(0, 3).join(', ')}${p.unknownMacs.length > 3 ? ', ...' : ''}`))];
+  const notes = [
+    ...new Set(
+      plans
+        .filter((p) => p.unknownMacs.length)
+        .map(
+          (p) =>
+            `${p.file}: MACs unknown, shapes not inferred for ${p.unknownMacs.slice(0, 3).join(', ')}${p.unknownMacs.length > 3 ? ', ...' : ''}`,
+        ),
+    ),
+  ];
   const total = files.length * grid.length * (options.warmup + options.runs) + files.length;
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
@@ -111,7 +120,10 @@ export async function benchModels(files: readonly string[], options: BenchOption
     for (const [i, p] of plans.entries()) {
       // The ratios of one switchable file share its session: switching is a fed value, not a reload.
       const shared = plans.findIndex((q) => q.file === p.file);
-      const measured = shared < i ? { session: sessions[shared], model: { ...models[shared], label: p.label, ratio: p.ratio } } : await openMeasured(p, largest, { ...options, session: sessionOptions }, seed);
+      const measured =
+        shared < i
+          ? { session: sessions[shared], model: { ...models[shared], label: p.label, ratio: p.ratio } }
+          : await openMeasured(p, largest, { ...options, session: sessionOptions }, seed);
       sessions.push(measured.session);
       models.push(measured.model);
       tick();
@@ -123,7 +135,18 @@ export async function benchModels(files: readonly string[], options: BenchOption
       const dims = Object.fromEntries(bindDims(plans[0].specs, { ...at, dims: options.dims }));
       points.push({ ...at, dims, results: summarize(samples, plans, index, at.batch) });
     }
-    return { models, ep: sessions[0].ep, threads: options.session?.threads ?? null, spinning: sessionOptions.spinning !== false, warmup: options.warmup, runs: options.runs, seed, memoryNote: MEMORY_NOTE, points, notes };
+    return {
+      models,
+      ep: sessions[0].ep,
+      threads: options.session?.threads ?? null,
+      spinning: sessionOptions.spinning !== false,
+      warmup: options.warmup,
+      runs: options.runs,
+      seed,
+      memoryNote: MEMORY_NOTE,
+      points,
+      notes,
+    };
   } finally {
     for (const s of new Set(sessions)) await s.release();
   }
@@ -148,7 +171,8 @@ function plan(file: string, grid: { batch: number; seq: number }[], options: Ben
   if (!options.ratios || !switchable) return [{ ...base, label: file, ratio: null }];
   const offered = switchableInfo(model).ratios;
   const missing = options.ratios.find((r) => !offered.includes(r));
-  if (missing !== undefined) throw new VcompileError(msg`${file}: ${option('ratios', missing)} is not offered (the model has ${offered.join(', ')})`);
+  if (missing !== undefined)
+    throw new VcompileError(msg`${file}: ${option('ratios', missing)} is not offered (the model has ${offered.join(', ')})`);
   // Branches sit in If subgraphs, whose MACs shape inference does not count.
   return options.ratios.map((ratio) => ({ ...base, macs: grid.map(() => null), label: `${file} @k=${ratio}`, ratio }));
 }
@@ -158,7 +182,12 @@ function feedsFor(p: Plan, binding: DimBinding, seed: number): Record<string, Te
   return p.ratio === null ? feeds : { ...feeds, [RATIO_INPUT]: ratioTensor(p.ratio) };
 }
 
-async function openMeasured(p: Plan, largest: { batch: number; seq: number }, options: BenchOptions, seed: number): Promise<{ session: Session; model: BenchModel }> {
+async function openMeasured(
+  p: Plan,
+  largest: { batch: number; seq: number },
+  options: BenchOptions,
+  seed: number,
+): Promise<{ session: Session; model: BenchModel }> {
   const rssBefore = process.memoryUsage.rss();
   const peakBefore = process.resourceUsage().maxRSS * 1024;
   const start = process.hrtime.bigint();
@@ -173,7 +202,12 @@ async function openMeasured(p: Plan, largest: { batch: number; seq: number }, op
 }
 
 /** Warm-up, then the timed runs, alternating between the models; returns milliseconds per model. */
-async function interleaved(sessions: Session[], feeds: Record<string, ort.Tensor>[], options: BenchOptions, tick: () => void): Promise<number[][]> {
+async function interleaved(
+  sessions: Session[],
+  feeds: Record<string, ort.Tensor>[],
+  options: BenchOptions,
+  tick: () => void,
+): Promise<number[][]> {
   for (let w = 0; w < options.warmup; w++) {
     for (const [m, s] of sessions.entries()) {
       await runPrepared(s, feeds[m]);
@@ -228,9 +262,13 @@ export function percentile(values: readonly number[], q: number): number {
 /** The report as text: models with load time and memory, then one row per point and model. */
 export function formatBenchReport(r: BenchReport): string {
   const letter = (i: number) => String.fromCharCode(65 + (i % 26)) + (i >= 26 ? String(Math.floor(i / 26)) : '');
-  const lines = [`bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed runs per model and point, interleaved`];
+  const lines = [
+    `bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed runs per model and point, interleaved`,
+  ];
   for (const [i, m] of r.models.entries()) {
-    lines.push(`  ${letter(i)} ${m.label}  (session ${m.loadSeconds.toFixed(2)} s, memory ${m.memoryMiB === null ? 'n/a' : `${Math.round(m.memoryMiB)} MiB`})`);
+    lines.push(
+      `  ${letter(i)} ${m.label}  (session ${m.loadSeconds.toFixed(2)} s, memory ${m.memoryMiB === null ? 'n/a' : `${Math.round(m.memoryMiB)} MiB`})`,
+    );
   }
   lines.push('');
   const header = ['batch', 'seq', 'model', 'median ms', 'p90 ms', 'seq/s', 'speed-up', 'GMACs', 'ideal'];
@@ -250,7 +288,7 @@ export function formatBenchReport(r: BenchReport): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
   const align = (cell: string, i: number) => (i === 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]));
   for (const row of [header, ...rows]) lines.push(row.map(align).join('  '));
-  lines.push('', 'speed-up: the first model\'s median over this one\'s; ideal: the first model\'s MACs over this one\'s.');
+  lines.push('', "speed-up: the first model's median over this one's; ideal: the first model's MACs over this one's.");
   for (const n of r.notes) lines.push(`note: ${n}`);
   return lines.join('\n');
 }

@@ -1,7 +1,7 @@
 // What each CLI command does, on top of the library. Output goes to stdout; --json prints one object.
 import { deadCodePass } from '../../passes/dce/index.js';
-import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
 import { type Pass, runPasses } from '../../passes/pipeline.js';
+import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
 import { pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
@@ -15,7 +15,9 @@ import { type CompileVerifyFlags, compiledFailure, describeVerify, verifyCompile
 export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
   const model = loadModel(file);
   const summary = summarize(model);
-  const layers = options.layers ? describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') }) : undefined;
+  const layers = options.layers
+    ? describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') })
+    : undefined;
   if (options.json) {
     print(JSON.stringify({ file, ...summary, ...(layers ? { transformer: layers } : {}) }, null, 2));
   } else {
@@ -109,14 +111,25 @@ export async function compileFile(file: string, options: CompileOptions): Promis
     overwrite: options.overwrite,
   });
   const verify = options.verify ? await verifyCompiled(file, options.output, options.verify) : null;
-  const report = { input: file, output: options.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes: result.passes, verify };
+  const report = {
+    input: file,
+    output: options.output,
+    bytes: written.bytes,
+    externalData: written.externalFile ?? null,
+    passes: result.passes,
+    verify,
+  };
   print(options.json ? JSON.stringify(report, null, 2) : describeWrite(report) + (verify ? `\n${describeVerify(verify)}` : ''));
   if (verify && !verify.pass) throw compiledFailure(verify, options.output);
   return ExitCode.ok;
 }
 
-
-function describeWrite(report: { output: string; bytes: number; externalData: string | null; passes: { name: string; report: unknown; summary?: string }[] }): string {
+function describeWrite(report: {
+  output: string;
+  bytes: number;
+  externalData: string | null;
+  passes: { name: string; report: unknown; summary?: string }[];
+}): string {
   const lines = report.passes.map((p) => `${p.name}: ${p.summary ?? JSON.stringify(p.report)}`);
   lines.push(`wrote ${report.output} (${report.bytes} bytes${report.externalData ? `, weights in ${report.externalData}` : ''})`);
   return lines.join('\n');

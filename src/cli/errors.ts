@@ -1,6 +1,6 @@
 // How the command line reports failures: one line on stderr and a documented exit code. Errors from the
 // library name options by reference (src/errors.ts); here each reference becomes the flag a user types.
-import { CheckFailedError, type MessagePart, type OptionName, type OptionRef, VcompileError, renderMessage } from '../errors.js';
+import { CheckFailedError, type MessagePart, type OptionName, type OptionRef, renderMessage, VcompileError } from '../errors.js';
 
 export const ExitCode = {
   ok: 0,

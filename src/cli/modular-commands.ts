@@ -4,7 +4,7 @@
 //   vcompile MODEL --target-speedup R --modules DIR -o OUT              assembleCommand
 // Each checks everything before writing; problems are one-line VcompileErrors (exit 2) and leave no file.
 import { extractModule } from '../../passes/modular/extract.js';
-import { BUILTIN_MODULES, type ModularReport, type ModuleRequest, describeModules } from '../../passes/modular/index.js';
+import { BUILTIN_MODULES, describeModules, type ModularReport, type ModuleRequest } from '../../passes/modular/index.js';
 import { spanName } from '../../passes/modular/span.js';
 import type { Pass } from '../../passes/pipeline.js';
 import { analyzeTransformer, formatCount } from '../analysis/index.js';
@@ -35,7 +35,10 @@ export function parseModuleFlags(values: readonly string[]): ModuleRequest[] {
 /** `2-3=m.onnx`, `5=builtin:average` (one layer): the value of a --module flag. */
 export function parseModuleSpec(text: string): ModuleRequest {
   const match = /^(\d+)(?:-(\d+))?=(.+)$/.exec(text.trim());
-  if (!match) throw new VcompileError(`--module ${text}: expected START-END=FILE or START-END=builtin:${BUILTIN_MODULES.join('|')} (layers 0-based, inclusive)`);
+  if (!match)
+    throw new VcompileError(
+      `--module ${text}: expected START-END=FILE or START-END=builtin:${BUILTIN_MODULES.join('|')} (layers 0-based, inclusive)`,
+    );
   const start = Number(match[1]);
   const end = match[2] === undefined ? start : Number(match[2]);
   if (start > end) throw new VcompileError(`--module ${text}: START ${start} is after END ${end}`);
@@ -58,7 +61,11 @@ export function compileModulesCommand(file: string, modules: readonly string[], 
   const written = write(result.model, file, flags);
   const passes = [{ name: pass.name, modified: result.modified, report, summary: result.summary }];
   const summary = { input: file, output: flags.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes };
-  print(flags.json ? JSON.stringify(summary, null, 2) : [...describeModules(report), `wrote ${flags.output} (${written.bytes} bytes)`].join('\n'));
+  print(
+    flags.json
+      ? JSON.stringify(summary, null, 2)
+      : [...describeModules(report), `wrote ${flags.output} (${written.bytes} bytes)`].join('\n'),
+  );
   return ExitCode.ok;
 }
 
@@ -89,7 +96,11 @@ export function extractCommand(file: string, flags: ExtractFlags): number {
     bytes: written.bytes,
   };
   const biasNote = bias ? `, attention_bias <- ${bias.name}` : ', no attention_bias';
-  print(flags.json ? JSON.stringify(report, null, 2) : `wrote ${flags.output}: ${spanName(start, end)} of ${file} as a module (vcompile.span ${end - start + 1}, vcompile.start ${start}${biasNote}; ${written.bytes} bytes)`);
+  print(
+    flags.json
+      ? JSON.stringify(report, null, 2)
+      : `wrote ${flags.output}: ${spanName(start, end)} of ${file} as a module (vcompile.span ${end - start + 1}, vcompile.start ${start}${biasNote}; ${written.bytes} bytes)`,
+  );
   return ExitCode.ok;
 }
 
@@ -109,7 +120,12 @@ export interface AssembleFlags extends WriteFlags {
 
 /** `vcompile MODEL --target-speedup R --modules DIR -o OUT`: prints the plan, then writes. */
 export async function assembleCommand(file: string, flags: AssembleFlags): Promise<number> {
-  for (const [name, value, min] of [['--batch', flags.batch, 1], ['--seq', flags.seq, 1], ['--seeds', flags.seeds, 1], ['--timing-runs', flags.timingRuns, 0]] as const) {
+  for (const [name, value, min] of [
+    ['--batch', flags.batch, 1],
+    ['--seq', flags.seq, 1],
+    ['--seeds', flags.seeds, 1],
+    ['--timing-runs', flags.timingRuns, 0],
+  ] as const) {
     if (!Number.isSafeInteger(value) || value < min) throw new VcompileError(`${name} must be an integer >= ${min}, got ${value}`);
   }
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`vcompile: ${line}\n`);
@@ -127,7 +143,20 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   const summary = planSummary(result, flags.targetSpeedup);
   if (!flags.json) print(formatPlan(summary));
   const written = write(result.model, file, flags);
-  if (flags.json) print(JSON.stringify({ input: file, output: flags.output, bytes: written.bytes, ...summary, passes: [{ name: 'modules', modified: true, report: result.passReport }] }, null, 2));
+  if (flags.json)
+    print(
+      JSON.stringify(
+        {
+          input: file,
+          output: flags.output,
+          bytes: written.bytes,
+          ...summary,
+          passes: [{ name: 'modules', modified: true, report: result.passReport }],
+        },
+        null,
+        2,
+      ),
+    );
   else print(`wrote ${flags.output} (${written.bytes} bytes)`);
   return ExitCode.ok;
 }
@@ -154,7 +183,13 @@ function planSummary(r: Awaited<ReturnType<typeof assemble>>, target: number): P
     batch: r.at.batch,
     seq: r.at.seq,
     plan: r.chosen.candidates.map((c) => ({
-      layers: `${c.start}-${c.end}`, start: c.start, end: c.end, module: c.file, startFrom: c.startFrom, removedMacs: c.removedMacs, moduleMacs: c.moduleMacs,
+      layers: `${c.start}-${c.end}`,
+      start: c.start,
+      end: c.end,
+      module: c.file,
+      startFrom: c.startFrom,
+      removedMacs: c.removedMacs,
+      moduleMacs: c.moduleMacs,
     })),
     layersReplaced: r.chosen.layers,
     macsBefore: r.macsBefore,
@@ -170,13 +205,19 @@ function planSummary(r: Awaited<ReturnType<typeof assemble>>, target: number): P
 
 function formatPlan(s: PlanSummary): string {
   const g = (macs: number) => `${formatCount(macs)}MACs`;
-  const lines = [`plan for a ${s.target}x MACs speed-up (MACs at batch ${s.batch}, seq ${s.seq}): ${s.layersReplaced} original layer${s.layersReplaced === 1 ? '' : 's'} replaced`];
+  const lines = [
+    `plan for a ${s.target}x MACs speed-up (MACs at batch ${s.batch}, seq ${s.seq}): ${s.layersReplaced} original layer${s.layersReplaced === 1 ? '' : 's'} replaced`,
+  ];
   for (const p of s.plan) {
-    lines.push(`  ${spanName(p.start, p.end)} <- ${p.module} (layers from ${p.startFrom}): removes ${g(p.removedMacs)}, adds ${g(p.moduleMacs)}`);
+    lines.push(
+      `  ${spanName(p.start, p.end)} <- ${p.module} (layers from ${p.startFrom}): removes ${g(p.removedMacs)}, adds ${g(p.moduleMacs)}`,
+    );
   }
   lines.push(`MACs ${g(s.macsBefore)} -> ${g(s.macsAfter)}: predicted speed-up ${s.predictedSpeedup.toFixed(3)}x`);
   if (s.timing) {
-    lines.push(`measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (medians of ${s.timing.runs} interleaved runs: ${s.timing.originalMs.toFixed(1)} ms -> ${s.timing.compiledMs.toFixed(1)} ms)`);
+    lines.push(
+      `measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (medians of ${s.timing.runs} interleaved runs: ${s.timing.originalMs.toFixed(1)} ms -> ${s.timing.compiledMs.toFixed(1)} ms)`,
+    );
   }
   lines.push(`output cosine vs the original: ${s.cosine.toFixed(6)} (smallest over the seeded inputs, batch 1, seq ${s.seq})`);
   if (s.tiedPlans.length > 1) {

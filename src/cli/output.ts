@@ -12,7 +12,9 @@ export function requireValid(model: Model, label: string): void {
   const problems = verifyModel(model);
   if (problems.length === 0) return;
   const first = problems[0];
-  throw new VcompileError(`${label}: invalid graph: ${first.where}: ${first.message}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`);
+  throw new VcompileError(
+    `${label}: invalid graph: ${first.where}: ${first.message}${problems.length > 1 ? ` (and ${problems.length - 1} more)` : ''}`,
+  );
 }
 
 /** JSON has no Infinity or NaN: they are written as null (documented in the README). */

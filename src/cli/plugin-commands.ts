@@ -1,9 +1,16 @@
 // `vcompile plugin init`: write a built-in plugin as an ordinary ONNX file, ready to run, inspect,
 // train in any framework and bring back.
-import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights, type BuiltinKind, type Scope } from '../../passes/plugin/builtin.js';
+import {
+  type BuiltinKind,
+  buildIdentityPlugin,
+  buildMeanPlugin,
+  buildVariatorPlugin,
+  initVariatorWeights,
+  type Scope,
+} from '../../passes/plugin/builtin.js';
 import { VcompileError } from '../errors.js';
-import { ExitCode } from './errors.js';
 import { saveModel } from '../onnx/file.js';
+import { ExitCode } from './errors.js';
 
 export interface PluginInitOptions {
   kind: BuiltinKind;
@@ -25,11 +32,17 @@ export function initPlugin(options: PluginInitOptions): number {
   if (opset < 11) throw new VcompileError(`--opset must be >= 11, got ${opset}`);
   const shape = { ratio, hidden, scope, opset };
   const model =
-    kind === 'mean' ? buildMeanPlugin(shape)
-    : kind === 'identity' ? buildIdentityPlugin(shape)
-    : buildVariatorPlugin(shape, initVariatorWeights(ratio, hidden, { seed: options.seed, zeroAdapter: options.zeroAdapter }));
+    kind === 'mean'
+      ? buildMeanPlugin(shape)
+      : kind === 'identity'
+        ? buildIdentityPlugin(shape)
+        : buildVariatorPlugin(shape, initVariatorWeights(ratio, hidden, { seed: options.seed, zeroAdapter: options.zeroAdapter }));
   const written = saveModel(model, options.output, { externalData: 'never' });
   const report = { output: options.output, kind, ratio, hidden, scope, opset, bytes: written.bytes };
-  process.stdout.write(options.json ? `${JSON.stringify(report, null, 2)}\n` : `wrote ${options.output}: ${kind} plugin, k=${ratio}, d=${hidden}, scope ${scope} (${written.bytes} bytes)\n`);
+  process.stdout.write(
+    options.json
+      ? `${JSON.stringify(report, null, 2)}\n`
+      : `wrote ${options.output}: ${kind} plugin, k=${ratio}, d=${hidden}, scope ${scope} (${written.bytes} bytes)\n`,
+  );
   return ExitCode.ok;
 }

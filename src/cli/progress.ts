@@ -24,7 +24,9 @@ export class Progress {
     const filled = Math.round(fraction * WIDTH);
     const eta = done > 0 ? Math.round(((elapsed / done) * (total - done)) / 1000) : undefined;
     const bar = `${'#'.repeat(filled)}${'.'.repeat(WIDTH - filled)}`;
-    process.stderr.write(`\r${this.label} [${bar}] ${Math.round(fraction * 100)}% ${done}/${total}${eta !== undefined ? ` ETA ${eta}s` : ''}\x1b[K`);
+    process.stderr.write(
+      `\r${this.label} [${bar}] ${Math.round(fraction * 100)}% ${done}/${total}${eta !== undefined ? ` ETA ${eta}s` : ''}\x1b[K`,
+    );
     this.drawn = true;
   }
 

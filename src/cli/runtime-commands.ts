@@ -5,10 +5,10 @@ import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
 import { benchModels, formatBenchReport } from '../bench/latency.js';
 import { CheckFailedError, VcompileError } from '../errors.js';
+import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
+import { failureLine, formatVerifyReport, type VerifyReport, verifyModels } from '../verify/numeric.js';
 import { ExitCode, printNotice } from './errors.js';
 import { jsonNumbers, print } from './output.js';
-import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
-import { type VerifyReport, failureLine, formatVerifyReport, verifyModels } from '../verify/numeric.js';
 import { Progress } from './progress.js';
 
 export interface RuntimeFlags {
@@ -119,13 +119,18 @@ function writtenNote(output: string): string {
 export function describeVerify(report: VerifyReport): string {
   const cases = `${report.cases.length} case${report.cases.length === 1 ? '' : 's'}`;
   return report.outputs
-    .map((o) => `verify ${o.name}: max abs error ${o.maxAbs.toExponential(2)}, cosine ${o.cosine.toFixed(6)} over ${cases}${o.maskedBy ? ` (padding masked by ${o.maskedBy})` : ''}: ${o.pass ? 'ok' : 'FAIL'}`)
+    .map(
+      (o) =>
+        `verify ${o.name}: max abs error ${o.maxAbs.toExponential(2)}, cosine ${o.cosine.toFixed(6)} over ${cases}${o.maskedBy ? ` (padding masked by ${o.maskedBy})` : ''}: ${o.pass ? 'ok' : 'FAIL'}`,
+    )
     .join('\n');
 }
 
 function thresholds(flags: { maxError?: number; minCosine?: number }): { maxError?: number; minCosine?: number } {
-  if (flags.maxError !== undefined && !(flags.maxError >= 0)) throw new VcompileError(`--max-error must be a number >= 0, got ${flags.maxError}`);
-  if (flags.minCosine !== undefined && !(flags.minCosine >= -1 && flags.minCosine <= 1)) throw new VcompileError(`--min-cosine must be between -1 and 1, got ${flags.minCosine}`);
+  if (flags.maxError !== undefined && !(flags.maxError >= 0))
+    throw new VcompileError(`--max-error must be a number >= 0, got ${flags.maxError}`);
+  if (flags.minCosine !== undefined && !(flags.minCosine >= -1 && flags.minCosine <= 1))
+    throw new VcompileError(`--min-cosine must be between -1 and 1, got ${flags.minCosine}`);
   return { maxError: flags.maxError, minCosine: flags.minCosine };
 }
 
@@ -147,7 +152,10 @@ export function sessionOptions(flags: RuntimeFlags): SessionOptions {
 
 /** `8`, `128,256,512`, or the flag repeated. */
 export function parseList(value: string | string[] | number, flag: string): number[] {
-  const items = (Array.isArray(value) ? value : [value]).flatMap((v) => String(v).split(',')).map((s) => s.trim()).filter((s) => s !== '');
+  const items = (Array.isArray(value) ? value : [value])
+    .flatMap((v) => String(v).split(','))
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
   if (items.length === 0) throw new VcompileError(`${flag} needs at least one value`);
   return items.map((s) => {
     const n = Number(s);

@@ -4,11 +4,11 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { type Module, checkModuleContract } from '../../passes/modular/contract.js';
+import { checkModuleContract, type Module } from '../../passes/modular/contract.js';
 import { spanName } from '../../passes/modular/span.js';
 import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../../passes/plugin/builtin.js';
-import { type Plugin, checkPluginContract, parseBuiltin } from '../../passes/plugin/contract.js';
-import { VcompileError, msg, option } from '../errors.js';
+import { checkPluginContract, type Plugin, parseBuiltin } from '../../passes/plugin/contract.js';
+import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import { decodeModel, describeFsError, encodeModel, readFileOrFail } from '../onnx/file.js';
 
@@ -24,9 +24,11 @@ export function loadPlugin(source: string, target: PluginTarget): Plugin {
   if (builtin) {
     const shape = { ratio: builtin.ratio, hidden: target.hidden, scope: builtin.scope, opset: target.opset };
     const model =
-      builtin.kind === 'mean' ? buildMeanPlugin(shape)
-      : builtin.kind === 'identity' ? buildIdentityPlugin(shape)
-      : buildVariatorPlugin(shape, initVariatorWeights(builtin.ratio, target.hidden, { seed: 0 }));
+      builtin.kind === 'mean'
+        ? buildMeanPlugin(shape)
+        : builtin.kind === 'identity'
+          ? buildIdentityPlugin(shape)
+          : buildVariatorPlugin(shape, initVariatorWeights(builtin.ratio, target.hidden, { seed: 0 }));
     return checkPlugin(model, source, encodeModel(model));
   }
   const bytes = readFileOrFail(source, `plugin ${source}`);
@@ -67,7 +69,10 @@ export interface FoundModule {
 export function discoverModules(dir: string): FoundModule[] {
   let entries: string[];
   try {
-    entries = fs.readdirSync(dir).filter((f) => f.toLowerCase().endsWith('.onnx')).sort();
+    entries = fs
+      .readdirSync(dir)
+      .filter((f) => f.toLowerCase().endsWith('.onnx'))
+      .sort();
   } catch (error) {
     throw new VcompileError(msg`${option('modulesDir', dir)}: ${describeFsError(error)}`);
   }
@@ -75,11 +80,18 @@ export function discoverModules(dir: string): FoundModule[] {
   return entries.map((entry) => {
     const file = path.join(dir, entry);
     const module = loadModule(file);
-    if (module.start !== undefined) return { file, module, start: module.start, end: module.start + module.span - 1, startFrom: 'metadata' as const };
+    if (module.start !== undefined)
+      return { file, module, start: module.start, end: module.start + module.span - 1, startFrom: 'metadata' as const };
     const named = spanFromFileName(file);
-    if (!named) throw new VcompileError(`module ${file}: cannot tell which layers it was made for: set metadata vcompile.start, or name the file *L{START}-{END}.onnx`);
+    if (!named)
+      throw new VcompileError(
+        `module ${file}: cannot tell which layers it was made for: set metadata vcompile.start, or name the file *L{START}-{END}.onnx`,
+      );
     const count = named.end - named.start + 1;
-    if (count !== module.span) throw new VcompileError(`module ${file}: its name says ${spanName(named.start, named.end)} (${count} layers) but vcompile.span = ${module.span}`);
+    if (count !== module.span)
+      throw new VcompileError(
+        `module ${file}: its name says ${spanName(named.start, named.end)} (${count} layers) but vcompile.span = ${module.span}`,
+      );
     return { file, module, start: named.start, end: named.end, startFrom: 'file name' as const };
   });
 }

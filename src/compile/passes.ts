@@ -1,9 +1,9 @@
 // The passes as a library caller and the CLI use them: the pure passes of passes/, given the loaders of
 // src/compile/load.ts, so plugin and module requests can name files and built-ins.
 import { type ModularPassOptions, type ModularReport, modularPass as pureModularPass } from '../../passes/modular/index.js';
-import { type PluginPassOptions, type PluginReport, pluginPass as purePluginPass } from '../../passes/plugin/index.js';
-import { type SwitchableOptions, type SwitchableReport, switchablePass as pureSwitchablePass } from '../../passes/plugin/switchable.js';
 import type { Pass } from '../../passes/pipeline.js';
+import { type PluginPassOptions, type PluginReport, pluginPass as purePluginPass } from '../../passes/plugin/index.js';
+import { switchablePass as pureSwitchablePass, type SwitchableOptions, type SwitchableReport } from '../../passes/plugin/switchable.js';
 import { loadModule, loadPlugin } from './load.js';
 
 /** Compression plugins on the selected layers (`plugins`: files or builtin:KIND:K[:SCOPE]). */

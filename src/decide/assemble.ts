@@ -5,20 +5,20 @@
 // Which layers a module was made for: its metadata vcompile.start when present, else its file name
 // `...L{START}-{END}.onnx`; a module with neither is refused.
 import * as path from 'node:path';
-import { type DimBinding, analyzeTransformer, concreteShape, macsOf, shapesAt, shapesWithInputs } from '../analysis/index.js';
-import { VcompileError, msg, option } from '../errors.js';
+import type { Module } from '../../passes/modular/contract.js';
+import { type ModularReport, type ModuleRequest, planModules } from '../../passes/modular/index.js';
+import { fewestLayers, mostSaved, type Option, speedup } from '../../passes/modular/search.js';
+import { spanName } from '../../passes/modular/span.js';
+import { analyzeTransformer, concreteShape, type DimBinding, macsOf, shapesAt, shapesWithInputs } from '../analysis/index.js';
+import { discoverModules, type FoundModule, loadModule } from '../compile/load.js';
+import { modularPass } from '../compile/passes.js';
+import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
 import { decodeModel, encodeModel, readFileOrFail } from '../onnx/file.js';
 import { describeInputs, generateFeeds } from '../runtime/feeds.js';
-import { type Session, openSession, prepareFeeds, run, runPrepared } from '../runtime/session.js';
+import { openSession, prepareFeeds, run, runPrepared, type Session } from '../runtime/session.js';
 import { compareValues } from '../verify/numeric.js';
-import type { Module } from '../../passes/modular/contract.js';
-import { type ModularReport, type ModuleRequest, planModules } from '../../passes/modular/index.js';
-import { type Option, fewestLayers, mostSaved, speedup } from '../../passes/modular/search.js';
-import { spanName } from '../../passes/modular/span.js';
-import { type FoundModule, discoverModules, loadModule } from '../compile/load.js';
-import { modularPass } from '../compile/passes.js';
 
 /** Where MACs are counted and the quick timing runs. */
 export interface Point extends DimBinding {
@@ -97,7 +97,11 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
     const request: ModuleRequest = { start: f.start, end: f.end, source: f.file, label: `module ${f.file} (${spanName(f.start, f.end)})` };
     const [placement] = planModules(model, analysis, { modules: [request], loaded }, loadModule);
     const biasShape = placement.bias && concreteShape(placement.bias, shapes);
-    return { ...f, removedMacs: macsOf(placement.span.region, shapes, spanName(f.start, f.end)), moduleMacs: moduleMacs(f.module, at, hidden, biasShape) };
+    return {
+      ...f,
+      removedMacs: macsOf(placement.span.region, shapes, spanName(f.start, f.end)),
+      moduleMacs: moduleMacs(f.module, at, hidden, biasShape),
+    };
   });
   const optionsList: Option[] = candidates.map((c, id) => ({ id, start: c.start, end: c.end, saving: c.removedMacs - c.moduleMacs }));
   const search = fewestLayers(optionsList, analysis.layers.length, macsBefore, options.target, options.maxTied ?? 16);
@@ -117,11 +121,16 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
       const compiled = compile(fresh(), chosen, loaded);
       const cosine = await measure.cosine(compiled.model);
       const saved = plan.reduce((sum, o) => sum + o.saving, 0);
-      tied.push({ ...compiled, plan: { candidates: chosen, layers: search.layers, macsAfter: macsBefore - saved, speedup: speedup(macsBefore, saved), cosine } });
+      tied.push({
+        ...compiled,
+        plan: { candidates: chosen, layers: search.layers, macsAfter: macsBefore - saved, speedup: speedup(macsBefore, saved), cosine },
+      });
       options.onProgress?.(`plan ${i + 1}/${search.plans.length}: ${describePlan(chosen)}: cosine ${cosine.toFixed(6)}`);
     }
     // highest cosine; on a tie the larger speed-up, then the first found
-    const best = tied.reduce((a, b) => (b.plan.cosine > a.plan.cosine || (b.plan.cosine === a.plan.cosine && b.plan.speedup > a.plan.speedup) ? b : a));
+    const best = tied.reduce((a, b) =>
+      b.plan.cosine > a.plan.cosine || (b.plan.cosine === a.plan.cosine && b.plan.speedup > a.plan.speedup) ? b : a,
+    );
     const macsMeasured = macsOf(best.model.graph.nodes, shapesAt(best.model, at), 'the compiled model');
     const timing = (options.timingRuns ?? 5) > 0 ? await measure.time(best.model, at, options.timingRuns ?? 5) : undefined;
     return {
@@ -151,7 +160,10 @@ function compile(model: Model, chosen: Candidate[], loaded: Map<string, Module>)
 function moduleMacs(module: Module, at: Point, hidden: number, biasShape: readonly number[] | undefined): number {
   const shapes = new Map<string, readonly number[]>([[module.hiddenInput.name, [at.batch, at.seq, hidden]]]);
   if (module.biasInput) {
-    if (!biasShape) throw new VcompileError(`module ${module.source}: the size of the model's attention bias at batch ${at.batch}, seq ${at.seq} is not known`);
+    if (!biasShape)
+      throw new VcompileError(
+        `module ${module.source}: the size of the model's attention bias at batch ${at.batch}, seq ${at.seq} is not known`,
+      );
     shapes.set(module.biasInput.name, biasShape);
   }
   return macsOf(module.model.graph.nodes, shapesWithInputs(module.model, shapes), `module ${module.source}`);

@@ -1,7 +1,7 @@
 // `vcompile inspect`: what a model is, at a glance: versions, interface, ops, weights, external files.
 import type { Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
-import { type Tensor, isFloatType } from '../ir/tensor.js';
+import { isFloatType, type Tensor } from '../ir/tensor.js';
 import { dataTypeName, formatDims } from '../ir/types.js';
 
 export interface ValueSummary {
@@ -83,7 +83,9 @@ function describeValue(v: Value): ValueSummary {
 export function formatSummary(s: ModelSummary, file: string): string {
   const lines = [
     `${file}`,
-    `  IR version ${s.irVersion ?? '?'}, opsets ${Object.entries(s.opsets).map(([d, v]) => `${d} ${v}`).join(', ')}`,
+    `  IR version ${s.irVersion ?? '?'}, opsets ${Object.entries(s.opsets)
+      .map(([d, v]) => `${d} ${v}`)
+      .join(', ')}`,
     `  producer   ${s.producer || '(none)'}`,
     `  inputs     ${s.inputs.map(formatValue).join('\n             ') || '(none)'}`,
     `  outputs    ${s.outputs.map(formatValue).join('\n             ') || '(none)'}`,
@@ -91,7 +93,11 @@ export function formatSummary(s: ModelSummary, file: string): string {
   ];
   if (s.externalDataFiles.length) lines.push(`  external   ${s.externalDataFiles.join(', ')}`);
   if (s.functions.length) lines.push(`  functions  ${s.functions.join(', ')}`);
-  lines.push(`  nodes      ${s.nodes}: ${Object.entries(s.ops).map(([op, n]) => `${op} ${n}`).join(', ')}`);
+  lines.push(
+    `  nodes      ${s.nodes}: ${Object.entries(s.ops)
+      .map(([op, n]) => `${op} ${n}`)
+      .join(', ')}`,
+  );
   return lines.join('\n');
 }
 

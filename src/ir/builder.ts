@@ -38,12 +38,14 @@ export class GraphBuilder {
     private readonly options: BuilderOptions = {},
   ) {
     this.op = new Proxy({} as Record<string, OpFn>, {
-      get: (_, opType: string) => (...args: (Value | null | Attrs)[]) => {
-        const last = args[args.length - 1];
-        const hasAttrs = last !== null && last !== undefined && !(last instanceof Value);
-        const inputs = (hasAttrs ? args.slice(0, -1) : args) as (Value | null)[];
-        return this.node(opType, inputs, hasAttrs ? (last as Attrs) : {}).outputs[0]!;
-      },
+      get:
+        (_, opType: string) =>
+        (...args: (Value | null | Attrs)[]) => {
+          const last = args[args.length - 1];
+          const hasAttrs = last !== null && last !== undefined && !(last instanceof Value);
+          const inputs = (hasAttrs ? args.slice(0, -1) : args) as (Value | null)[];
+          return this.node(opType, inputs, hasAttrs ? (last as Attrs) : {}).outputs[0]!;
+        },
     });
   }
 
@@ -123,10 +125,13 @@ function toAttributes(attrs: Attrs): Attribute[] {
 
 function attributeValue(value: AttrValue): Omit<Attribute, 'name'> {
   if (value instanceof FloatAttr) {
-    return Array.isArray(value.values) ? { type: AttributeType.FLOATS, floats: value.values } : { type: AttributeType.FLOAT, f: value.values };
+    return Array.isArray(value.values)
+      ? { type: AttributeType.FLOATS, floats: value.values }
+      : { type: AttributeType.FLOAT, f: value.values };
   }
   // Only safe integers are taken for INT: a whole number like 3.4e38 or 2^63 is a float that int64 cannot hold.
-  if (typeof value === 'number') return Number.isSafeInteger(value) ? { type: AttributeType.INT, i: BigInt(value) } : { type: AttributeType.FLOAT, f: value };
+  if (typeof value === 'number')
+    return Number.isSafeInteger(value) ? { type: AttributeType.INT, i: BigInt(value) } : { type: AttributeType.FLOAT, f: value };
   if (typeof value === 'bigint') return { type: AttributeType.INT, i: int64(value) };
   if (typeof value === 'string') return { type: AttributeType.STRING, s: new TextEncoder().encode(value) };
   if (value instanceof Tensor) return { type: AttributeType.TENSOR, t: value };
@@ -140,8 +145,10 @@ function listAttribute(values: number[] | bigint[] | string[] | Graph[]): Omit<A
   // An empty list carries no type of its own; INTS is what empty lists (axes, perm, pads) almost always are.
   if (items.length === 0) return { type: AttributeType.INTS, ints: [] };
   if (items.every((v) => v instanceof Graph)) return { type: AttributeType.GRAPHS, graphs: items as Graph[] };
-  if (items.every((v) => typeof v === 'string')) return { type: AttributeType.STRINGS, strings: (items as string[]).map((s) => new TextEncoder().encode(s)) };
-  if (items.every((v) => typeof v === 'bigint' || Number.isSafeInteger(v))) return { type: AttributeType.INTS, ints: items.map((v) => int64(BigInt(v as number))) };
+  if (items.every((v) => typeof v === 'string'))
+    return { type: AttributeType.STRINGS, strings: (items as string[]).map((s) => new TextEncoder().encode(s)) };
+  if (items.every((v) => typeof v === 'bigint' || Number.isSafeInteger(v)))
+    return { type: AttributeType.INTS, ints: items.map((v) => int64(BigInt(v as number))) };
   return { type: AttributeType.FLOATS, floats: items as number[] };
 }
 

@@ -1,6 +1,6 @@
 // Tensors: weights and constants. Data stays in whichever form it was read in (raw bytes as views into
 // the file, typed fields, or external data read lazily) so that a model written back is the model read.
-import { DataType, type Entry, type UnknownFields, elementBits } from './types.js';
+import { DataType, type Entry, elementBits, type UnknownFields } from './types.js';
 
 export type TypedField = 'float_data' | 'int32_data' | 'int64_data' | 'double_data' | 'uint64_data';
 export type TypedValues = Float32Array | Float64Array | Int32Array | BigInt64Array | BigUint64Array;

@@ -1,7 +1,7 @@
 // Whole-graph transformations every pass relies on: topological sort, dead-code elimination, and
 // splicing one graph's computation into another with fresh names.
 import { GraphBuilder } from './builder.js';
-import { type Attribute, Graph, type Node, Value, replaceAllUses } from './graph.js';
+import { type Attribute, Graph, type Node, replaceAllUses, Value } from './graph.js';
 import type { NameAuthority } from './names.js';
 import type { Tensor } from './tensor.js';
 

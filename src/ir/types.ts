@@ -31,8 +31,29 @@ export const DataType = {
 export type DataTypeName = keyof typeof DataType;
 
 const BITS: Record<number, number> = {
-  1: 32, 2: 8, 3: 8, 4: 16, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 12: 32, 13: 64, 14: 64, 15: 128,
-  16: 16, 17: 8, 18: 8, 19: 8, 20: 8, 21: 4, 22: 4, 23: 4, 24: 8,
+  1: 32,
+  2: 8,
+  3: 8,
+  4: 16,
+  5: 16,
+  6: 32,
+  7: 64,
+  9: 8,
+  10: 16,
+  11: 64,
+  12: 32,
+  13: 64,
+  14: 64,
+  15: 128,
+  16: 16,
+  17: 8,
+  18: 8,
+  19: 8,
+  20: 8,
+  21: 4,
+  22: 4,
+  23: 4,
+  24: 8,
 };
 
 /** Bits per element, or undefined for strings and unknown types. */

@@ -1,7 +1,7 @@
 // The IR verifier: the invariants every pass must keep. Tests run it after every pass; the CLI runs it
 // under --verify-ir. It reports every problem it finds, each with where it is.
 import type { Graph, Node, Value } from './graph.js';
-import { type Model, type OpsetId, functionKey } from './model.js';
+import { functionKey, type Model, type OpsetId } from './model.js';
 
 export interface Problem {
   where: string;
@@ -15,7 +15,13 @@ export function verifyModel(model: Model): Problem[] {
   checkGraph(model.graph, 'graph', new Set(), model.opsetImports, check);
   checkInterfaceTyped(model.graph, problems);
   for (const fn of model.functions) {
-    checkGraph(fn.body, `function ${fn.domain ?? ''}::${fn.name}`, new Set(), fn.opsetImports.length ? fn.opsetImports : model.opsetImports, check);
+    checkGraph(
+      fn.body,
+      `function ${fn.domain ?? ''}::${fn.name}`,
+      new Set(),
+      fn.opsetImports.length ? fn.opsetImports : model.opsetImports,
+      check,
+    );
   }
   model.trainingInfo.forEach((t, i) => {
     const outer = new Set(model.graph.localValues());
@@ -67,7 +73,10 @@ function checkGraph(graph: Graph, where: string, outer: ReadonlySet<Value>, opse
       if (!v) return;
       if (!defined.has(v) && !outer.has(v)) {
         const later = v.producer?.graph === graph;
-        report(at, later ? `input '${v.name}' is used before it is defined (not topologically sorted)` : `input '${v.name}' is not defined in scope`);
+        report(
+          at,
+          later ? `input '${v.name}' is used before it is defined (not topologically sorted)` : `input '${v.name}' is not defined in scope`,
+        );
       }
       if (!v.uses().some((u) => u.node === node && u.index === i)) report(at, `use-list of '${v.name}' misses input ${i}`);
     });
@@ -93,7 +102,8 @@ function checkGraph(graph: Graph, where: string, outer: ReadonlySet<Value>, opse
 
 function checkUses(v: Value, report: (at: string, message: string) => void, where: string): void {
   for (const use of v.uses()) {
-    if (use.node.inputs[use.index] !== v) report(where, `use-list of '${v.name}' names ${use.node} input ${use.index}, which reads something else`);
+    if (use.node.inputs[use.index] !== v)
+      report(where, `use-list of '${v.name}' names ${use.node} input ${use.index}, which reads something else`);
     if (!use.node.graph) report(where, `'${v.name}' is used by ${use.node}, which is not in any graph`);
   }
 }
@@ -107,7 +117,10 @@ function checkOpset(node: Node, opsets: OpsetId[], check: Check, at: string): vo
 }
 
 function checkInterfaceTyped(graph: Graph, problems: Problem[]): void {
-  for (const [kind, values] of [['input', graph.inputs], ['output', graph.outputs]] as const) {
+  for (const [kind, values] of [
+    ['input', graph.inputs],
+    ['output', graph.outputs],
+  ] as const) {
     for (const v of values) {
       if (!v.type || v.type.kind === 'unset') problems.push({ where: `graph ${kind}`, message: `'${v.name}' has no type` });
     }

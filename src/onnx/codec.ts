@@ -2,7 +2,7 @@
 // (only fields present on the wire are set, so proto2 presence survives), `bytes` are views into the
 // input buffer, 64-bit integers are bigint, and fields the schema does not know are kept verbatim in
 // `$unknown` and written back after the known ones, as protobuf's reference implementation does.
-import { type FieldDesc, type MessageDesc, fieldByNumber, fieldsInWireOrder, messageDesc } from './schema.js';
+import { type FieldDesc, fieldByNumber, fieldsInWireOrder, type MessageDesc, messageDesc } from './schema.js';
 
 export type ProtoMessage = { [field: string]: unknown; $unknown?: Uint8Array[] };
 

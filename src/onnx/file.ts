@@ -2,11 +2,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VcompileError, msg, option } from '../errors.js';
+import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import type { ExternalData, Tensor } from '../ir/tensor.js';
 import type { Entry } from '../ir/types.js';
-import { ProtoDecodeError, concatChunks, decode, encode } from './codec.js';
+import { concatChunks, decode, encode, ProtoDecodeError } from './codec.js';
 import { ModelFormatError, modelFromProto, modelToProto } from './serde.js';
 
 /** Decode a model from bytes. External data is resolved against `baseDir` when given. */
@@ -82,7 +82,9 @@ function externalData(baseDir: string, label: string, entries: Entry[], tensor: 
   const fileSize = fs.statSync(file).size;
   const end = length === undefined ? fileSize : offset + length;
   if (offset > fileSize || end > fileSize) {
-    throw new VcompileError(`${label}: tensor ${tensor}: external data [${offset}, ${end}) runs past the end of ${location} (${fileSize} bytes)`);
+    throw new VcompileError(
+      `${label}: tensor ${tensor}: external data [${offset}, ${end}) runs past the end of ${location} (${fileSize} bytes)`,
+    );
   }
   return { location, offset, length, checksum: get('checksum'), entries, load: () => readRange(file, offset, end - offset) };
 }
@@ -181,7 +183,9 @@ function refuseOverwrite(model: Model, file: string, options: SaveOptions): void
     if (t.storage.kind === 'external') protectedFiles.add(realOrResolved(path.join(path.dirname(file), t.storage.external.location)));
   }
   if ((options.protect ?? []).map(realOrResolved).includes(target)) {
-    throw new VcompileError(msg`${file}: refusing to overwrite the input model (write elsewhere, or pass ${option('overwrite', undefined, 'overwrite: true')})`);
+    throw new VcompileError(
+      msg`${file}: refusing to overwrite the input model (write elsewhere, or pass ${option('overwrite', undefined, 'overwrite: true')})`,
+    );
   }
   const location = options.location ?? `${path.basename(file)}.data`;
   const dataTarget = realOrResolved(path.join(path.dirname(file), location));
@@ -203,10 +207,11 @@ function realOrResolved(file: string): string {
 function* allTensors(model: Model): Generator<Tensor> {
   for (const graph of model.allGraphs()) {
     for (const v of graph.initializers) yield v.initializer!;
-    for (const node of graph.nodes) for (const a of node.attributes) {
-      if (a.t) yield a.t;
-      if (a.tensors) yield* a.tensors;
-    }
+    for (const node of graph.nodes)
+      for (const a of node.attributes) {
+        if (a.t) yield a.t;
+        if (a.tensors) yield* a.tensors;
+      }
   }
 }
 
@@ -229,7 +234,11 @@ function externalWriter(dataPath: string, location: string, threshold: number) {
     if (tensor.storage.kind === 'strings' || tensor.storage.kind === 'none' || tensor.byteLength < threshold) return undefined;
     const bytes = tensor.bytes();
     writeAllSync(fd, bytes);
-    const entries: Entry[] = [['location', location], ['offset', String(offset)], ['length', String(bytes.length)]];
+    const entries: Entry[] = [
+      ['location', location],
+      ['offset', String(offset)],
+      ['length', String(bytes.length)],
+    ];
     const previous = tensor.storage.kind === 'external' ? tensor.storage.external.entries : [];
     if (previous.some(([k]) => k === 'checksum')) entries.push(['checksum', createHash('sha1').update(bytes).digest('hex')]);
     for (const entry of previous) if (!['location', 'offset', 'length', 'checksum'].includes(entry[0])) entries.push(entry);

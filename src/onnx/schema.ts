@@ -191,11 +191,7 @@ const messages: MessageDesc[] = [
   },
   {
     name: 'NodeDeviceConfigurationProto',
-    fields: [
-      scalar(1, 'configuration_id', 'string'),
-      msgs(2, 'sharding_spec', 'ShardingSpecProto'),
-      scalar(3, 'pipeline_stage', 'int32'),
-    ],
+    fields: [scalar(1, 'configuration_id', 'string'), msgs(2, 'sharding_spec', 'ShardingSpecProto'), scalar(3, 'pipeline_stage', 'int32')],
   },
   {
     name: 'ShardingSpecProto',

@@ -267,7 +267,11 @@ export function typeFromProto(p: P): IrType {
   }
   if (p.map_type) {
     const m = p.map_type as P;
-    return withDenotation({ kind: 'map', keyType: m.key_type as number | undefined, value: m.value_type ? typeFromProto(m.value_type as P) : undefined });
+    return withDenotation({
+      kind: 'map',
+      keyType: m.key_type as number | undefined,
+      value: m.value_type ? typeFromProto(m.value_type as P) : undefined,
+    });
   }
   if (p.opaque_type) {
     const o = p.opaque_type as P;
@@ -295,7 +299,7 @@ export interface EncodeContext {
 }
 
 export function modelToProto(model: Model, ctx: EncodeContext = {}): P {
-  return ({
+  return {
     ir_version: model.irVersion === undefined ? undefined : BigInt(model.irVersion),
     opset_import: model.opsetImports.map(opsetToProto),
     producer_name: model.producerName,
@@ -309,7 +313,7 @@ export function modelToProto(model: Model, ctx: EncodeContext = {}): P {
     functions: nonEmpty(model.functions.map((f) => functionToProto(f, ctx))),
     configuration: nonEmpty(model.configuration as P[]),
     $unknown: model.unknownFields,
-  });
+  };
 }
 
 function nonEmpty<T>(items: T[]): T[] | undefined {
@@ -317,7 +321,7 @@ function nonEmpty<T>(items: T[]): T[] | undefined {
 }
 
 function opsetToProto(o: OpsetId): P {
-  return ({ domain: o.domain, version: BigInt(o.version), $unknown: o.unknownFields });
+  return { domain: o.domain, version: BigInt(o.version), $unknown: o.unknownFields };
 }
 
 function entriesToProto(entries: Entry[] | undefined): P[] | undefined {
@@ -325,18 +329,18 @@ function entriesToProto(entries: Entry[] | undefined): P[] | undefined {
 }
 
 function trainingInfoToProto(t: TrainingInfo, ctx: EncodeContext): P {
-  return ({
+  return {
     initialization: t.initialization && graphToProto(t.initialization, ctx),
     algorithm: t.algorithm && graphToProto(t.algorithm, ctx),
     initialization_binding: entriesToProto(t.initializationBinding),
     update_binding: entriesToProto(t.updateBinding),
     $unknown: t.unknownFields,
-  });
+  };
 }
 
 function functionToProto(fn: ModelFunction, ctx: EncodeContext): P {
   const body = fn.body;
-  return ({
+  return {
     name: fn.name,
     input: nonEmpty(body.inputs.map((v) => v.name)),
     output: nonEmpty(body.outputs.map((v) => v.name)),
@@ -350,11 +354,11 @@ function functionToProto(fn: ModelFunction, ctx: EncodeContext): P {
     value_info: nonEmpty(body.valueInfos.map(valueInfoToProto)),
     metadata_props: entriesToProto(fn.metadataProps),
     $unknown: fn.unknownFields,
-  });
+  };
 }
 
 function graphToProto(g: Graph, ctx: EncodeContext): P {
-  return ({
+  return {
     node: nonEmpty(g.nodes.map((n) => nodeToProto(n, ctx))),
     name: g.name,
     initializer: nonEmpty(g.initializers.map((v) => tensorToProto(v.initializer!, ctx, v.name))),
@@ -364,27 +368,29 @@ function graphToProto(g: Graph, ctx: EncodeContext): P {
     output: nonEmpty(g.outputs.map(valueInfoToProto)),
     value_info: nonEmpty(g.valueInfos.map(valueInfoToProto)),
     quantization_annotation: nonEmpty(
-      g.quantizationAnnotations.map((q) =>
-        ({ tensor_name: q.tensorName, quant_parameter_tensor_names: entriesToProto(q.quantParameterTensorNames), $unknown: q.unknownFields }),
-      ),
+      g.quantizationAnnotations.map((q) => ({
+        tensor_name: q.tensorName,
+        quant_parameter_tensor_names: entriesToProto(q.quantParameterTensorNames),
+        $unknown: q.unknownFields,
+      })),
     ),
     metadata_props: entriesToProto(g.metadataProps),
     $unknown: g.unknownFields,
-  });
+  };
 }
 
 function valueInfoToProto(v: Value): P {
-  return ({
+  return {
     name: v.name,
     type: v.type && typeToProto(v.type),
     doc_string: v.docString,
     metadata_props: entriesToProto(v.metadataProps),
     $unknown: v.unknownFields,
-  });
+  };
 }
 
 function nodeToProto(n: Node, ctx: EncodeContext): P {
-  return ({
+  return {
     input: nonEmpty(n.inputs.map((v) => v?.name ?? '')),
     output: nonEmpty(n.outputs.map((v) => v?.name ?? '')),
     name: n.name,
@@ -396,11 +402,11 @@ function nodeToProto(n: Node, ctx: EncodeContext): P {
     metadata_props: entriesToProto(n.metadataProps),
     device_configurations: n.deviceConfigurations as P[] | undefined,
     $unknown: n.unknownFields,
-  });
+  };
 }
 
 function attributeToProto(a: Attribute, ctx: EncodeContext): P {
-  return ({
+  return {
     name: a.name,
     ref_attr_name: a.refAttrName,
     doc_string: a.docString,
@@ -420,14 +426,14 @@ function attributeToProto(a: Attribute, ctx: EncodeContext): P {
     sparse_tensors: a.sparseTensors?.map((s) => sparseToProto(s, ctx)),
     type_protos: a.typeProtos?.map(typeToProto),
     $unknown: a.unknownFields,
-  });
+  };
 }
 
 function tensorToProto(t: Tensor, ctx: EncodeContext, name = t.name): P {
   const m: P = {
     dims: BigInt64Array.from(t.dims, (d) => BigInt(d)),
     data_type: t.dataType,
-    segment: t.segment && ({ begin: t.segment.begin, end: t.segment.end }),
+    segment: t.segment && { begin: t.segment.begin, end: t.segment.end },
     name,
     doc_string: t.docString,
     data_location: t.dataLocation,
@@ -453,7 +459,7 @@ function tensorToProto(t: Tensor, ctx: EncodeContext, name = t.name): P {
 
 function sparseToProto(s: SparseTensor, ctx: EncodeContext, name?: string): P {
   const values = tensorToProto(s.values, ctx, name ?? s.values.name);
-  return ({ values, indices: tensorToProto(s.indices, ctx), dims: s.dims && BigInt64Array.from(s.dims, (d) => BigInt(d)) });
+  return { values, indices: tensorToProto(s.indices, ctx), dims: s.dims && BigInt64Array.from(s.dims, (d) => BigInt(d)) };
 }
 
 export function typeToProto(t: IrType): P {
@@ -461,27 +467,27 @@ export function typeToProto(t: IrType): P {
   switch (t.kind) {
     case 'tensor':
     case 'sparse_tensor':
-      m[t.kind === 'tensor' ? 'tensor_type' : 'sparse_tensor_type'] = ({
+      m[t.kind === 'tensor' ? 'tensor_type' : 'sparse_tensor_type'] = {
         elem_type: t.elemType,
         shape: t.shape && { dim: nonEmpty(t.shape.map(dimToProto)) },
-      });
+      };
       break;
     case 'sequence':
     case 'optional':
-      m[t.kind === 'sequence' ? 'sequence_type' : 'optional_type'] = ({ elem_type: t.elem && typeToProto(t.elem) });
+      m[t.kind === 'sequence' ? 'sequence_type' : 'optional_type'] = { elem_type: t.elem && typeToProto(t.elem) };
       break;
     case 'map':
-      m.map_type = ({ key_type: t.keyType, value_type: t.value && typeToProto(t.value) });
+      m.map_type = { key_type: t.keyType, value_type: t.value && typeToProto(t.value) };
       break;
     case 'opaque':
-      m.opaque_type = ({ domain: t.domain, name: t.name });
+      m.opaque_type = { domain: t.domain, name: t.name };
       break;
   }
   return m;
 }
 
 function dimToProto(d: Dim): P {
-  return ({ dim_value: d.value === undefined ? undefined : BigInt(d.value), dim_param: d.param, denotation: d.denotation });
+  return { dim_value: d.value === undefined ? undefined : BigInt(d.value), dim_param: d.param, denotation: d.denotation };
 }
 
 // ------------------------------------------------------------------------------------ lone tensors

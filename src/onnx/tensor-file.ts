@@ -4,9 +4,9 @@ import * as fs from 'node:fs';
 import { VcompileError } from '../errors.js';
 import type { Tensor } from '../ir/tensor.js';
 import { DataType, dataTypeName, elementBits } from '../ir/types.js';
-import { ProtoDecodeError, concatChunks, decode, encode } from './codec.js';
-import { ModelFormatError, tensorFromMessage, tensorToMessage } from './serde.js';
+import { concatChunks, decode, encode, ProtoDecodeError } from './codec.js';
 import { readFileOrFail } from './file.js';
+import { ModelFormatError, tensorFromMessage, tensorToMessage } from './serde.js';
 
 /** Decode one serialized TensorProto, checking that its data matches its type and dims. */
 export function decodeTensor(bytes: Uint8Array, label = 'tensor'): Tensor {

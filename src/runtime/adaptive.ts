@@ -10,7 +10,7 @@ import type { Model } from '../ir/model.js';
 import { Tensor } from '../ir/tensor.js';
 import { DataType } from '../ir/types.js';
 import { loadModel } from '../onnx/file.js';
-import { type Session, type SessionOptions, openSession, run } from './session.js';
+import { openSession, run, type Session, type SessionOptions } from './session.js';
 
 export { RATIO_INPUT };
 
@@ -47,7 +47,9 @@ export function fixed(ratio: number): Policy {
  * that depth on, e.g. `{ 4: 2, 16: 4 }`. Below the smallest depth the original computation (1) runs.
  */
 export function queueDepth(thresholds: Record<number, number>): Policy {
-  const steps = Object.entries(thresholds).map(([depth, ratio]) => [Number(depth), ratio] as const).sort((a, b) => a[0] - b[0]);
+  const steps = Object.entries(thresholds)
+    .map(([depth, ratio]) => [Number(depth), ratio] as const)
+    .sort((a, b) => a[0] - b[0]);
   return {
     name: `queueDepth(${steps.map(([d, r]) => `${d}:${r}`).join(',')})`,
     choose: ({ pending }) => steps.filter(([depth]) => pending >= depth).at(-1)?.[1] ?? 1,
@@ -58,7 +60,10 @@ export function queueDepth(thresholds: Record<number, number>): Policy {
  * The least compression whose learned latency for this call's size meets `budgetMs`; the most compression
  * when none does. Latency per ratio is learned as a line in batch x seq (least squares over recent calls).
  */
-export function latencyBudget(budgetMs: number, options: { window?: number } = {}): Policy & { predict(ratio: number, tokens: number): number | undefined } {
+export function latencyBudget(
+  budgetMs: number,
+  options: { window?: number } = {},
+): Policy & { predict(ratio: number, tokens: number): number | undefined } {
   const window = options.window ?? 64;
   const seen = new Map<number, { tokens: number; ms: number }[]>();
   const predict = (ratio: number, tokens: number) => fitLine(seen.get(ratio) ?? [])?.(tokens);
@@ -139,7 +144,11 @@ export class AdaptiveSession {
   ) {}
 
   /** Open a switchable model (a path, or an IR model that is consumed). */
-  static async create(model: string | Model, policy: Policy, options: SessionOptions & { clock?: () => number } = {}): Promise<AdaptiveSession> {
+  static async create(
+    model: string | Model,
+    policy: Policy,
+    options: SessionOptions & { clock?: () => number } = {},
+  ): Promise<AdaptiveSession> {
     const ir = typeof model === 'string' ? loadModel(model) : model;
     const info = switchableInfo(ir);
     const session = await openSession(withFeedableRatio(ir), options);

@@ -13,21 +13,32 @@
 // Input roles and dim binding come from src/analysis/inputs.ts. Everything is seeded (src/random.ts): the same seed gives the same feeds.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { VcompileError, msg, option } from '../errors.js';
-import { type DimBinding, type InputSpec, bindDims, dimKey, shapeOf } from '../analysis/inputs.js';
-import { Tensor, } from '../ir/tensor.js';
+import { bindDims, type DimBinding, dimKey, type InputSpec, shapeOf } from '../analysis/inputs.js';
+import { msg, option, VcompileError } from '../errors.js';
+import { Tensor } from '../ir/tensor.js';
 import { DataType, dataTypeName } from '../ir/types.js';
 import { readTensorFile } from '../onnx/tensor-file.js';
 import { Rng } from '../random.js';
 import { readNpy } from './npy.js';
 
 export {
-  type DimBinding, type InputRole, type InputSpec, bindDims, describeInputs, dimKey, dimKind, shapeOf, vocabularyBounds,
+  bindDims,
+  type DimBinding,
+  describeInputs,
+  dimKey,
+  dimKind,
+  type InputRole,
+  type InputSpec,
+  shapeOf,
+  vocabularyBounds,
 } from '../analysis/inputs.js';
 
 export function generateFeeds(specs: readonly InputSpec[], binding: DimBinding, seed = 0): Record<string, Tensor> {
   const unshaped = specs.find((s) => s.unshaped);
-  if (unshaped) throw new VcompileError(msg`input ${unshaped.name}: no declared shape; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`);
+  if (unshaped)
+    throw new VcompileError(
+      msg`input ${unshaped.name}: no declared shape; give its values with ${option('inputsDir', 'DIR', 'inputsDir')}`,
+    );
   const values = bindDims(specs, binding);
   const feeds: Record<string, Tensor> = {};
   const masks: { spec: InputSpec; data: number[] }[] = [];
@@ -83,7 +94,13 @@ export function realPositions(row: number, batch: number, seq: number): number {
 /** Tokenizers put the pad id (0 here) where the mask is 0: do the same for ids shaped like a mask. */
 function padIds(data: number[], spec: InputSpec, masks: { spec: InputSpec; data: number[] }[], values: ReadonlyMap<string, number>): void {
   const keys = spec.dims.map((d, axis) => dimKey(spec.name, axis, d));
-  const mask = masks.find((m) => m.spec.dims.length === spec.dims.length && m.spec.dims.every((d, axis) => dimKey(m.spec.name, axis, d) === keys[axis] || (d.value !== undefined && d.value === spec.dims[axis].value)));
+  const mask = masks.find(
+    (m) =>
+      m.spec.dims.length === spec.dims.length &&
+      m.spec.dims.every(
+        (d, axis) => dimKey(m.spec.name, axis, d) === keys[axis] || (d.value !== undefined && d.value === spec.dims[axis].value),
+      ),
+  );
   if (!mask || shapeOf(mask.spec, values).length !== 2) return;
   for (let i = 0; i < data.length; i++) if (mask.data[i] === 0) data[i] = 0;
 }
@@ -98,9 +115,19 @@ function tensorFrom(spec: InputSpec, dims: number[], data: number[]): Tensor {
     case DataType.FLOAT16:
       return Tensor.fromArray(spec.name, t, dims, Uint16Array.from(data, floatToHalf));
     case DataType.INT64:
-      return Tensor.fromArray(spec.name, t, dims, BigInt64Array.from(data, (v) => BigInt(v)));
+      return Tensor.fromArray(
+        spec.name,
+        t,
+        dims,
+        BigInt64Array.from(data, (v) => BigInt(v)),
+      );
     case DataType.UINT64:
-      return Tensor.fromArray(spec.name, t, dims, BigUint64Array.from(data, (v) => BigInt(v)));
+      return Tensor.fromArray(
+        spec.name,
+        t,
+        dims,
+        BigUint64Array.from(data, (v) => BigInt(v)),
+      );
     case DataType.INT32:
       return Tensor.fromArray(spec.name, t, dims, Int32Array.from(data));
     case DataType.UINT32:
@@ -115,7 +142,9 @@ function tensorFrom(spec: InputSpec, dims: number[], data: number[]): Tensor {
     case DataType.BOOL:
       return Tensor.fromArray(spec.name, t, dims, Uint8Array.from(data));
     default:
-      throw new VcompileError(msg`input ${spec.name}: cannot generate ${dataTypeName(t)} values; give them with ${option('inputsDir', 'DIR', 'inputsDir')}`);
+      throw new VcompileError(
+        msg`input ${spec.name}: cannot generate ${dataTypeName(t)} values; give them with ${option('inputsDir', 'DIR', 'inputsDir')}`,
+      );
   }
 }
 
@@ -164,7 +193,10 @@ export function readFeedFolder(dir: string, specs: readonly InputSpec[]): Record
   const feeds: Record<string, Tensor> = {};
   specs.forEach((spec, index) => {
     const tensor = byName.get(spec.name) ?? byIndex.get(index);
-    if (!tensor) throw new VcompileError(msg`${option('inputsDir', dir)}: no file for input ${spec.name} (input_${index}.pb, ${spec.name}.npy or input_${index}.npy)`);
+    if (!tensor)
+      throw new VcompileError(
+        msg`${option('inputsDir', dir)}: no file for input ${spec.name} (input_${index}.pb, ${spec.name}.npy or input_${index}.npy)`,
+      );
     checkFeed(spec, tensor, dir);
     tensor.name = spec.name;
     feeds[spec.name] = tensor;
@@ -174,11 +206,14 @@ export function readFeedFolder(dir: string, specs: readonly InputSpec[]): Record
 
 function checkFeed(spec: InputSpec, tensor: Tensor, dir: string): void {
   const where = `--inputs ${dir}: input ${spec.name}`;
-  if (tensor.dataType !== spec.dataType) throw new VcompileError(`${where}: the file holds ${dataTypeName(tensor.dataType)}, the model takes ${dataTypeName(spec.dataType)}`);
+  if (tensor.dataType !== spec.dataType)
+    throw new VcompileError(`${where}: the file holds ${dataTypeName(tensor.dataType)}, the model takes ${dataTypeName(spec.dataType)}`);
   if (spec.unshaped) return;
-  if (tensor.dims.length !== spec.dims.length) throw new VcompileError(`${where}: the file has rank ${tensor.dims.length}, the model takes rank ${spec.dims.length}`);
+  if (tensor.dims.length !== spec.dims.length)
+    throw new VcompileError(`${where}: the file has rank ${tensor.dims.length}, the model takes rank ${spec.dims.length}`);
   spec.dims.forEach((d, axis) => {
-    if (d.value !== undefined && d.value !== tensor.dims[axis]) throw new VcompileError(`${where}: dim ${axis} is ${tensor.dims[axis]} in the file, ${d.value} in the model`);
+    if (d.value !== undefined && d.value !== tensor.dims[axis])
+      throw new VcompileError(`${where}: dim ${axis} is ${tensor.dims[axis]} in the file, ${d.value} in the model`);
   });
 }
 

@@ -46,11 +46,13 @@ export function decodeNpy(bytes: Uint8Array, name?: string, label = 'npy'): Tens
   if (headerStart + headerLength > bytes.length) throw fail('truncated header');
   const header = new TextDecoder(major === 3 ? 'utf-8' : 'latin1').decode(bytes.subarray(headerStart, headerStart + headerLength));
   const { dataType, dims, fortran } = parseHeader(header, fail);
-  if (fortran && dims.filter((d) => d > 1).length > 1) throw fail('Fortran-ordered arrays are not supported (save with numpy.ascontiguousarray)');
+  if (fortran && dims.filter((d) => d > 1).length > 1)
+    throw fail('Fortran-ordered arrays are not supported (save with numpy.ascontiguousarray)');
   const size = dims.reduce((a, b) => a * b, 1);
   const length = (size * elementBits(dataType)!) / 8;
   const dataStart = headerStart + headerLength;
-  if (bytes.length - dataStart < length) throw fail(`${bytes.length - dataStart} data bytes for ${size} ${dataTypeName(dataType)} elements (${length} expected)`);
+  if (bytes.length - dataStart < length)
+    throw fail(`${bytes.length - dataStart} data bytes for ${size} ${dataTypeName(dataType)} elements (${length} expected)`);
   // a copy (new Uint8Array, not slice(), which on a Buffer is a view into a shared pool)
   return Tensor.fromRaw(name, dataType, dims, new Uint8Array(bytes.subarray(dataStart, dataStart + length)));
 }

@@ -1,12 +1,13 @@
 // ONNX Runtime (onnxruntime-node) behind a small interface that speaks IR tensors, so callers never
 // handle ort.Tensor themselves: models from a path, bytes or an IR model, the CPU or CUDA execution
 // provider, and extra outputs for reading intermediate values.
-import { createRequire } from 'node:module';
+
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { inferShapes } from '../analysis/shapes.js';
-import { type MessagePart, VcompileError, msg, option, renderMessage } from '../errors.js';
+import { type MessagePart, msg, option, renderMessage, VcompileError } from '../errors.js';
 import type { Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
 import { Tensor } from '../ir/tensor.js';
@@ -62,7 +63,10 @@ export async function openSession(model: string | Uint8Array | Model, options: S
   const ep = options.ep ?? 'cpu';
   if (ep === 'cpu') return createSession(source, options, 'cpu');
   if (!cudaProviderInstalled()) {
-    if (ep === 'cuda') throw new VcompileError(msg`${option('ep', 'cuda')}: ${cudaMissingReason()}; install it with \`${CUDA_INSTALL_COMMAND}\` (needs CUDA 12 and cuDNN 9), or use ${option('ep', 'cpu')} or ${option('ep', 'auto')}`);
+    if (ep === 'cuda')
+      throw new VcompileError(
+        msg`${option('ep', 'cuda')}: ${cudaMissingReason()}; install it with \`${CUDA_INSTALL_COMMAND}\` (needs CUDA 12 and cuDNN 9), or use ${option('ep', 'cpu')} or ${option('ep', 'auto')}`,
+      );
     notice(options, msg`${option('ep', 'auto')}: running on CPU: ${cudaMissingReason()} (\`${CUDA_INSTALL_COMMAND}\` installs it)`);
     return createSession(source, options, 'cpu');
   }
@@ -95,14 +99,16 @@ async function createSession(source: ModelSource, options: SessionOptions, ep: '
     sessionOptions.intraOpNumThreads = options.threads;
     sessionOptions.interOpNumThreads = 1;
   }
-  if (options.spinning === false) sessionOptions.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
+  if (options.spinning === false)
+    sessionOptions.extra = { session: { intra_op: { allow_spinning: '0' }, inter_op: { allow_spinning: '0' } } };
   const externalData = source.externalData ?? options.externalData;
   if (externalData) sessionOptions.externalData = externalData;
   let inner: ort.InferenceSession;
   try {
-    inner = typeof source.model === 'string'
-      ? await ort.InferenceSession.create(source.model, sessionOptions)
-      : await ort.InferenceSession.create(source.model, sessionOptions);
+    inner =
+      typeof source.model === 'string'
+        ? await ort.InferenceSession.create(source.model, sessionOptions)
+        : await ort.InferenceSession.create(source.model, sessionOptions);
   } catch (error) {
     throw new VcompileError(`onnxruntime could not load ${source.label}: ${firstLine(error)}`);
   }
@@ -162,7 +168,10 @@ function modelSource(model: string | Uint8Array | Model, options: SessionOptions
  * there: their bytes are handed to ORT as in-memory files, rebuilt from each tensor's own range, so
  * models above protobuf's 2 GiB limit work too and nothing is written to disk.
  */
-function encodeWithOutputs(model: Model, names: readonly string[]): { model: Uint8Array; externalData?: { path: string; data: Uint8Array }[] } {
+function encodeWithOutputs(
+  model: Model,
+  names: readonly string[],
+): { model: Uint8Array; externalData?: { path: string; data: Uint8Array }[] } {
   const files = new Map<string, { offset: number; bytes: Uint8Array }[]>();
   const proto = modelToProto(model, {
     placeExternal: (tensor) => {
@@ -195,7 +204,8 @@ function assemble(parts: { offset: number; bytes: Uint8Array }[]): Uint8Array {
 /** Element type of a main-graph value: declared, else inferred (ORT needs it for an output; the shape it does not). */
 function elementTypeOf(model: Model, name: string): number {
   const graph = model.graph;
-  const value = graph.inputs.find((v) => v.name === name) ?? graph.nodes.flatMap((n) => n.outputs).find((v): v is Value => v?.name === name);
+  const value =
+    graph.inputs.find((v) => v.name === name) ?? graph.nodes.flatMap((n) => n.outputs).find((v): v is Value => v?.name === name);
   if (!value) throw new VcompileError(`extra output ${name}: no such value in the main graph (node outputs and graph inputs can be read)`);
   const declared = isTensorType(value.type) ? value.type.elemType : undefined;
   if (declared !== undefined && declared !== DataType.UNDEFINED) return declared;
@@ -288,7 +298,8 @@ export function toOrtTensor(tensor: Tensor): ort.Tensor {
 
 export function fromOrtTensor(name: string, value: ort.Tensor): Tensor {
   const dataType = ONNX_TYPES.get(value.type);
-  if (dataType === undefined) throw new VcompileError(`output ${name}: onnxruntime returned a ${value.type} tensor, which vcompile cannot read`);
+  if (dataType === undefined)
+    throw new VcompileError(`output ${name}: onnxruntime returned a ${value.type} tensor, which vcompile cannot read`);
   const dims = [...value.dims];
   if (dataType === DataType.STRING) {
     const encoder = new TextEncoder();
@@ -307,5 +318,10 @@ function stringsOf(tensor: Tensor): string[] {
 
 function firstLine(error: unknown): string {
   const message = error instanceof Error ? error.message : String(error);
-  return message.split('\n').find((line) => line.trim() !== '')?.trim() ?? 'unknown error';
+  return (
+    message
+      .split('\n')
+      .find((line) => line.trim() !== '')
+      ?.trim() ?? 'unknown error'
+  );
 }

@@ -13,11 +13,21 @@
 // failure whatever the thresholds.
 import { VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
-import { type Tensor, isFloatType } from '../ir/tensor.js';
+import { isFloatType, type Tensor } from '../ir/tensor.js';
 import { DataType, type Dim, dataTypeName, isTensorType } from '../ir/types.js';
 import { loadModel } from '../onnx/file.js';
-import { type DimBinding, type InputSpec, bindDims, describeInputs, dimKey, dimsOfFeeds, generateFeeds, readFeedFolder, shapeOf } from '../runtime/feeds.js';
-import { type Session, type SessionOptions, openSession, run } from '../runtime/session.js';
+import {
+  bindDims,
+  type DimBinding,
+  describeInputs,
+  dimKey,
+  dimsOfFeeds,
+  generateFeeds,
+  type InputSpec,
+  readFeedFolder,
+  shapeOf,
+} from '../runtime/feeds.js';
+import { openSession, run, type Session, type SessionOptions } from '../runtime/session.js';
 
 export interface Thresholds {
   /** fail when an output's max abs error exceeds this */
@@ -180,7 +190,13 @@ function declaredOutputDims(model: Model): Map<string, Dim[] | undefined> {
  * The padding mask that applies to an output (see the rule at the top of this file) and, per element
  * of the output, whether it is compared.
  */
-function maskFor(output: string, declared: Dim[] | undefined, reference: Tensor | undefined, specs: InputSpec[], feeds: Record<string, Tensor>): { name: string; keep: Uint8Array } | undefined {
+function maskFor(
+  output: string,
+  declared: Dim[] | undefined,
+  reference: Tensor | undefined,
+  specs: InputSpec[],
+  feeds: Record<string, Tensor>,
+): { name: string; keep: Uint8Array } | undefined {
   if (!reference || reference.dims.length < 2) return undefined;
   for (const spec of specs) {
     if (spec.role !== 'mask' || spec.dims.length !== 2) continue;
@@ -213,7 +229,8 @@ export function compareOutput(name: string, expected: Tensor | undefined, actual
   if (!expected) return { name, shape: [], error: 'the original model did not return it' };
   const shape = [...expected.dims];
   if (!actual) return { name, shape, error: 'the rewritten model has no such output' };
-  if (actual.dataType !== expected.dataType) return { name, shape, error: `element type ${dataTypeName(actual.dataType)} instead of ${dataTypeName(expected.dataType)}` };
+  if (actual.dataType !== expected.dataType)
+    return { name, shape, error: `element type ${dataTypeName(actual.dataType)} instead of ${dataTypeName(expected.dataType)}` };
   if (actual.dims.length !== expected.dims.length || actual.dims.some((d, i) => d !== expected.dims[i])) {
     return { name, shape, error: `shape [${actual.dims.join(', ')}] instead of [${shape.join(', ')}]` };
   }
@@ -294,7 +311,10 @@ class Accumulator {
       nonFinite: this.nonFinite,
     };
     const before = failures.length;
-    if (this.nonFinite > 0) failures.push(`${name}: ${this.nonFinite} NaN or infinite value${this.nonFinite === 1 ? '' : 's'} where the original has ${this.nonFinite === 1 ? 'a different one' : 'different ones'}`);
+    if (this.nonFinite > 0)
+      failures.push(
+        `${name}: ${this.nonFinite} NaN or infinite value${this.nonFinite === 1 ? '' : 's'} where the original has ${this.nonFinite === 1 ? 'a different one' : 'different ones'}`,
+      );
     if (thresholds.maxError !== undefined && stats.maxAbs > thresholds.maxError) {
       failures.push(`${name}: max abs error ${formatNumber(stats.maxAbs)} > ${thresholds.maxError} ${this.worst.maxAbs.where}`);
     }
@@ -306,7 +326,16 @@ class Accumulator {
   }
 }
 
-function report(original: string, rewritten: string, ep: 'cpu' | 'cuda', seed: number, options: VerifyOptions, cases: VerifyCase[], outputs: OutputSummary[], failures: string[]): VerifyReport {
+function report(
+  original: string,
+  rewritten: string,
+  ep: 'cpu' | 'cuda',
+  seed: number,
+  options: VerifyOptions,
+  cases: VerifyCase[],
+  outputs: OutputSummary[],
+  failures: string[],
+): VerifyReport {
   return {
     original,
     rewritten,
@@ -329,7 +358,10 @@ export function formatNumber(x: number): string {
 
 /** The report as text: one row per output, then the verdict. */
 export function formatVerifyReport(r: VerifyReport): string {
-  const grid = r.cases.length && r.cases[0].batch !== null ? `${r.cases.length} case${r.cases.length === 1 ? '' : 's'}: ${r.cases.map((c) => `b${c.batch}/s${c.seq}`).join(' ')}` : 'given inputs';
+  const grid =
+    r.cases.length && r.cases[0].batch !== null
+      ? `${r.cases.length} case${r.cases.length === 1 ? '' : 's'}: ${r.cases.map((c) => `b${c.batch}/s${c.seq}`).join(' ')}`
+      : 'given inputs';
   const lines = [`verify ${r.rewritten} against ${r.original} (${r.ep}, seed ${r.seed}; ${grid})`];
   const header = ['output', 'max abs', 'mean abs', 'relative', 'cosine', 'compared', 'masked by', ''];
   const rows = r.outputs.map((o) => [
@@ -343,10 +375,23 @@ export function formatVerifyReport(r: VerifyReport): string {
     o.pass ? 'ok' : 'FAIL',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
-  for (const row of [header, ...rows]) lines.push(row.map((cell, i) => cell.padEnd(widths[i])).join('  ').trimEnd());
+  for (const row of [header, ...rows])
+    lines.push(
+      row
+        .map((cell, i) => cell.padEnd(widths[i]))
+        .join('  ')
+        .trimEnd(),
+    );
   for (const f of r.failures) lines.push(`FAIL ${f}`);
-  const limits = [r.thresholds.maxError !== null ? `max abs error <= ${r.thresholds.maxError}` : '', r.thresholds.minCosine !== null ? `cosine >= ${r.thresholds.minCosine}` : ''].filter(Boolean).join(', ');
-  lines.push(r.pass ? (limits ? `PASS (${limits})` : 'report only (no --max-error or --min-cosine given)') : `FAILED${limits ? ` (${limits})` : ''}`);
+  const limits = [
+    r.thresholds.maxError !== null ? `max abs error <= ${r.thresholds.maxError}` : '',
+    r.thresholds.minCosine !== null ? `cosine >= ${r.thresholds.minCosine}` : '',
+  ]
+    .filter(Boolean)
+    .join(', ');
+  lines.push(
+    r.pass ? (limits ? `PASS (${limits})` : 'report only (no --max-error or --min-cosine given)') : `FAILED${limits ? ` (${limits})` : ''}`,
+  );
   return lines.join('\n');
 }
 

@@ -273,7 +273,12 @@ function plainMessage(value: unknown): Json {
   if (value && typeof value === 'object') {
     const out: Obj = {};
     for (const [key, v] of Object.entries(value)) {
-      if (v === undefined || (Array.isArray(v) && v.length === 0) || (ArrayBuffer.isView(v) && (v as Uint8Array).length === 0 && !(v instanceof Uint8Array))) continue;
+      if (
+        v === undefined ||
+        (Array.isArray(v) && v.length === 0) ||
+        (ArrayBuffer.isView(v) && (v as Uint8Array).length === 0 && !(v instanceof Uint8Array))
+      )
+        continue;
       out[key] = key === '$unknown' ? (v as Uint8Array[]).map(hex) : plainMessage(v);
     }
     return out as Json;

@@ -2,8 +2,9 @@
 // where a field has them (int64 extremes, NaN and -0, every data type in raw and typed form, every type
 // and attribute kind) plus fields the schema does not know. It is not meant to run: it is the test of
 // whether reading and writing loses anything.
+
+import { float, GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
 import { type Attribute, AttributeType, Graph, type SparseTensor, Value } from '../../src/ir/graph.js';
-import { GraphBuilder, ModelBuilder, float } from '../../src/ir/builder.js';
 import { type Model, ModelFunction } from '../../src/ir/model.js';
 import { NameAuthority } from '../../src/ir/names.js';
 import { Tensor, type TypedField, type TypedValues } from '../../src/ir/tensor.js';
@@ -64,11 +65,17 @@ interface DataTypeSample {
 export function dataTypeSamples(): DataTypeSample[] {
   const i32 = (...v: number[]) => ({ field: 'int32_data' as const, values: Int32Array.from(v) });
   const small = (name: string, dataType: number, dims: number[], raw: number[], typed: number[]): DataTypeSample => ({
-    name, dataType, dims, raw: Uint8Array.from(raw), typed: i32(...typed),
+    name,
+    dataType,
+    dims,
+    raw: Uint8Array.from(raw),
+    typed: i32(...typed),
   });
   return [
     {
-      name: 'float', dataType: DataType.FLOAT, dims: [7],
+      name: 'float',
+      dataType: DataType.FLOAT,
+      dims: [7],
       raw: bytesOf(Float32Array.from([1.5, -0, NaN, Infinity, -Infinity, 3.4028234663852886e38, 1e-45])),
       typed: { field: 'float_data', values: Float32Array.from([0.25, -0, NaN, -Infinity, 1e-45, 2, 3]) },
     },
@@ -76,40 +83,70 @@ export function dataTypeSamples(): DataTypeSample[] {
     { name: 'int8', dataType: DataType.INT8, dims: [3], raw: bytesOf(Int8Array.from([-128, 127, 0])), typed: i32(-128, 127, 0) },
     { name: 'uint16', dataType: DataType.UINT16, dims: [2], raw: bytesOf(Uint16Array.from([0, 65535])), typed: i32(65535, 1) },
     { name: 'int16', dataType: DataType.INT16, dims: [2], raw: bytesOf(Int16Array.from([-32768, 32767])), typed: i32(-32768, 32767) },
-    { name: 'int32', dataType: DataType.INT32, dims: [3], raw: bytesOf(Int32Array.from([-(2 ** 31), 2 ** 31 - 1, 0])), typed: i32(-(2 ** 31), 2 ** 31 - 1, -1) },
     {
-      name: 'int64', dataType: DataType.INT64, dims: [5],
+      name: 'int32',
+      dataType: DataType.INT32,
+      dims: [3],
+      raw: bytesOf(Int32Array.from([-(2 ** 31), 2 ** 31 - 1, 0])),
+      typed: i32(-(2 ** 31), 2 ** 31 - 1, -1),
+    },
+    {
+      name: 'int64',
+      dataType: DataType.INT64,
+      dims: [5],
       raw: bytesOf(BigInt64Array.from([INT64_MIN, INT64_MAX, 0n, -1n, 2n ** 53n + 1n])),
       typed: { field: 'int64_data', values: BigInt64Array.from([INT64_MIN, INT64_MAX, 0n, -1n, 2n ** 40n + 2n ** 33n]) },
     },
     small('bool', DataType.BOOL, [3], [1, 0, 1], [1, 0, 1]),
     {
-      name: 'float16', dataType: DataType.FLOAT16, dims: [4],
-      raw: bytesOf(Uint16Array.from([0x3c00, 0x8000, 0x7e00, 0x7c00])), typed: i32(0x3c00, 0xfc00, 0x0001, 0x7bff),
+      name: 'float16',
+      dataType: DataType.FLOAT16,
+      dims: [4],
+      raw: bytesOf(Uint16Array.from([0x3c00, 0x8000, 0x7e00, 0x7c00])),
+      typed: i32(0x3c00, 0xfc00, 0x0001, 0x7bff),
     },
     {
-      name: 'double', dataType: DataType.DOUBLE, dims: [4],
+      name: 'double',
+      dataType: DataType.DOUBLE,
+      dims: [4],
       raw: bytesOf(Float64Array.from([Math.PI, -0, NaN, 1e308])),
       typed: { field: 'double_data', values: Float64Array.from([2.5, -Infinity, 5e-324, -0]) },
     },
     {
-      name: 'uint32', dataType: DataType.UINT32, dims: [2],
-      raw: bytesOf(Uint32Array.from([0, 4294967295])), typed: { field: 'uint64_data', values: BigUint64Array.from([4294967295n, 7n]) },
+      name: 'uint32',
+      dataType: DataType.UINT32,
+      dims: [2],
+      raw: bytesOf(Uint32Array.from([0, 4294967295])),
+      typed: { field: 'uint64_data', values: BigUint64Array.from([4294967295n, 7n]) },
     },
     {
-      name: 'uint64', dataType: DataType.UINT64, dims: [3],
+      name: 'uint64',
+      dataType: DataType.UINT64,
+      dims: [3],
       raw: bytesOf(BigUint64Array.from([0n, UINT64_MAX, 2n ** 63n])),
       typed: { field: 'uint64_data', values: BigUint64Array.from([UINT64_MAX, 2n ** 63n, 1n]) },
     },
     {
-      name: 'complex64', dataType: DataType.COMPLEX64, dims: [2],
-      raw: bytesOf(Float32Array.from([1, 2, -3, NaN])), typed: { field: 'float_data', values: Float32Array.from([1, -2, 0.5, -0]) },
+      name: 'complex64',
+      dataType: DataType.COMPLEX64,
+      dims: [2],
+      raw: bytesOf(Float32Array.from([1, 2, -3, NaN])),
+      typed: { field: 'float_data', values: Float32Array.from([1, -2, 0.5, -0]) },
     },
     {
-      name: 'complex128', dataType: DataType.COMPLEX128, dims: [1],
-      raw: bytesOf(Float64Array.from([1, -1])), typed: { field: 'double_data', values: Float64Array.from([0.5, Infinity]) },
+      name: 'complex128',
+      dataType: DataType.COMPLEX128,
+      dims: [1],
+      raw: bytesOf(Float64Array.from([1, -1])),
+      typed: { field: 'double_data', values: Float64Array.from([0.5, Infinity]) },
     },
-    { name: 'bfloat16', dataType: DataType.BFLOAT16, dims: [2], raw: bytesOf(Uint16Array.from([0x3f80, 0xff80])), typed: i32(0x3f80, 0x7fc0) },
+    {
+      name: 'bfloat16',
+      dataType: DataType.BFLOAT16,
+      dims: [2],
+      raw: bytesOf(Uint16Array.from([0x3f80, 0xff80])),
+      typed: i32(0x3f80, 0x7fc0),
+    },
     small('float8e4m3fn', DataType.FLOAT8E4M3FN, [3], [0x38, 0x7f, 0xff], [0x38, 0x7e, 0x80]),
     small('float8e4m3fnuz', DataType.FLOAT8E4M3FNUZ, [3], [0x40, 0x80, 0x01], [0x40, 0x7f, 0x00]),
     small('float8e5m2', DataType.FLOAT8E5M2, [3], [0x3c, 0x7c, 0xfe], [0x3c, 0xfc, 0x7f]),
@@ -120,7 +157,12 @@ export function dataTypeSamples(): DataTypeSample[] {
     small('float4e2m1', DataType.FLOAT4E2M1, [4], [0x21, 0x7f], [0xf7, 0x12]),
     small('float8e8m0', DataType.FLOAT8E8M0, [3], [0x7f, 0xff, 0x00], [0x7f, 0x00, 0xfe]),
     // Strings have no raw form: empty, non-ASCII, and bytes that are not UTF-8.
-    { name: 'string', dataType: DataType.STRING, dims: [3], strings: [new Uint8Array(0), text('héllo'), Uint8Array.from([0xff, 0x00, 0xfe])] },
+    {
+      name: 'string',
+      dataType: DataType.STRING,
+      dims: [3],
+      strings: [new Uint8Array(0), text('héllo'), Uint8Array.from([0xff, 0x00, 0xfe])],
+    },
   ];
 }
 
@@ -137,7 +179,10 @@ function sampleTensors(): Tensor[] {
 function decoratedTensor(): Tensor {
   const t = Tensor.fromArray('w_decorated', DataType.FLOAT, [2, 2], Float32Array.from([1, 2, 3, 4]));
   t.docString = 'a tensor with every optional field';
-  t.metadataProps = [['origin', 'test'], ['empty', '']];
+  t.metadataProps = [
+    ['origin', 'test'],
+    ['empty', ''],
+  ];
   t.segment = { begin: 0n, end: INT64_MAX };
   t.dataLocation = 0; // DEFAULT, written explicitly
   t.unknownFields = UNKNOWN.tensor;
@@ -190,11 +235,16 @@ export function buildEveryFieldModel(): Model {
   x.metadataProps = [['role', 'data']];
   x.unknownFields = UNKNOWN.valueInfo;
   const cond = b.input('cond', tensorType(DataType.BOOL, []));
-  typeSamples().slice(3, 8).forEach((t, i) => b.input(`typed_input_${i}`, t));
+  typeSamples()
+    .slice(3, 8)
+    .forEach((t, i) => b.input(`typed_input_${i}`, t));
 
   for (const t of sampleTensors()) b.graph.addInitializer(new Value(t.name!), t);
   b.graph.addInitializer(new Value('w_decorated'), decoratedTensor());
-  const tripCount = b.graph.addInitializer(new Value('trip_count'), Tensor.fromArray('trip_count', DataType.INT64, [], BigInt64Array.of(3n)));
+  const tripCount = b.graph.addInitializer(
+    new Value('trip_count'),
+    Tensor.fromArray('trip_count', DataType.INT64, [], BigInt64Array.of(3n)),
+  );
   for (const v of b.graph.initializers) b.names.claim(v.name);
   const sparse = new Value('sparse_w');
   sparse.graph = b.graph;
@@ -225,7 +275,10 @@ export function buildEveryFieldModel(): Model {
   b.graph.quantizationAnnotations = [
     {
       tensorName: 'w_float_raw',
-      quantParameterTensorNames: [['SCALE_TENSOR', 'w_float_typed'], ['ZERO_POINT_TENSOR', 'w_int8_raw']],
+      quantParameterTensorNames: [
+        ['SCALE_TENSOR', 'w_float_typed'],
+        ['ZERO_POINT_TENSOR', 'w_int8_raw'],
+      ],
       unknownFields: UNKNOWN.annotation,
     },
     { tensorName: 'X' },
@@ -247,7 +300,11 @@ function describeModel(model: Model): void {
   model.domain = 'org.vcompile.test';
   model.modelVersion = 2n ** 40n + 2n ** 33n;
   model.docString = 'Every field of onnx.proto, set at least once. ünïcödé too.';
-  model.metadataProps = [['author', 'tests'], ['license', 'MIT'], ['', 'empty key']];
+  model.metadataProps = [
+    ['author', 'tests'],
+    ['license', 'MIT'],
+    ['', 'empty key'],
+  ];
   model.configuration = [{ name: 'mesh', num_devices: 2, device: ['cpu:0', 'cpu:1'] }];
   model.unknownFields = UNKNOWN.model;
 }
@@ -294,9 +351,18 @@ function callFunction(b: ModelBuilder, x: Value): Value {
         {
           tensor_name: 'X',
           device: [0n, 1n],
-          index_to_device_group_map: [{ key: 0n, value: [0n, 1n] }, { key: 1n, value: [INT64_MAX] }],
+          index_to_device_group_map: [
+            { key: 0n, value: [0n, 1n] },
+            { key: 1n, value: [INT64_MAX] },
+          ],
           sharded_dim: [
-            { axis: 0n, simple_sharding: [{ dim_value: 4n, num_shards: 2n }, { dim_param: 'batch', num_shards: 2n }] },
+            {
+              axis: 0n,
+              simple_sharding: [
+                { dim_value: 4n, num_shards: 2n },
+                { dim_param: 'batch', num_shards: 2n },
+              ],
+            },
             { axis: -1n },
           ],
         },
@@ -351,7 +417,11 @@ function allAttributesNode(b: ModelBuilder, x: Value, cond: Value): Value[] {
     { name: 'f_nan', type: AttributeType.FLOAT, f: NaN },
     { name: 'i', type: AttributeType.INT, i: INT64_MIN },
     { name: 's', type: AttributeType.STRING, s: Uint8Array.from([0xff, 0x00, 0x41]) },
-    { name: 't', type: AttributeType.TENSOR, t: Tensor.fromArray('attr_t', DataType.INT64, [2], BigInt64Array.from([INT64_MAX, INT64_MIN])) },
+    {
+      name: 't',
+      type: AttributeType.TENSOR,
+      t: Tensor.fromArray('attr_t', DataType.INT64, [2], BigInt64Array.from([INT64_MAX, INT64_MIN])),
+    },
     { name: 'g', type: AttributeType.GRAPH, g: graphWithInput('attr_g') },
     { name: 'sparse_tensor', type: AttributeType.SPARSE_TENSOR, sparseTensor: sparseTensor('attr_sparse') },
     { name: 'tp', type: AttributeType.TYPE_PROTO, tp: FLOAT_X },

@@ -13,7 +13,13 @@ export interface MeanPluginByHand {
   ratio: number;
 }
 
-export function referenceForward(model: Model, config: TransformerConfig, ids: number[][], mask: number[][] | undefined, plugin?: MeanPluginByHand): Matrix[] {
+export function referenceForward(
+  model: Model,
+  config: TransformerConfig,
+  ids: number[][],
+  mask: number[][] | undefined,
+  plugin?: MeanPluginByHand,
+): Matrix[] {
   const w = weightsOf(model);
   return ids.map((row, b) => {
     let x = row.map((id) => w.vector('embeddings.word', id, config.hidden));

@@ -3,7 +3,7 @@
 // batch and seq stay symbolic), norms spelled out or as LayerNormalization, an additive padding mask
 // from `attention_mask` and/or a causal triangle computed from Range/Less. Weights are seeded random.
 // Tests draw configurations, build them here, and check that the analysis recovers them.
-import { type Attrs, ModelBuilder, float } from '../../src/ir/builder.js';
+import { type Attrs, float, ModelBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { DataType, tensorType } from '../../src/ir/types.js';
@@ -100,7 +100,11 @@ class Generator {
 
   private weight(name: string, dims: number[], scale = 1 / Math.sqrt(dims[0])): Value {
     const size = dims.reduce((a, c) => a * c, 1);
-    return this.b.floats(name, dims, Array.from({ length: size }, () => (this.random() * 2 - 1) * scale));
+    return this.b.floats(
+      name,
+      dims,
+      Array.from({ length: size }, () => (this.random() * 2 - 1) * scale),
+    );
   }
 
   private scalar(value: number): Value {
@@ -211,7 +215,8 @@ class Generator {
     const seq = this.dimOf(xt, 0);
     const batch = this.dimOf(xt, 1);
     const batchHeads = op.Mul(batch, this.ints([heads]));
-    const fold = (t: Value, perm: number[]) => op.Transpose(op.Reshape(t, op.Concat(seq, batchHeads, this.ints([headSize]), { axis: 0 })), { perm });
+    const fold = (t: Value, perm: number[]) =>
+      op.Transpose(op.Reshape(t, op.Concat(seq, batchHeads, this.ints([headSize]), { axis: 0 })), { perm });
     const q = op.Div(fold(part(0), [1, 0, 2]), this.scalar(Math.sqrt(headSize)));
     let scores = op.MatMul(q, fold(part(1), [1, 2, 0]));
     // masks arrive as [batch or 1, 1, seq or 1, seq]: repeat per head and fold like the scores
@@ -255,7 +260,11 @@ class Generator {
     const { op } = this.b;
     const { hidden } = this.config;
     const kind = this.config.normKind ?? 'layernorm';
-    const gamma = this.b.floats(`${name}.weight`, [hidden], Array.from({ length: hidden }, () => 0.5 + this.random()));
+    const gamma = this.b.floats(
+      `${name}.weight`,
+      [hidden],
+      Array.from({ length: hidden }, () => 0.5 + this.random()),
+    );
     const beta = kind === 'layernorm' ? this.weight(`${name}.bias`, [hidden], 0.1) : undefined;
     if (this.config.normForm === 'op' && beta) return op.LayerNormalization(x, gamma, beta, { axis: -1, epsilon: float(1e-5) });
     const mean = (t: Value) => op.ReduceMean(t, { axes: [-1], keepdims: 1 } satisfies Attrs);
@@ -269,4 +278,3 @@ class Generator {
     return op.Add(op.Mul(op.Div(centered, std), gamma), beta!);
   }
 }
-

