@@ -8,9 +8,10 @@ import { VcompileError } from '../src/errors.js';
 import { verifyModel } from '../src/ir/verify.js';
 import { decodeModel, encodeModel } from '../src/onnx/file.js';
 import { decodeTensor, encodeTensor } from '../src/onnx/tensor-file.js';
+import { TESTDATA_ROOT, testdataAvailable } from './helpers/onnx-testdata.js';
 
 const FIXTURES = path.join(import.meta.dirname, '..', 'fixtures');
-const TESTDATA = '/usr/share/libonnx-testdata/data';
+const TESTDATA = TESTDATA_ROOT;
 
 /** The smallest PyTorch fixtures: real transformer graphs with weights. */
 const FIXTURE_MODELS = ['vit.onnx', 'bert_fused_qkv.onnx', 't5_encoder.onnx'];
@@ -163,7 +164,7 @@ describe('damaged files', { timeout: 60_000 }, () => {
     );
   });
 
-  it.each(TESTDATA_MODELS)('libonnx-testdata %s', (name) => {
+  it.runIf(testdataAvailable()).each(TESTDATA_MODELS)('libonnx-testdata %s', (name) => {
     const original = readTestdata(path.join(name, 'model.onnx'));
     fc.assert(
       fc.property(damages, (mutations) => checkModelBytes(damage(original, mutations))),
@@ -171,7 +172,7 @@ describe('damaged files', { timeout: 60_000 }, () => {
     );
   });
 
-  it.each(TESTDATA_TENSORS)('tensor file %s', (name) => {
+  it.runIf(testdataAvailable()).each(TESTDATA_TENSORS)('tensor file %s', (name) => {
     const original = readTestdata(name);
     fc.assert(
       fc.property(damages, (mutations) => checkTensorBytes(damage(original, mutations))),

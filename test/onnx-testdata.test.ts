@@ -11,8 +11,9 @@ import { verifyModel } from '../src/ir/verify.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { encodeTensor, readTensorFile } from '../src/onnx/tensor-file.js';
 import { isOrtDataType, openSession, run } from '../src/runtime/session.js';
+import { TESTDATA_ROOT, testdataAvailable } from './helpers/onnx-testdata.js';
 
-const DATA_ROOT = '/usr/share/libonnx-testdata/data';
+const DATA_ROOT = TESTDATA_ROOT;
 /** libonnx-testdata 1.12 (Debian bookworm) ships this many models. */
 const EXPECTED_MODELS = 1072;
 /** Models ORT runs correctly: 959 measured with onnxruntime-node 1.30, less a little slack for other ORT builds. */
@@ -164,7 +165,7 @@ async function runAndCompare(bytes: Uint8Array, data: TestData): Promise<string 
 // ------------------------------------------------------------------------------ tests
 
 // Loading all models takes about 3 s and the ORT runs about 6 s on two cores; vitest's 5 s default is too tight.
-describe('libonnx-testdata', { timeout: 60_000 }, () => {
+describe.runIf(testdataAvailable())('libonnx-testdata', { timeout: 60_000 }, () => {
   it(`finds ONNX's backend test models (apt-get install libonnx-testdata)`, () => {
     expect(loadCases().length).toBe(EXPECTED_MODELS);
   });

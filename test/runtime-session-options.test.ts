@@ -84,7 +84,7 @@ describe('execution providers', () => {
     expect((error as VcompileError).exitCode).toBe(2);
     // as the CLI prints it (the library's own message says ep=cuda)
     expect(cliMessage((error as VcompileError).parts)).toMatch(
-      /^--ep cuda: onnxruntime-node's CUDA execution provider is not installed \(no libonnxruntime_providers_cuda\.so in [^)]+\); install it with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node` \(needs CUDA 12 and cuDNN 9\), or use --ep cpu or --ep auto$/,
+      /^--ep cuda: onnxruntime-node's CUDA execution provider is not installed \(no libonnxruntime_providers_cuda\.so in [^)]+\); install it with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node --ignore-scripts=false` \(needs CUDA 12 and cuDNN 9\), or use --ep cpu or --ep auto$/,
     );
   });
 

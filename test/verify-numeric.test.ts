@@ -180,7 +180,7 @@ describe('vcompile verify', () => {
     const cuda = vcompile('verify', bert, bert, '--ep', 'cuda');
     expect(cuda.code).toBe(2);
     expect(cuda.stderr).toMatch(
-      /^vcompile: --ep cuda: onnxruntime-node's CUDA execution provider is not installed .*`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node`.*\n$/,
+      /^vcompile: --ep cuda: onnxruntime-node's CUDA execution provider is not installed .*`ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node --ignore-scripts=false`.*\n$/,
     );
     const auto = vcompile('verify', bert, bert, '--ep', 'auto', '--batch', '1', '--seq', '4');
     expect(auto.code).toBe(0);

@@ -55,7 +55,7 @@ export interface Session {
   release(): Promise<void>;
 }
 
-export const CUDA_INSTALL_COMMAND = 'ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node';
+export const CUDA_INSTALL_COMMAND = 'ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node --ignore-scripts=false';
 
 /** Load a model (a file path, its bytes, or an IR model) into ONNX Runtime. */
 export async function openSession(model: string | Uint8Array | Model, options: SessionOptions = {}): Promise<Session> {
