@@ -19,7 +19,12 @@ export type OptionName =
   | 'switchable'
   | 'defaultRatio'
   | 'targetSpeedup'
-  | 'ratios';
+  | 'ratios'
+  | 'seqs'
+  | 'batches'
+  | 'dims'
+  | 'data'
+  | 'logits';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

@@ -54,7 +54,7 @@ describe('metrics', () => {
 
 describe('verifyModels', () => {
   it('identical models: zero error on every case of the grid', async () => {
-    const r = await verifyModels(bert, bert, { maxError: 0, minCosine: 1 });
+    const r = await verifyModels(bert, bert, { maxError: 0, minCosine: 1, seqs: [16, 37] });
     expect(r.pass).toBe(true);
     expect(r.cases.map((c) => [c.batch, c.seq])).toEqual([
       [1, 16],
@@ -126,6 +126,7 @@ describe('vcompile verify', () => {
       'cases',
       'ep',
       'failures',
+      'inputs',
       'original',
       'outputs',
       'pass',
@@ -138,7 +139,8 @@ describe('vcompile verify', () => {
       rewritten: bert,
       ep: 'cpu',
       seed: 0,
-      thresholds: { maxError: null, minCosine: 0.999 },
+      thresholds: { maxError: null, minCosine: 0.999, minTop1Agreement: null, maxKl: null, maxAccuracyDrop: null },
+      inputs: { kind: 'grid', note: 'as given' },
       failures: [],
       pass: true,
     });
@@ -165,15 +167,29 @@ describe('vcompile verify', () => {
     expect(Object.keys(report.outputs[0]).sort()).toEqual([
       'compared',
       'cosine',
+      'cosinePerPosition',
       'excluded',
+      'kl',
       'maskedBy',
       'maxAbs',
       'meanAbs',
       'name',
       'nonFinite',
       'pass',
+      'positions',
       'relative',
+      'task',
+      'top1Agreement',
+      'top5Agreement',
     ]);
+    // the hidden states are not class scores: no class metrics, no task
+    expect(report.outputs[0]).toMatchObject({
+      positions: 8,
+      cosinePerPosition: { mean: 1, p5: 1 },
+      top1Agreement: null,
+      kl: null,
+      task: null,
+    });
   });
 
   it.skipIf(cudaProviderInstalled())('--ep cuda without the provider: exit 2 and how to install it; --ep auto: a one-line notice', () => {
@@ -193,15 +209,35 @@ describe('vcompile verify', () => {
 describe('verification at the end of a compile', () => {
   it('is on by default, reported under verify, and skipped with --no-verify', () => {
     const out = path.join(tempDir(), 'm.onnx');
-    const r = vcompile(bert, '-o', out, '--json');
+    const r = vcompile(bert, '--plugin', 'builtin:identity:1', '-o', out, '--json');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.verify).toMatchObject({ original: bert, rewritten: out, pass: true, thresholds: {} });
-    expect(report.verify.cases).toHaveLength(4);
-    expect(JSON.parse(vcompile(bert, '-o', out, '--json', '--no-verify').stdout).verify).toBeNull();
-    expect(vcompile(bert, '-o', out).stdout).toMatch(
-      /^verify last_hidden_state: max abs error 0\.00e\+0, cosine 1\.000000 over 4 cases \(padding masked by attention_mask\): ok$/m,
+    // the default grid: batch 1 and 3 (padded rows), a length the transformer sees as >= 32 positions
+    expect(report.verify.cases.map((c: { batch: number; seq: number }) => [c.batch, c.seq])).toEqual([
+      [1, 35],
+      [3, 35],
+    ]);
+    expect(report.verify.inputs.note).toBe('seq 35: 35 positions inside the transformer, not a multiple of any of 2, 3, 4');
+    expect(JSON.parse(vcompile(bert, '--plugin', 'builtin:identity:1', '-o', out, '--json', '--no-verify').stdout).verify).toBeNull();
+    // report only unless a gate is given; ok when it is given and met
+    expect(vcompile(bert, '--plugin', 'builtin:identity:1', '-o', out).stdout).toMatch(
+      /^verify last_hidden_state: max abs error 0\.00e\+0, cosine 1\.000000 over 2 cases \(padding masked by attention_mask\): report only \(no gate\)$/m,
     );
+    expect(vcompile(bert, '--plugin', 'builtin:identity:1', '-o', out, '--max-error', '0').stdout).toMatch(
+      /^verify last_hidden_state: max abs error 0\.00e\+0, cosine 1\.000000 over 2 cases \(padding masked by attention_mask\): ok$/m,
+    );
+  });
+
+  it('is skipped, saying so, when no pass changed the model', () => {
+    const out = path.join(tempDir(), 'same.onnx');
+    const r = vcompile(bert, '-o', out);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`verify: skipped: no pass changed the model (${out} computes what ${bert} computes)`);
+    expect(JSON.parse(vcompile(bert, '-o', out, '--json').stdout)).toMatchObject({
+      verify: null,
+      verifySkipped: 'no pass changed the model',
+    });
   });
 
   it('reports a lossy plugin without failing, and gates it when thresholds are given', () => {

@@ -46,6 +46,8 @@ export interface PluginPassOptions {
   layers?: number[];
   /** causal self-attention layers the user explicitly accepts compressing (leaks future tokens) */
   compressCausal?: number[];
+  /** refuse, saying why, when no layer gets a plugin (instead of returning the model unchanged) */
+  refuseNoop?: boolean;
 }
 
 /** A score term to shorten: which axes follow the sequence, and how it acts on the scores. */
@@ -77,6 +79,7 @@ export function pluginPass(options: PluginPassOptions, load: PluginLoader): Pass
     run(model, context) {
       const analysis = analyzeFor(model, 'plugins');
       const placements = plan(model, analysis, inInputNumbers(options, context), load);
+      if (options.refuseNoop && placements.length === 0) throw nothingCompressed(analysis);
       const rewriter = new PluginRewriter(model);
       for (const p of placements) rewriter.apply(p);
       const removed = rewriter.finish();
@@ -158,6 +161,16 @@ export function plan(
     return false;
   });
   return selected.map((layer) => place(layer, byLayer.get(layer.index) ?? fallback!, analysis));
+}
+
+/** Why a compile that asked for plugins placed none. */
+export function nothingCompressed(analysis: TransformerAnalysis): VcompileError {
+  const causal = causalLayers(analysis);
+  if (causal.length === 0) return new VcompileError('no layer was compressed: the selection holds no layer');
+  const every = causal.length === analysis.layers.length;
+  return new VcompileError(
+    msg`no layer was compressed: ${every ? 'every layer uses' : 'the selected layers use'} causal self-attention (layer${causal.length === 1 ? '' : 's'} ${formatLayers(causal)}); ${option('compressCausal', 'LAYERS')} compresses them anyway, leaking future tokens`,
+  );
 }
 
 function causalLayers(analysis: TransformerAnalysis): number[] {

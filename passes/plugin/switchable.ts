@@ -15,6 +15,7 @@ import type { Pass } from '../pipeline.js';
 import type { Plugin } from './contract.js';
 import {
   inInputNumbers,
+  nothingCompressed,
   type Placement,
   type PluginLoader,
   type PluginPassOptions,
@@ -53,6 +54,7 @@ export function switchablePass(options: SwitchableOptions, load: PluginLoader): 
         );
       if (model.graph.lookup(RATIO_INPUT)) throw new VcompileError(`the model already has a value named ${RATIO_INPUT}`);
       const layers = layersInOrder(byRatio);
+      if (options.refuseNoop && layers.length === 0) throw nothingCompressed(analysis);
       const builder = new SwitchBuilder(model, ratios, defaultRatio, analysis.context.shapes);
       for (const placements of layers) builder.switchLayer(placements);
       builder.rewriter.finish();

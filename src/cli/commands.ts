@@ -6,11 +6,12 @@ import { describeLayers, formatLayerTable } from '../analysis/index.js';
 import { pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
+import type { Model } from '../ir/model.js';
 import { loadModel, saveModel } from '../onnx/file.js';
 import { ExitCode } from './errors.js';
 import { modulesPassFromFlags } from './modular-commands.js';
-import { print, requireValid } from './output.js';
-import { type CompileVerifyFlags, compiledFailure, describeVerify, verifyCompiled } from './runtime-commands.js';
+import { jsonNumbers, print, requireValid } from './output.js';
+import { type CheckFlags, checkCompiled, checkOptions, compiledFailure, describeCheck } from './verify-commands.js';
 
 export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
   const model = loadModel(file);
@@ -41,7 +42,7 @@ export interface CompileOptions {
   verifyIr: boolean;
   json: boolean;
   /** check the written model against MODEL on ONNX Runtime; undefined with --no-verify */
-  verify?: CompileVerifyFlags;
+  verify?: CheckFlags;
   /** --plugin values: FILE, builtin:KIND:K[:SCOPE], or L=FILE for layer L */
   plugins: string[];
   /** --layers, e.g. "2-9" or "0,3,5-7" */
@@ -66,7 +67,12 @@ function compilePasses(options: CompileOptions): Pass[] {
   if (options.modules.length) passes.push(modulesPassFromFlags(options.modules));
   if (options.plugins.length) {
     const plugins = pluginOptions(options);
-    passes.push(options.switchable ? switchablePass({ ...plugins, defaultRatio: options.defaultRatio }) : pluginPass(plugins));
+    // a compile asked to compress must compress something: the pass refuses, saying why, when nothing is
+    passes.push(
+      options.switchable
+        ? switchablePass({ ...plugins, defaultRatio: options.defaultRatio, refuseNoop: true })
+        : pluginPass({ ...plugins, refuseNoop: true }),
+    );
   }
   if (options.eliminateDeadCode) passes.push(deadCodePass);
   return passes;
@@ -102,7 +108,10 @@ export function parseLayerList(text: string, flag: string): number[] {
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
   const model = loadModel(file);
   if (options.verifyIr) requireValid(model, file);
-  const result = runPasses(model, compilePasses(options), { verify: options.verifyIr });
+  const passes = compilePasses(options);
+  if (passes.some((p) => p !== deadCodePass)) refuseCompiled(model, file);
+  const check = options.verify && checkOptions(options.verify, model, file);
+  const result = runPasses(model, passes, { verify: options.verifyIr });
   const written = saveModel(result.model, options.output, {
     externalData: options.externalData,
     location: options.dataLocation,
@@ -110,18 +119,35 @@ export async function compileFile(file: string, options: CompileOptions): Promis
     protect: [file],
     overwrite: options.overwrite,
   });
-  const verify = options.verify ? await verifyCompiled(file, options.output, options.verify) : null;
+  const skipped = check && !result.modified ? 'no pass changed the model' : null;
+  const reports = check && !skipped ? await checkCompiled(file, options.output, result.model, check) : [];
   const report = {
     input: file,
     output: options.output,
     bytes: written.bytes,
     externalData: written.externalFile ?? null,
     passes: result.passes,
-    verify,
+    verify: reports[0] ?? null,
+    ...(reports.length > 1 ? { verifyRatios: reports } : {}),
+    ...(skipped ? { verifySkipped: skipped } : {}),
   };
-  print(options.json ? JSON.stringify(report, null, 2) : describeWrite(report) + (verify ? `\n${describeVerify(verify)}` : ''));
-  if (verify && !verify.pass) throw compiledFailure(verify, options.output);
+  const checkLines = skipped
+    ? `verify: skipped: ${skipped} (${options.output} computes what ${file} computes)`
+    : reports.length
+      ? describeCheck(reports)
+      : '';
+  print(options.json ? JSON.stringify(report, jsonNumbers, 2) : describeWrite(report) + (checkLines ? `\n${checkLines}` : ''));
+  if (reports.some((r) => !r.pass)) throw compiledFailure(reports, options.output);
   return ExitCode.ok;
+}
+
+/** A model vcompile already compressed is not compiled again: its blocks are wrapped, not what the passes look for. */
+function refuseCompiled(model: Model, file: string): void {
+  const applied = model.getMetadata('vcompile.plugins') ?? model.getMetadata('vcompile.switchable');
+  if (applied === undefined) return;
+  throw new VcompileError(
+    `${file} was already compiled by vcompile (metadata vcompile.plugins: its layers carry plugins); compile the original model instead`,
+  );
 }
 
 function describeWrite(report: {

@@ -26,6 +26,11 @@ const FLAGS: Record<OptionName, string> = {
   defaultRatio: '--default-ratio',
   targetSpeedup: '--target-speedup',
   ratios: '--ratios',
+  seqs: '--seq',
+  batches: '--batch',
+  dims: '--dim',
+  data: '--data',
+  logits: '--logits',
 };
 
 function asFlag(ref: OptionRef): string {

@@ -8,7 +8,8 @@ import { compileFile, inspectFile } from './commands.js';
 import { describeFailure } from './errors.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
 import { initPlugin } from './plugin-commands.js';
-import { benchCommand, verifyCommand } from './runtime-commands.js';
+import { benchCommand } from './runtime-commands.js';
+import { verifyCommand } from './verify-commands.js';
 
 export async function main(argv: string[]): Promise<number> {
   const out = { code: 0 };
@@ -82,6 +83,62 @@ function withGrid<T>(y: Argv<T>, batch: string, seq: string) {
       describe: 'bind a symbolic input dim by name, NAME=VALUE (repeatable; wins over --batch/--seq)',
     })
     .option('seed', { type: 'number', default: 0, describe: 'seed of the generated inputs' });
+}
+
+/** The gates and the inputs of a check: `vcompile verify` and the check after a compile. */
+function withCheck<T>(y: Argv<T>, what = '') {
+  return y
+    .option('max-error', { type: 'number', describe: `${what}fail when an output's max abs error exceeds this` })
+    .option('min-cosine', { type: 'number', describe: `${what}fail when an output's cosine similarity falls below this` })
+    .option('min-top1-agreement', {
+      type: 'number',
+      describe: `${what}fail when the share of positions whose top class agrees with the original's falls below this (0-1)`,
+    })
+    .option('max-kl', { type: 'number', describe: `${what}fail when the mean KL(original || rewritten) of a class output exceeds this` })
+    .option('max-accuracy-drop', {
+      type: 'number',
+      describe: `${what}fail when the accuracy on the labels drops by more than this many points`,
+    })
+    .option('data', {
+      type: 'string',
+      describe: `${what}real inputs: a folder of NAME.npy files, a .jsonl file, or ONNX test data sets (labels: labels.npy or a labels key)`,
+    })
+    .option('samples', { type: 'number', describe: `${what}with --data: use the first N samples` })
+    .option('logits', {
+      type: 'string',
+      array: true,
+      nargs: 1,
+      describe: `${what}the outputs whose last axis scores classes (default: detected; none: no output)`,
+    })
+    .option('per-layer', {
+      type: 'boolean',
+      default: false,
+      describe: `${what}also compare the residual stream leaving every transformer layer`,
+    });
+}
+
+function checkArgs(args: {
+  'max-error'?: number;
+  'min-cosine'?: number;
+  'min-top1-agreement'?: number;
+  'max-kl'?: number;
+  'max-accuracy-drop'?: number;
+  data?: string;
+  samples?: number;
+  logits?: string[];
+  'per-layer': boolean;
+}) {
+  return {
+    maxError: args['max-error'],
+    minCosine: args['min-cosine'],
+    minTop1Agreement: args['min-top1-agreement'],
+    maxKl: args['max-kl'],
+    maxAccuracyDrop: args['max-accuracy-drop'],
+    data: args.data,
+    samples: args.samples,
+    logits: args.logits,
+    perLayer: args['per-layer'],
+  };
 }
 
 function runtimeArgs(args: { ep: Ep; 'device-id': number; threads?: number; 'graph-optimization': GraphOptimization }) {
@@ -170,16 +227,26 @@ function extractModuleCommand(parser: Argv, out: Out): void {
 function verifyModelsCommand(parser: Argv, out: Out): void {
   parser.command(
     'verify <original> <rewritten>',
-    'run both models on the same inputs and compare their outputs (exit 1 when a threshold is violated)',
+    'run both models on the same inputs and compare their outputs (exit 1 when a gate is violated)',
     (y) =>
-      withRuntime(withGrid(y, '1,3', '16,37'))
+      withCheck(withRuntime(y))
         .positional('original', { type: 'string', demandOption: true, describe: 'the reference model' })
         .positional('rewritten', { type: 'string', demandOption: true, describe: 'the model checked against it' })
-        .option('max-error', { type: 'number', describe: "fail when an output's max abs error exceeds this (default: report only)" })
-        .option('min-cosine', {
-          type: 'number',
-          describe: "fail when an output's cosine similarity falls below this (default: report only)",
+        .option('batch', {
+          type: 'string',
+          describe: 'generated inputs: batch sizes, comma-separated (default 1,3); with --data: samples per run (default 8)',
         })
+        .option('seq', {
+          type: 'string',
+          describe: 'generated inputs: sequence lengths (default: the transformer sees at least 32 positions)',
+        })
+        .option('dim', {
+          type: 'string',
+          array: true,
+          nargs: 1,
+          describe: 'bind a symbolic input dim by name, NAME=VALUE (repeatable; wins over --batch/--seq)',
+        })
+        .option('seed', { type: 'number', default: 0, describe: 'seed of the generated inputs' })
         .option('inputs', {
           type: 'string',
           describe: 'read the inputs from this folder (input_N.pb TensorProto files, NAME.npy or input_N.npy) instead of generating them',
@@ -188,12 +255,11 @@ function verifyModelsCommand(parser: Argv, out: Out): void {
     async (args) => {
       out.code = await verifyCommand(args.original, args.rewritten, {
         ...runtimeArgs(args),
+        ...checkArgs(args),
         batch: args.batch,
         seq: args.seq,
         dim: args.dim,
         seed: args.seed,
-        maxError: args['max-error'],
-        minCosine: args['min-cosine'],
         inputs: args.inputs,
         json: args.json,
       });
@@ -246,88 +312,90 @@ function compileCommand(parser: Argv, out: Out): void {
     '$0 <model>',
     'rewrite MODEL and write the result to OUT',
     (y) =>
-      withDevice(
-        y
-          .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file to compile (never modified)' })
-          .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'where to write the compiled model' })
-          .option('external-data', {
-            choices: ['auto', 'always', 'never'] as const,
-            default: 'auto' as const,
-            describe: 'where weights go (auto: external when the input had external data or the model exceeds 2 GiB)',
-          })
-          .option('data-location', { type: 'string', describe: 'external data file name (default OUT file name + .data)' })
-          .option('size-threshold', { type: 'number', default: 1024, describe: 'tensors below this many bytes stay inline' })
-          .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
-          .option('eliminate-dead-code', { type: 'boolean', default: false, describe: 'remove nodes and weights no output depends on' })
-          .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier on the input and after every pass' })
-          .option('json', { type: 'boolean', default: false, describe: 'print a JSON report on stdout' })
-          .option('plugin', {
-            type: 'string',
-            array: true,
-            nargs: 1,
-            default: [] as string[],
-            describe: 'compression plugin: FILE, builtin:KIND:K[:SCOPE], or L=FILE for layer L only (repeatable)',
-          })
-          .option('layers', {
-            type: 'string',
-            describe: 'layers to compress, e.g. 2-9 or 0,3,5-7 (default: every layer whose self-attention is not causal)',
-          })
-          .option('compress-causal', {
-            type: 'string',
-            describe: 'also compress these causal self-attention layers (merging positions leaks future tokens)',
-          })
-          .option('module', {
-            type: 'string',
-            array: true,
-            nargs: 1,
-            default: [] as string[],
-            describe:
-              'replace layers START-END (0-based, inclusive) by a module: START-END=FILE or START-END=builtin:keep-first|average (repeatable)',
-          })
-          .option('target-speedup', {
-            type: 'number',
-            describe: 'assemble modules from --modules DIR to reach this MACs speed-up with the fewest layers replaced',
-          })
-          .option('modules', {
-            type: 'string',
-            describe:
-              'folder of module files for --target-speedup (each names its start layer in metadata vcompile.start or as *L{START}-{END}.onnx)',
-          })
-          .option('speedup-batch', {
-            type: 'number',
-            default: 1,
-            describe: 'with --target-speedup: batch size the MACs and the quick timing use',
-          })
-          .option('speedup-seq', {
-            type: 'number',
-            default: 128,
-            describe: 'with --target-speedup: sequence length the MACs and the quick timing use',
-          })
-          .option('switchable', {
-            type: 'boolean',
-            default: false,
-            describe: 'one model for every plugin ratio given, chosen at run time by the input vcompile_ratio',
-          })
-          .option('default-ratio', {
-            type: 'number',
-            describe: 'with --switchable: the ratio used when vcompile_ratio is not fed (default 1)',
-          })
-          .option('verify', {
-            type: 'boolean',
-            default: true,
-            describe: 'run the written model against MODEL on ONNX Runtime and report the error (--no-verify skips it)',
-          })
-          .option('max-error', { type: 'number', describe: "verification gate: exit 1 when an output's max abs error exceeds this" })
-          .option('min-cosine', {
-            type: 'number',
-            describe: "verification gate: exit 1 when an output's cosine similarity falls below this",
-          })
-          .option('dim', {
-            type: 'string',
-            array: true,
-            nargs: 1,
-            describe: 'verification: bind a symbolic input dim, NAME=VALUE (repeatable)',
-          }),
+      withCheck(
+        withDevice(
+          y
+            .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file to compile (never modified)' })
+            .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'where to write the compiled model' })
+            .option('external-data', {
+              choices: ['auto', 'always', 'never'] as const,
+              default: 'auto' as const,
+              describe: 'where weights go (auto: external when the input had external data or the model exceeds 2 GiB)',
+            })
+            .option('data-location', { type: 'string', describe: 'external data file name (default OUT file name + .data)' })
+            .option('size-threshold', { type: 'number', default: 1024, describe: 'tensors below this many bytes stay inline' })
+            .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
+            .option('eliminate-dead-code', { type: 'boolean', default: false, describe: 'remove nodes and weights no output depends on' })
+            .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier on the input and after every pass' })
+            .option('json', { type: 'boolean', default: false, describe: 'print a JSON report on stdout' })
+            .option('plugin', {
+              type: 'string',
+              array: true,
+              nargs: 1,
+              default: [] as string[],
+              describe: 'compression plugin: FILE, builtin:KIND:K[:SCOPE], or L=FILE for layer L only (repeatable)',
+            })
+            .option('layers', {
+              type: 'string',
+              describe: 'layers to compress, e.g. 2-9 or 0,3,5-7 (default: every layer whose self-attention is not causal)',
+            })
+            .option('compress-causal', {
+              type: 'string',
+              describe: 'also compress these causal self-attention layers (merging positions leaks future tokens)',
+            })
+            .option('module', {
+              type: 'string',
+              array: true,
+              nargs: 1,
+              default: [] as string[],
+              describe:
+                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE or START-END=builtin:keep-first|average (repeatable)',
+            })
+            .option('target-speedup', {
+              type: 'number',
+              describe: 'assemble modules from --modules DIR to reach this MACs speed-up with the fewest layers replaced',
+            })
+            .option('modules', {
+              type: 'string',
+              describe:
+                'folder of module files for --target-speedup (each names its start layer in metadata vcompile.start or as *L{START}-{END}.onnx)',
+            })
+            .option('speedup-batch', {
+              type: 'number',
+              default: 1,
+              describe: 'with --target-speedup: batch size the MACs and the quick timing use',
+            })
+            .option('speedup-seq', {
+              type: 'number',
+              default: 128,
+              describe: 'with --target-speedup: sequence length the MACs and the quick timing use',
+            })
+            .option('switchable', {
+              type: 'boolean',
+              default: false,
+              describe: 'one model for every plugin ratio given, chosen at run time by the input vcompile_ratio',
+            })
+            .option('default-ratio', {
+              type: 'number',
+              describe: 'with --switchable: the ratio used when vcompile_ratio is not fed (default 1)',
+            })
+            .option('verify', {
+              type: 'boolean',
+              default: true,
+              describe: 'run the written model against MODEL on ONNX Runtime and report the error (--no-verify skips it)',
+            })
+            .option('batch', {
+              type: 'string',
+              describe: 'verification: generated batch sizes (default 1,3), or with --data the samples per run (default 8)',
+            })
+            .option('dim', {
+              type: 'string',
+              array: true,
+              nargs: 1,
+              describe: 'verification: bind a symbolic input dim, NAME=VALUE (repeatable)',
+            }),
+          'verification: ',
+        ),
         'verification: ',
       ),
     async (args) => {
@@ -367,14 +435,7 @@ function compileCommand(parser: Argv, out: Out): void {
         defaultRatio: args['default-ratio'],
         modules: args.module,
         verify: args.verify
-          ? {
-              maxError: args['max-error'],
-              minCosine: args['min-cosine'],
-              dim: args.dim,
-              ep: args.ep,
-              deviceId: args['device-id'],
-              graphOptimization: 'all',
-            }
+          ? { ...checkArgs(args), batch: args.batch, dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
           : undefined,
       });
     },

@@ -1,12 +1,10 @@
-// `vcompile verify` and `vcompile bench`: the commands that run models on ONNX Runtime, and the flag
-// parsing they share with the verification step of `vcompile MODEL -o OUT`.
+// `vcompile bench`, and the flag parsing every command that runs models shares (verify-commands.ts).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
 import { benchModels, formatBenchReport } from '../bench/latency.js';
-import { CheckFailedError, VcompileError } from '../errors.js';
+import { VcompileError } from '../errors.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
-import { failureLine, formatVerifyReport, type VerifyReport, verifyModels } from '../verify/numeric.js';
 import { ExitCode, printNotice } from './errors.js';
 import { jsonNumbers, print } from './output.js';
 import { Progress } from './progress.js';
@@ -23,32 +21,6 @@ export interface GridFlags {
   seq: string | string[];
   dim?: string[];
   seed: number;
-}
-
-export interface VerifyFlags extends RuntimeFlags, GridFlags {
-  maxError?: number;
-  minCosine?: number;
-  inputs?: string;
-  json: boolean;
-}
-
-export async function verifyCommand(original: string, rewritten: string, flags: VerifyFlags): Promise<number> {
-  const progress = new Progress('verify', !flags.json && process.stderr.isTTY === true);
-  let report: VerifyReport;
-  try {
-    report = await verifyModels(original, rewritten, {
-      ...thresholds(flags),
-      ...grid(flags),
-      inputsDir: flags.inputs,
-      session: sessionOptions(flags),
-      onProgress: (done, total) => progress.update(done, total),
-    });
-  } finally {
-    progress.finish();
-  }
-  print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatVerifyReport(report));
-  if (!report.pass) throw new CheckFailedError(failureLine(report));
-  return ExitCode.ok;
 }
 
 export interface BenchFlags extends RuntimeFlags, GridFlags {
@@ -82,56 +54,6 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   if (flags.chart) writeChart(flags.chart, latencyChart(report));
   print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatBenchReport(report) + (flags.chart ? `\nchart: ${flags.chart}` : ''));
   return ExitCode.ok;
-}
-
-export type CompileVerifyFlags = RuntimeFlags & { maxError?: number; minCosine?: number; dim?: string[] };
-
-/**
- * The check at the end of `vcompile MODEL -o OUT`: the written model against its input, on the default
- * grid. Returns the report; the caller prints it, then fails with `compiledFailureLine` when it did not pass.
- */
-export async function verifyCompiled(input: string, output: string, flags: CompileVerifyFlags): Promise<VerifyReport> {
-  const progress = new Progress('verify', process.stderr.isTTY === true);
-  try {
-    return await verifyModels(input, output, {
-      ...thresholds(flags),
-      dims: parseDims(flags.dim),
-      session: sessionOptions(flags),
-      onProgress: (done, total) => progress.update(done, total),
-    });
-  } catch (error) {
-    if (error instanceof VcompileError) throw error.wrapped('verification could not run: ', ` (${writtenNote(output)})`);
-    throw error;
-  } finally {
-    progress.finish();
-  }
-}
-
-export function compiledFailure(report: VerifyReport, output: string): VcompileError {
-  return new CheckFailedError(`${failureLine(report)} (${writtenNote(output)})`);
-}
-
-function writtenNote(output: string): string {
-  return `${output} was written; --no-verify skips the check`;
-}
-
-/** One line per output for the compile report. */
-export function describeVerify(report: VerifyReport): string {
-  const cases = `${report.cases.length} case${report.cases.length === 1 ? '' : 's'}`;
-  return report.outputs
-    .map(
-      (o) =>
-        `verify ${o.name}: max abs error ${o.maxAbs.toExponential(2)}, cosine ${o.cosine.toFixed(6)} over ${cases}${o.maskedBy ? ` (padding masked by ${o.maskedBy})` : ''}: ${o.pass ? 'ok' : 'FAIL'}`,
-    )
-    .join('\n');
-}
-
-function thresholds(flags: { maxError?: number; minCosine?: number }): { maxError?: number; minCosine?: number } {
-  if (flags.maxError !== undefined && !(flags.maxError >= 0))
-    throw new VcompileError(`--max-error must be a number >= 0, got ${flags.maxError}`);
-  if (flags.minCosine !== undefined && !(flags.minCosine >= -1 && flags.minCosine <= 1))
-    throw new VcompileError(`--min-cosine must be between -1 and 1, got ${flags.minCosine}`);
-  return { maxError: flags.maxError, minCosine: flags.minCosine };
 }
 
 function grid(flags: GridFlags): { batches: number[]; seqs: number[]; dims: Record<string, number>; seed: number } {

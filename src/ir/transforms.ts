@@ -174,15 +174,18 @@ function cloneSubgraph(g: Graph, outer: GraphBuilder, outerMapping: Map<Value, V
 }
 
 /**
- * Route every use of `old` to `replacement`. When `old` is an output of its graph, the replacement takes
- * over its name and type, so the model's interface is unchanged; `old` gets a fresh name.
+ * Route every use of `old` to `replacement`, which takes over `old`'s name (`old` gets a fresh one): a
+ * rewritten model keeps the names of the values it recomputes, so the stream leaving layer i can be found
+ * by the original's name. When `old` is an output of its graph, the replacement takes its type too, so
+ * the model's interface is unchanged.
  */
 export function takePlace(old: Value, replacement: Value, names: NameAuthority): void {
   const isOutput = old.graph?.outputs.includes(old) ?? false;
+  const named = replacement.isGraphInput || !!replacement.initializer || replacement.isGraphOutput; // their names are the interface
   replaceAllUses(old, replacement);
-  if (!isOutput) return;
+  if (named && !isOutput) return;
   const name = old.name;
   old.name = names.fresh(`${name}_replaced`);
   replacement.name = name;
-  replacement.type = old.type;
+  if (isOutput) replacement.type = old.type;
 }
