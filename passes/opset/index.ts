@@ -1,0 +1,33 @@
+// The opset upgrade pass: raise a model's default-domain opset so that passes needing newer ops (plugins
+// need dynamic Pad and Slice, opset 11) can run on old exports. See upgrade.ts for how, adapters.ts for what.
+import type { Model } from '../../src/ir/model.js';
+import type { Pass } from '../pipeline.js';
+import { type OpsetUpgradeOptions, type OpsetUpgradeReport, summarizeUpgrade, upgradeChanged, upgradeOpset } from './upgrade.js';
+
+export { upgradeOpset, summarizeUpgrade, upgradeChanged, type OpsetUpgradeOptions, type OpsetUpgradeReport } from './upgrade.js';
+export { MAX_ORT_OPSET, OP_VERSIONS, irVersionFor, versionAt } from './versions.js';
+
+export interface OpsetUpgradePassOptions extends OpsetUpgradeOptions {
+  /** the default-domain opset to reach */
+  target: number;
+}
+
+/**
+ * `{ target: 17 }` upgrades to exactly 17 (refusing a model that is newer); with `atLeast: true` a model
+ * at 17 or newer passes through unchanged, which is what a pass that merely needs 17 wants.
+ */
+export function opsetUpgradePass(options: OpsetUpgradePassOptions): Pass {
+  return {
+    name: 'opset-upgrade',
+    run(model: Model) {
+      const report: OpsetUpgradeReport = upgradeOpset(model, options.target, options);
+      return { model, modified: upgradeChanged(report), report: { ...report }, summary: summarizeUpgrade(report) };
+    },
+  };
+}
+
+/** The opset a model must reach for passes that need `minimum`: its own when new enough, else `minimum`. */
+export function opsetNeeded(model: Model, minimum: number): number | undefined {
+  const current = model.opsetVersion('');
+  return current !== undefined && current >= minimum ? undefined : minimum;
+}
