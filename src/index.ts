@@ -12,6 +12,7 @@ export { verifyModel, assertValid, type Problem } from './verify/ir.js';
 export { summarize, type ModelSummary } from './inspect/summary.js';
 export { runPasses, type Pass, type PassResult } from '../passes/pipeline.js';
 export { deadCodePass } from '../passes/dce/index.js';
+export { opsetUpgradePass, upgradeOpset, summarizeUpgrade, MAX_ORT_OPSET, type OpsetUpgradeReport, type OpsetUpgradePassOptions } from '../passes/opset/index.js';
 export { openSession, run, cudaProviderInstalled, type Session, type SessionOptions, type ExecutionProvider } from './runtime/session.js';
 export { describeInputs, generateFeeds, readFeedFolder, type InputSpec, type DimBinding } from './runtime/feeds.js';
 export { readNpy, writeNpy, decodeNpy, encodeNpy } from './runtime/npy.js';

@@ -26,8 +26,12 @@ export function opsetUpgradePass(options: OpsetUpgradePassOptions): Pass {
   };
 }
 
-/** The opset a model must reach for passes that need `minimum`: its own when new enough, else `minimum`. */
-export function opsetNeeded(model: Model, minimum: number): number | undefined {
+/**
+ * The opset to upgrade `model` to before passes that need at least each of `minimums` (plugins: MIN_OPSET
+ * from src/ir/ops.ts, and the opset of every plugin or module file), or undefined when it is new enough.
+ */
+export function opsetTargetFor(model: Model, ...minimums: number[]): number | undefined {
+  const needed = Math.max(...minimums);
   const current = model.opsetVersion('');
-  return current !== undefined && current >= minimum ? undefined : minimum;
+  return current !== undefined && current >= needed ? undefined : needed;
 }

@@ -83,7 +83,10 @@ export const scatterToElements: Adapter = (d: Draft, step: Step) => {
   d.rename('ScatterElements', versionAt('ScatterElements', step.to)!);
 };
 
-/** Dropout at 10: the mask became bool; a mask that is read is cast back to the data's type. */
+/**
+ * Dropout at 10: the mask became bool; a mask that is read is cast back to the data's type. (In inference
+ * ONNX Runtime's mask is all false through opset 11 and all true from 12: see dropoutRatio.)
+ */
 export const dropoutMask: Adapter = (d: Draft, step: Step) => {
   const mask = d.outputs[1];
   if (!mask || !step.used(mask)) return;

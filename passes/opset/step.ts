@@ -1,5 +1,4 @@
 // What an adapter sees while it converts one draft across one opset step, and the small tensors it makes.
-import type { Value } from '../../src/ir/graph.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { DataType, dataTypeName } from '../../src/ir/types.js';
 import type { Draft, OutRef, Ref } from './draft.js';
@@ -123,10 +122,4 @@ function floatToBfloat16(value: number): number {
   const x = u32[0];
   if ((x & 0x7fffffff) > 0x7f800000) return (x >>> 16) | 0x40;
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
-}
-
-/** A value's name for messages. */
-export function refName(ref: Ref): string {
-  if (!ref) return "''";
-  return 'name' in ref ? (ref as Value).name : ref.hint;
 }

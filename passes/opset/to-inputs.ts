@@ -131,8 +131,13 @@ export const upsampleScales: Adapter = (d: Draft, step: Step) => {
   d.setInput(1, constantOf(step, 'scales', DataType.FLOAT, [a.floats.length], a.floats));
 };
 
-/** Dropout at 12: ratio to the float input 1 (it only matters in training mode, which stays off). */
+/**
+ * Dropout at 12: ratio to the float input 1 (it only matters in training mode, which stays off). The mask
+ * an inference run returns turns from all false (ONNX Runtime, opsets 7-11; ONNX leaves it unsaid) to all
+ * true, so a node whose mask is read is refused.
+ */
 export const dropoutRatio: Adapter = (d: Draft, step: Step) => {
+  if (step.used(d.outputs[1] ?? null)) step.fail(`its mask is read, and in inference the mask is all false before opset 12 (ONNX Runtime) and all true from 12`);
   const ratio = attrFloat(d, step, 'ratio');
   if (ratio === undefined) return;
   d.remove('ratio');

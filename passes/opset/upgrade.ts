@@ -11,6 +11,7 @@ import { NameAuthority } from '../../src/ir/names.js';
 import { isTensorType } from '../../src/ir/types.js';
 import { ADAPTERS } from './adapters.js';
 import { Draft, Fresh, NewConstant, type OutRef, type Ref } from './draft.js';
+import { knownDtype, knownRank } from './known.js';
 import type { Step } from './step.js';
 import { MAX_ORT_OPSET, OP_VERSIONS, irVersionFor, versionAt } from './versions.js';
 
@@ -24,6 +25,8 @@ export interface OpsetUpgradeReport {
   from?: number;
   /** the default-domain opset it declares now */
   to: number;
+  /** the opset asked for */
+  target: number;
   irVersion?: { from?: number; to: number };
   /** nodes whose form changed, by their op before the upgrade */
   converted: Record<string, number>;
@@ -40,8 +43,6 @@ export interface OpsetUpgradeReport {
   customDomains: { domain: string; version?: number; nodes: number }[];
 }
 
-class Refusal extends Error {}
-
 /**
  * Upgrade `model` in place to default-domain opset `target` and return what changed. Throws a
  * VcompileError naming the node, op and step when a node cannot be converted; the model is then unchanged.
@@ -49,9 +50,9 @@ class Refusal extends Error {}
 export function upgradeOpset(model: Model, target: number, options: OpsetUpgradeOptions = {}): OpsetUpgradeReport {
   if (!Number.isInteger(target) || target < 1) throw new VcompileError(`target opset ${target} is not an ONNX opset`);
   if (target > MAX_ORT_OPSET) throw new VcompileError(`target opset ${target} is newer than ONNX Runtime runs; the newest it runs is ${MAX_ORT_OPSET}`);
-  const from = model.opsetVersion('');
+  const from = defaultImport(model.opsetImports)?.version;
   const report: OpsetUpgradeReport = {
-    from, to: from ?? target, converted: {}, unchanged: 0, addedNodes: 0, addedConstants: 0, adopted: {}, functions: [], customDomains: [],
+    from, to: from ?? target, target, converted: {}, unchanged: 0, addedNodes: 0, addedConstants: 0, adopted: {}, functions: [], customDomains: [],
   };
   if (from !== undefined && from > target) {
     if (options.atLeast) return finish(model, countForeign(mainGraphs(model), report));
@@ -101,13 +102,13 @@ export function upgradeChanged(report: OpsetUpgradeReport): boolean {
   return report.to !== report.from || report.functions.length > 0;
 }
 
-/** "opset 9 -> 17: 62 nodes converted (Clip 28, ReduceMean 10, ...), 440 unchanged, 3 added, IR 8" */
+/** "opset 9 -> 17: 45 nodes converted (Clip 28, Slice 10, Squeeze 7), 720 unchanged, 7 constants added" */
 export function summarizeUpgrade(report: OpsetUpgradeReport): string {
-  if (!upgradeChanged(report)) return `opset ${report.from ?? 'none'}: already at ${report.from !== undefined && report.from > report.to ? 'a newer opset' : 'the target'}; nothing to do`;
+  if (!upgradeChanged(report)) return `opset ${report.from ?? 'none'}: already at ${report.from !== undefined && report.from > report.target ? 'a newer opset' : 'the target'}; nothing to do`;
   const converted = Object.entries(report.converted).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
   const total = converted.reduce((n, [, c]) => n + c, 0);
   const parts = [`${total} node${total === 1 ? '' : 's'} converted${total ? ` (${converted.map(([op, n]) => `${op} ${n}`).join(', ')})` : ''}`, `${report.unchanged} unchanged`];
-  if (report.addedNodes) parts.push(`${report.addedNodes} added`);
+  if (report.addedNodes) parts.push(`${report.addedNodes} node${report.addedNodes === 1 ? '' : 's'} added`);
   if (report.addedConstants) parts.push(`${report.addedConstants} constants added`);
   if (report.irVersion) parts.push(`IR version ${report.irVersion.from ?? 'none'} -> ${report.irVersion.to}`);
   if (report.functions.length) parts.push(`functions: ${report.functions.map((f) => f.name).join(', ')}`);
@@ -153,12 +154,14 @@ function planGraph(
       countCustom(report, domain);
       return;
     }
-    const label = `node ${node.name || `#${index} of graph '${graph.name ?? ''}'`}`;
+    const where = `node ${node.name || `#${index} of graph '${graph.name ?? ''}'`}`;
+    const original = node.opType;
+    const label = (op: string) => `${where} (${op === original ? op : `${original}, as ${op}`})`;
     let version = versionAt(node.opType, from);
     if (version === undefined) {
       const first = OP_VERSIONS[node.opType]?.[0];
-      if (first === undefined) throw new VcompileError(`${label} (${node.opType}): ${node.opType} is not an operator of the default ONNX domain (experimental and custom ops need their own domain)`);
-      if (first > to) throw new VcompileError(`${label} (${node.opType}): ${node.opType} is defined from opset ${first}, after the target ${to}`);
+      if (first === undefined) throw new VcompileError(`${label(original)}: ${original} is not an operator of the default ONNX domain (experimental and custom ops need their own domain)`);
+      if (first > to) throw new VcompileError(`${label(original)}: ${original} is defined from opset ${first}, after the target ${to}`);
       report.adopted[node.opType] = (report.adopted[node.opType] ?? 0) + 1;
       version = first;
     }
@@ -169,7 +172,7 @@ function planGraph(
   return plan;
 }
 
-function stepDraft(d: Draft, to: number, label: string, graph: Graph, shapes: ShapeTable): Draft[] {
+function stepDraft(d: Draft, to: number, label: (op: string) => string, graph: Graph, shapes: ShapeTable): Draft[] {
   if (!OP_VERSIONS[d.op]?.includes(to) || d.version >= to) return [d];
   const adapter = ADAPTERS[d.op]?.[to];
   const op = d.op;
@@ -178,7 +181,7 @@ function stepDraft(d: Draft, to: number, label: string, graph: Graph, shapes: Sh
     return [d];
   }
   const step = makeStep(to, graph, shapes, (reason) => {
-    throw new VcompileError(`${label} (${op}): cannot upgrade from opset ${to - 1} to ${to}: ${reason}`);
+    throw new VcompileError(`${label(op)}: cannot upgrade from opset ${to - 1} to ${to}: ${reason}`);
   });
   const result = adapter(d, step) ?? [d];
   if (d.op === op) d.version = to;
@@ -195,16 +198,13 @@ function makeStep(to: number, graph: Graph, shapes: ShapeTable, fail: (reason: s
       if (ref instanceof Fresh) return ref.known.rank;
       if (ref instanceof NewConstant) return ref.tensor.dims.length;
       const v = valueOf(ref);
-      return v && (shapes.rank(v) ?? (isTensorType(v.type) ? v.type.shape?.length : undefined));
+      return v && knownRank(v, shapes);
     },
     dtype(ref) {
       if (ref instanceof Fresh) return ref.known.dtype;
       if (ref instanceof NewConstant) return ref.tensor.dataType;
       const v = valueOf(ref);
-      if (!v) return undefined;
-      const t = v.constTensor();
-      if (t) return t.dataType;
-      return shapes.get(v).dtype ?? (isTensorType(v.type) ? v.type.elemType : undefined);
+      return v && knownDtype(v, shapes);
     },
     dims(ref) {
       if (ref instanceof NewConstant) return ref.tensor.dims;
@@ -279,7 +279,7 @@ function applyPlan(plan: GraphPlan, names: NameAuthority, report: OpsetUpgradeRe
     };
 
     // The node itself first: outputs that move to an added node are released here.
-    rewriteNode(node, main, resolve);
+    const released = rewriteNode(node, main, resolve);
     const after: Node[] = [];
     let seenMain = false;
     for (const d of drafts) {
@@ -295,11 +295,17 @@ function applyPlan(plan: GraphPlan, names: NameAuthority, report: OpsetUpgradeRe
     plan.graph.insertNodes(before, node);
     const next = plan.graph.nodes[plan.graph.nodes.indexOf(node) + 1];
     plan.graph.insertNodes(after, next);
+    // Outputs that went (BatchNormalization's saved statistics) leave the value_info list too.
+    const gone = released.filter((v) => !v.producer);
+    if (gone.length) plan.graph.valueInfos = plan.graph.valueInfos.filter((v) => !gone.includes(v));
   }
 }
 
-/** Give `node` the draft's op, attributes, inputs and outputs, keeping the node object and its name. */
-function rewriteNode(node: Node, d: Draft, resolve: (ref: Ref) => Value | null): void {
+/**
+ * Give `node` the draft's op, attributes, inputs and outputs, keeping the node object and its name.
+ * Returns the output values it no longer produces.
+ */
+function rewriteNode(node: Node, d: Draft, resolve: (ref: Ref) => Value | null): Value[] {
   node.opType = d.op;
   node.attributes = d.attributes;
   const inputs = d.inputs.map(resolve);
@@ -308,6 +314,7 @@ function rewriteNode(node: Node, d: Draft, resolve: (ref: Ref) => Value | null):
     inputs.forEach((v, i) => node.setInput(i, v));
   }
   const outputs = d.outputs.map((o) => resolve(o));
+  const released: Value[] = [];
   const count = Math.max(outputs.length, node.outputs.length);
   for (let i = 0; i < count; i++) {
     const old = node.outputs[i] ?? null;
@@ -319,9 +326,11 @@ function rewriteNode(node: Node, d: Draft, resolve: (ref: Ref) => Value | null):
     if (old && old.producer === node) {
       old.producer = null;
       old.producerIndex = -1;
+      released.push(old);
     }
   }
   node.outputs.length = outputs.length;
+  return released;
 }
 
 /** Small constants are shared within a graph: identical axes lists need not be stored twice. */
