@@ -321,6 +321,23 @@ describe('the first opsets (ONNX Runtime runs none of these originals; the conve
     const tile = nodeOf(m, 'Tile');
     expect([tile.inputs.length, ints(tile, 1), nodeOf(m, 'Pad').attrInts('pads')]).toEqual([2, [1, 3], [1, 1, 0, 0]]);
   });
+
+  it('Split (1 -> 2) takes constant sizes from its second input; LpPool (1 -> 2) gets an integer p; Upsample (1 -> 7) gets scales', () => {
+    const m = modelAt(1, (b) => {
+      const x = b.input('x', f32([1, 1, 4, 4]));
+      const [p, q] = b.multi('Split', [x, b.floats('sizes', [2], [1, 3])], { axis: 2 }, 2);
+      b.output(p, 'p');
+      b.output(q, 'q');
+      b.output(b.op.LpPool(x, { p: float(2), kernel_shape: [2, 2] }), 'pooled');
+      b.output(b.op.Upsample(x, { height_scale: float(2), width_scale: float(3), mode: 'bilinear' }), 'up');
+    });
+    upgradeOpset(m, 7);
+    assertValid(m);
+    const [split, pool, upsample] = m.graph.nodes;
+    expect([split.inputs.length, split.attrInts('split'), pool.attr('p')?.i, upsample.attr('scales')?.floats, upsample.attrString('mode')]).toEqual([
+      1, [1, 3], 2n, [1, 1, 2, 3], 'linear',
+    ]);
+  });
 });
 
 describe('refusals', () => {
