@@ -264,6 +264,20 @@ describe('changes of meaning', () => {
   });
 });
 
+describe('steps that change nothing', () => {
+  it('ConvTranspose (1 -> 11) with SAME_UPPER and odd padding, and LRN (1 -> 13): ONNX Runtime computes both versions alike', async () => {
+    const m = modelAt(10, (b) => {
+      const w = b.floats('w', [1, 1, 3, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+      const y = b.op.ConvTranspose(b.input('x', f32([1, 1, 2, 2])), w, { auto_pad: 'SAME_UPPER', strides: [2, 2] });
+      b.output(b.op.LRN(y, { size: 3, alpha: float(1e-2), beta: float(0.75), bias: float(1) }), 'y');
+    });
+    const [convTranspose, lrn] = m.graph.nodes;
+    const attributes = [convTranspose.attributes, lrn.attributes];
+    const { report } = await upgradeAndCompare(m, 13, { x: floats('x', [1, 1, 2, 2]) });
+    expect([report.converted, report.unchanged, m.graph.nodes, [convTranspose.attributes, lrn.attributes]]).toEqual([{}, 2, [convTranspose, lrn], attributes]);
+  });
+});
+
 describe('the first opsets (ONNX Runtime runs none of these originals; the converted model is checked by hand)', () => {
   it('Add (6 -> 7) with legacy broadcast along axis 1: the constant operand gets trailing 1s', async () => {
     const m = modelAt(6, (b) => b.output(b.op.Add(b.input('x', f32([2, 3, 2])), b.floats('c', [3], [10, 20, 30]), { broadcast: 1, axis: 1 }), 'y'));
