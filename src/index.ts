@@ -1,6 +1,14 @@
 // vcompile as a library: the same operations as the CLI, as typed functions.
 
 export { deadCodePass } from '../passes/dce/index.js';
+export {
+  MAX_ORT_OPSET,
+  type OpsetUpgradePassOptions,
+  type OpsetUpgradeReport,
+  opsetUpgradePass,
+  summarizeUpgrade,
+  upgradeOpset,
+} from '../passes/opset/index.js';
 export { type Pass, type PassResult, type PipelineContext, runPasses } from '../passes/pipeline.js';
 export {
   buildIdentityPlugin,

@@ -5,22 +5,24 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Model } from '../src/ir/model.js';
-import type { Tensor } from '../src/ir/tensor.js';
-import { DataType, dataTypeName } from '../src/ir/types.js';
 import { verifyModel } from '../src/ir/verify.js';
 import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { encodeTensor, readTensorFile } from '../src/onnx/tensor-file.js';
-import { isOrtDataType, openSession, run } from '../src/runtime/session.js';
-import { TESTDATA_ROOT, testdataAvailable } from './helpers/onnx-testdata.js';
+import {
+  DATA_ROOT,
+  findModelFiles,
+  nonTensorValue,
+  readTestData,
+  requireTestData,
+  runAndCompare,
+  sameBytes,
+  testdataAvailable,
+} from './helpers/onnx-testdata.js';
 
-const DATA_ROOT = TESTDATA_ROOT;
 /** libonnx-testdata 1.12 (Debian bookworm) ships this many models. */
 const EXPECTED_MODELS = 1072;
 /** Models ORT runs correctly: 959 measured with onnxruntime-node 1.30, less a little slack for other ORT builds. */
 const MIN_OK = 940;
-// ONNX's backend test defaults.
-const RTOL = 1e-3;
-const ATOL = 1e-7;
 
 interface Case {
   dir: string;
@@ -35,131 +37,13 @@ let cases: Case[] | undefined;
 /** Every model, decoded and re-encoded once for all the tests below. */
 function loadCases(): Case[] {
   if (cases) return cases;
-  if (!fs.existsSync(DATA_ROOT)) {
-    throw new Error(`${DATA_ROOT} is missing: install ONNX's backend test models with \`apt-get install libonnx-testdata\``);
-  }
+  requireTestData();
   cases = findModelFiles(DATA_ROOT).map((file) => {
     const model = loadModel(file);
     const dir = path.dirname(file);
     return { dir, name: path.relative(DATA_ROOT, dir), original: fs.readFileSync(file), model, reencoded: encodeModel(model) };
   });
   return cases;
-}
-
-function findModelFiles(dir: string): string[] {
-  const found: string[] = [];
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
-    const full = path.join(dir, entry.name);
-    if (entry.isDirectory()) found.push(...findModelFiles(full));
-    else if (entry.name === 'model.onnx') found.push(full);
-  }
-  return found;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
-}
-
-// ------------------------------------------------------------------------------ reference data
-
-interface TestData {
-  feeds: Record<string, Tensor>;
-  expected: { name: string; tensor: Tensor }[];
-}
-
-/** Files named like input_0.pb .. input_N.pb, in numeric order. */
-function numberedFiles(dir: string, prefix: string): string[] {
-  const pattern = new RegExp(`^${prefix}_(\\d+)\\.pb$`);
-  return fs
-    .readdirSync(dir)
-    .filter((f) => pattern.test(f))
-    .sort((a, b) => Number(pattern.exec(a)![1]) - Number(pattern.exec(b)![1]))
-    .map((f) => path.join(dir, f));
-}
-
-/** A graph input or output that is not a tensor (its test data files hold SequenceProto or OptionalProto). */
-function nonTensorValue(c: Case): string | undefined {
-  const graph = c.model.graph;
-  const v = [...graph.inputs.filter((input) => !input.initializer), ...graph.outputs].find((value) => value.type?.kind !== 'tensor');
-  return v && `${v.type?.kind ?? 'untyped'} value '${v.name}'`;
-}
-
-/** The reference inputs and outputs, or why ORT's JavaScript API cannot take them. */
-function readTestData(c: Case, dataDir: string): TestData | string {
-  const graph = c.model.graph;
-  const fed = graph.inputs.filter((v) => !v.initializer);
-  const nonTensor = nonTensorValue(c);
-  if (nonTensor) return nonTensor;
-  const feeds: Record<string, Tensor> = {};
-  numberedFiles(dataDir, 'input').forEach((file, i) => {
-    const tensor = readTensorFile(file);
-    const name = fed.some((v) => v.name === tensor.name) ? tensor.name! : fed[i].name;
-    feeds[name] = tensor;
-  });
-  const expected = numberedFiles(dataDir, 'output').map((file, i) => {
-    const tensor = readTensorFile(file);
-    return { name: graph.outputs.some((v) => v.name === tensor.name) ? tensor.name! : graph.outputs[i].name, tensor };
-  });
-  const odd = [...Object.values(feeds), ...expected.map((e) => e.tensor)].find((t) => !isOrtDataType(t.dataType));
-  if (odd) return `${dataTypeName(odd.dataType)} tensor '${odd.name ?? ''}'`;
-  return { feeds, expected };
-}
-
-// ------------------------------------------------------------------------------ comparison
-
-function floatsOf(t: Tensor): Float64Array | Float32Array {
-  if (t.dataType !== DataType.DOUBLE) return t.toFloat32();
-  const bytes = new Uint8Array(t.bytes()); // an aligned copy
-  return new Float64Array(bytes.buffer);
-}
-
-function closeEnough(actual: number, expected: number): boolean {
-  if (actual === expected || (Number.isNaN(actual) && Number.isNaN(expected))) return true;
-  if (!Number.isFinite(actual) || !Number.isFinite(expected)) return false;
-  return Math.abs(actual - expected) <= ATOL + RTOL * Math.abs(expected);
-}
-
-/** How `actual` differs from the reference, or undefined when it matches as ONNX's backend tests require. */
-function mismatch(actual: Tensor | undefined, expected: Tensor, name: string): string | undefined {
-  if (!actual) return `no output '${name}'`;
-  if (actual.dataType !== expected.dataType) {
-    return `'${name}' is ${dataTypeName(actual.dataType)}, reference is ${dataTypeName(expected.dataType)}`;
-  }
-  if (actual.dims.join() !== expected.dims.join()) return `'${name}' has shape [${actual.dims}], reference [${expected.dims}]`;
-  if (expected.dataType === DataType.STRING) {
-    const a = actual.storage.kind === 'strings' ? actual.storage.values : [];
-    const e = expected.storage.kind === 'strings' ? expected.storage.values : [];
-    return a.length === e.length && a.every((s, i) => sameBytes(s, e[i])) ? undefined : `'${name}' strings differ`;
-  }
-  if ([DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16].includes(expected.dataType as 1)) {
-    const a = floatsOf(actual);
-    const e = floatsOf(expected);
-    const i = e.findIndex((v, k) => !closeEnough(a[k], v));
-    return i < 0 ? undefined : `'${name}'[${i}] is ${a[i]}, reference ${e[i]}`;
-  }
-  return sameBytes(actual.bytes(), expected.bytes()) ? undefined : `'${name}' values differ`;
-}
-
-/** Runs model bytes on the reference inputs: undefined when the outputs match, else what went wrong. */
-async function runAndCompare(bytes: Uint8Array, data: TestData): Promise<string | undefined> {
-  let session: Awaited<ReturnType<typeof openSession>>;
-  try {
-    session = await openSession(bytes, { threads: 1 });
-  } catch (error) {
-    return (error as Error).message;
-  }
-  try {
-    const outputs = await run(session, data.feeds);
-    for (const { name, tensor } of data.expected) {
-      const problem = mismatch(outputs[name], tensor, name);
-      if (problem) return problem;
-    }
-    return undefined;
-  } catch (error) {
-    return (error as Error).message;
-  } finally {
-    await session.release();
-  }
 }
 
 // ------------------------------------------------------------------------------ tests
@@ -184,7 +68,7 @@ describe.runIf(testdataAvailable())('libonnx-testdata', { timeout: 60_000 }, () 
   it('reads and re-writes every reference tensor file byte for byte', () => {
     let files = 0;
     const differing: string[] = [];
-    for (const c of loadCases().filter((c) => !nonTensorValue(c))) {
+    for (const c of loadCases().filter((c) => !nonTensorValue(c.model))) {
       for (const set of fs.readdirSync(c.dir).filter((d) => d.startsWith('test_data_set_'))) {
         for (const file of fs.readdirSync(path.join(c.dir, set)).filter((f) => f.endsWith('.pb'))) {
           const full = path.join(c.dir, set, file);
@@ -208,7 +92,7 @@ describe.runIf(testdataAvailable())('libonnx-testdata', { timeout: 60_000 }, () 
         unsupported.push(`${c.name}: no test_data_set_0`);
         continue;
       }
-      const data = readTestData(c, dataDir);
+      const data = readTestData(c.model, dataDir);
       if (typeof data === 'string') {
         unsupported.push(`${c.name}: onnxruntime-node cannot take ${data}`);
         continue;
