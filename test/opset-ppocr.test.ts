@@ -56,7 +56,7 @@ function characterErrorRate(read: string[], truth: string[]): number {
 }
 
 describe('PP-OCRv4 recognizer upgraded from opset 9', { timeout: 60_000 }, () => {
-  const x = readNpy(path.join(repo, 'fixtures/ocr/lines.npy'), 'x');
+  const x = readNpy(path.join(repo, 'fixtures/ocr/data/x.npy'), 'x');
   let original: Record<string, Tensor>;
   let upgraded: Model;
 

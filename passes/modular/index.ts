@@ -23,8 +23,8 @@ import { type Averaged, averageLayers } from './average.js';
 import type { Module } from './contract.js';
 import { attentionBias, checkRemovable, constantDerived, describeSpan, type Span, spanName } from './span.js';
 
-/** Gives the module a request names (a file), checked against the contract. */
-export type ModuleLoader = (source: string) => Module;
+/** Gives the module a request names (a file), checked against the contract, for a model at `target.opset`. */
+export type ModuleLoader = (source: string, target: { opset: number }) => Module;
 
 export const BUILTIN_MODULES = ['keep-first', 'average'] as const;
 export type BuiltinModule = (typeof BUILTIN_MODULES)[number];
@@ -168,7 +168,7 @@ export function planModules(model: Model, analysis: TransformerAnalysis, options
     }
     checkRemovable(span.region, span.output, analysis, msg`${what}: ${spanName(span.start, span.end)}`);
     if (kind === 'average') return { request, kind, span, average: averageLayers(span, analysis, constantValues, what), notes: [] };
-    const module = loaded.get(request.source) ?? load(request.source);
+    const module = loaded.get(request.source) ?? load(request.source, { opset: model.opsetVersion('') ?? 0 });
     loaded.set(request.source, module);
     return { request, kind: 'file', span, module, ...fitModule(module, model, span, analysis, hidden, what) };
   });

@@ -4,8 +4,8 @@ import type { Model } from '../../src/ir/model.js';
 import type { Pass } from '../pipeline.js';
 import { type OpsetUpgradeOptions, type OpsetUpgradeReport, summarizeUpgrade, upgradeChanged, upgradeOpset } from './upgrade.js';
 
-export { type OpsetUpgradeOptions, type OpsetUpgradeReport, summarizeUpgrade, upgradeChanged, upgradeOpset } from './upgrade.js';
 export { irVersionFor, MAX_ORT_OPSET, OP_VERSIONS, versionAt } from '../../src/ir/op-versions.js';
+export { type OpsetUpgradeOptions, type OpsetUpgradeReport, summarizeUpgrade, upgradeChanged, upgradeOpset } from './upgrade.js';
 
 export interface OpsetUpgradePassOptions extends OpsetUpgradeOptions {
   /** the default-domain opset to reach */

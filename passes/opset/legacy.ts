@@ -2,10 +2,10 @@
 // output_sequence, broadcast), defaults that moved, and the forms that changed shape: legacy broadcasting
 // along an axis, Tile along one axis, per-channel PRelu slopes, per-activation BatchNormalization.
 import { AttributeType } from '../../src/ir/graph.js';
+import { versionAt } from '../../src/ir/op-versions.js';
 import { DataType } from '../../src/ir/types.js';
 import { type Draft, Fresh } from './draft.js';
 import { type Adapter, constantOf, int64s, reshapedConstant, type Step } from './step.js';
-import { versionAt } from '../../src/ir/op-versions.js';
 
 /** Drop attributes whose removal does not change what the node computes. */
 export function drop(...names: string[]): Adapter {

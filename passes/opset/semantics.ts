@@ -1,11 +1,12 @@
 // Changes of meaning, not only of form: Softmax's axis, Upsample and Resize's coordinate rules, Dropout's
 // mask type, BatchNormalization's training outputs, RoiAlign's and GridSample's defaults, GroupNormalization's
 // per-channel scale. Each adapter keeps what the node computed, or refuses and says why.
+
+import { versionAt } from '../../src/ir/op-versions.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { DataType, dataTypeName } from '../../src/ir/types.js';
 import { type Draft, Fresh, NewConstant } from './draft.js';
 import { type Adapter, constantFloats, constantOf, FLOAT_TYPES, type Step } from './step.js';
-import { versionAt } from '../../src/ir/op-versions.js';
 
 /**
  * Softmax, LogSoftmax and Hardmax at 13. Before 13 they coerced the input to 2-D, [d0*...*d(axis-1),

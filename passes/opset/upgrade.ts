@@ -9,12 +9,12 @@ import { VcompileError } from '../../src/errors.js';
 import { AttributeType, type Graph, Node, Value } from '../../src/ir/graph.js';
 import { functionKey, type Model, type ModelFunction, type OpsetId } from '../../src/ir/model.js';
 import { NameAuthority } from '../../src/ir/names.js';
+import { irVersionFor, MAX_ORT_OPSET, OP_VERSIONS, versionAt } from '../../src/ir/op-versions.js';
 import { isTensorType } from '../../src/ir/types.js';
 import { ADAPTERS } from './adapters.js';
 import { Draft, Fresh, NewConstant, type OutRef, type Ref } from './draft.js';
 import { knownDtype, knownRank } from './known.js';
 import type { Step } from './step.js';
-import { irVersionFor, MAX_ORT_OPSET, OP_VERSIONS, versionAt } from '../../src/ir/op-versions.js';
 
 export interface OpsetUpgradeOptions {
   /** leave a model whose opset is already `target` or newer as it is, instead of refusing to downgrade it */

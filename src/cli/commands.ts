@@ -1,15 +1,18 @@
 // What each CLI command does, on top of the library. Output goes to stdout; --json prints one object.
 import { deadCodePass } from '../../passes/dce/index.js';
+import { opsetUpgradePass } from '../../passes/opset/index.js';
 import { type Pass, runPasses } from '../../passes/pipeline.js';
 import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
+import { requiredOpset } from '../compile/load.js';
 import { pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
 import type { Model } from '../ir/model.js';
+import { MIN_OPSET } from '../ir/ops.js';
 import { loadModel, saveModel } from '../onnx/file.js';
 import { ExitCode } from './errors.js';
-import { modulesPassFromFlags } from './modular-commands.js';
+import { modulesPassFromFlags, parseModuleFlags } from './modular-commands.js';
 import { jsonNumbers, print, requireValid } from './output.js';
 import { type CheckFlags, checkCompiled, checkOptions, compiledFailure, describeCheck } from './verify-commands.js';
 
@@ -53,6 +56,8 @@ export interface CompileOptions {
   defaultRatio?: number;
   /** --module values: START-END=FILE or START-END=builtin:keep-first|average */
   modules: string[];
+  /** --target-opset: upgrade the model's default-domain opset to exactly this */
+  targetOpset?: number;
 }
 
 /**
@@ -60,10 +65,12 @@ export interface CompileOptions {
  * counted as the input model counts them: the modular pass passes its layer map on), then dead-code
  * elimination.
  */
-function compilePasses(options: CompileOptions): Pass[] {
+function compilePasses(options: CompileOptions, modelOpset: number): Pass[] {
   if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
   if (options.switchable && !options.plugins.length) throw new VcompileError('--switchable needs at least one --plugin');
   const passes: Pass[] = [];
+  const opset = upgradeFor(options, modelOpset);
+  if (opset) passes.push(opset);
   if (options.modules.length) passes.push(modulesPassFromFlags(options.modules));
   if (options.plugins.length) {
     const plugins = pluginOptions(options);
@@ -76,6 +83,23 @@ function compilePasses(options: CompileOptions): Pass[] {
   }
   if (options.eliminateDeadCode) passes.push(deadCodePass);
   return passes;
+}
+
+/**
+ * The opset upgrade a compile needs: exactly --target-opset when given; else, when plugins or modules go
+ * in, at least what they need (opset 11 for the plugin plumbing, and each file's own opset), leaving a
+ * model that is new enough as it is.
+ */
+function upgradeFor(options: CompileOptions, modelOpset: number): Pass | undefined {
+  if (options.targetOpset !== undefined) {
+    if (!Number.isSafeInteger(options.targetOpset) || options.targetOpset < 1)
+      throw new VcompileError(`--target-opset must be a positive integer, got ${options.targetOpset}`);
+    return opsetUpgradePass({ target: options.targetOpset });
+  }
+  if (!options.plugins.length && !options.modules.length) return undefined;
+  const files = [...options.plugins.map((p) => parsePluginFlag(p).source), ...parseModuleFlags(options.modules).map((m) => m.source)];
+  const needed = requiredOpset(files, options.plugins.length ? MIN_OPSET : 1);
+  return needed > modelOpset ? opsetUpgradePass({ target: needed }) : undefined;
 }
 
 function pluginOptions(options: CompileOptions): PluginPassOptions {
@@ -108,8 +132,8 @@ export function parseLayerList(text: string, flag: string): number[] {
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
   const model = loadModel(file);
   if (options.verifyIr) requireValid(model, file);
-  const passes = compilePasses(options);
-  if (passes.some((p) => p !== deadCodePass)) refuseCompiled(model, file);
+  const passes = compilePasses(options, model.opsetVersion('') ?? 0);
+  if (options.plugins.length || options.modules.length) refuseCompiled(model, file);
   const check = options.verify && checkOptions(options.verify, model, file);
   const result = runPasses(model, passes, { verify: options.verifyIr });
   const written = saveModel(result.model, options.output, {

@@ -370,6 +370,10 @@ function compileCommand(parser: Argv, out: Out): void {
               default: 128,
               describe: 'with --target-speedup: sequence length the MACs and the quick timing use',
             })
+            .option('target-opset', {
+              type: 'number',
+              describe: "upgrade the model's default-domain opset to this (automatic, to what plugins and modules need, when not given)",
+            })
             .option('switchable', {
               type: 'boolean',
               default: false,
@@ -434,6 +438,7 @@ function compileCommand(parser: Argv, out: Out): void {
         switchable: args.switchable,
         defaultRatio: args['default-ratio'],
         modules: args.module,
+        targetOpset: args['target-opset'],
         verify: args.verify
           ? { ...checkArgs(args), batch: args.batch, dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
           : undefined,

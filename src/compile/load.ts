@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkModuleContract, type Module } from '../../passes/modular/contract.js';
 import { spanName } from '../../passes/modular/span.js';
+import { upgradeOpset } from '../../passes/opset/index.js';
 import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../../passes/plugin/builtin.js';
 import { checkPluginContract, type Plugin, parseBuiltin } from '../../passes/plugin/contract.js';
 import { msg, option, VcompileError } from '../errors.js';
@@ -33,7 +34,38 @@ export function loadPlugin(source: string, target: PluginTarget): Plugin {
   }
   const bytes = readFileOrFail(source, `plugin ${source}`);
   const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `plugin ${source}` });
+  raiseOpset(model, target.opset, `plugin ${source}`);
   return checkPlugin(model, source, bytes);
+}
+
+/**
+ * A plugin or module exported at an older opset than the model's is upgraded to the model's (exactly, or
+ * refused naming the node), so that its ops mean what the model's do. A newer one is left alone: the
+ * model is upgraded instead (see `requiredOpset`), or the merge check refuses.
+ */
+function raiseOpset(model: Model, opset: number, what: string): void {
+  const own = model.opsetVersion('');
+  if (own === undefined || own >= opset) return;
+  try {
+    upgradeOpset(model, opset);
+  } catch (error) {
+    if (error instanceof VcompileError) throw error.wrapped(`${what}: `);
+    throw error;
+  }
+}
+
+/**
+ * The default-domain opset a model must have for these plugin and module files: the newest any of them
+ * declares, and at least `floor` (built-in plugins are generated at the model's own opset).
+ */
+export function requiredOpset(sources: readonly string[], floor: number): number {
+  let needed = floor;
+  for (const source of sources) {
+    if (source.startsWith('builtin:')) continue;
+    const model = decodeModel(readFileOrFail(source), { baseDir: path.dirname(source), label: source });
+    needed = Math.max(needed, model.opsetVersion('') ?? 0);
+  }
+  return needed;
 }
 
 /** Check a plugin model (whose file bytes are `bytes`) against the contract; a violation is a one-line error naming it. */
@@ -41,8 +73,8 @@ export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Pl
   return checkPluginContract(model, source, sha256(bytes));
 }
 
-/** A module file, checked against the contract. */
-export function loadModule(source: string): Module {
+/** A module file, checked against the contract, at the model's opset (`target`) or newer. */
+export function loadModule(source: string, target?: { opset: number }): Module {
   let bytes: Uint8Array;
   try {
     bytes = fs.readFileSync(source);
@@ -50,6 +82,7 @@ export function loadModule(source: string): Module {
     throw new VcompileError(`module ${source}: ${describeFsError(error)}`);
   }
   const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `module ${source}` });
+  if (target) raiseOpset(model, target.opset, `module ${source}`);
   return checkModuleContract(model, source, sha256(bytes));
 }
 

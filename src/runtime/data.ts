@@ -222,6 +222,7 @@ function nested(value: unknown, where: string, float: boolean): Item {
   const out: number[] = [];
   const walk = (v: unknown, depth: number): void => {
     if (depth === dims.length) {
+      if (Array.isArray(v)) throw new VcompileError(`${where}: ragged nesting at depth ${depth + 1} (rows of different lengths)`);
       if (typeof v !== 'number' && typeof v !== 'boolean') throw new VcompileError(`${where}: ${JSON.stringify(v)} is not a number`);
       const n = Number(v);
       if (!float && !Number.isInteger(n)) throw new VcompileError(`${where}: ${n} is not an integer`);
