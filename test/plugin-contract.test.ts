@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { buildMeanPlugin } from '../passes/plugin/builtin.js';
 import { analyzeTransformer } from '../src/analysis/index.js';
+import { checkPlugin, loadPlugin } from '../src/compile/load.js';
 import { pluginPass } from '../src/compile/passes.js';
 import { ModelBuilder } from '../src/ir/builder.js';
 import type { Model } from '../src/ir/model.js';
@@ -126,7 +127,60 @@ describe('plugin files that break the contract', () => {
     [
       'an extra input',
       () => plugin('extra.onnx', (b) => void b.input('temperature', tensorType(DataType.FLOAT, []))),
-      (f) => `plugin ${f}: input 'temperature' is not part of the contract (the inputs are hidden and inner)`,
+      (f) => `plugin ${f}: input 'temperature' is not part of the contract (the inputs are hidden, inner and optionally keep)`,
+    ],
+    [
+      'a keep input of another type',
+      () => plugin('int-keep.onnx', (b) => void b.input('keep', tensorType(DataType.INT64, ['batch', 'seq']))),
+      (f) => `plugin ${f}: input 'keep' must be a float tensor`,
+    ],
+    [
+      'a keep input of another rank',
+      () => plugin('rank3-keep.onnx', (b) => void b.input('keep', tensorType(DataType.FLOAT, ['batch', 'seq', 1]))),
+      (f) => `plugin ${f}: input 'keep' must have rank 2 ([batch, seq]), not 3`,
+    ],
+    [
+      'a k=2 plugin labelled 3',
+      () => {
+        const target = path.join(dir, 'k2-says-3.onnx');
+        const model = buildMeanPlugin({ ratio: 2, hidden: d, scope: 'ffn', opset: 14 });
+        model.setMetadata('vcompile.ratio', '3');
+        saveModel(model, target);
+        return target;
+      },
+      (f) => `plugin ${f}: vcompile.ratio says 3 but the graph compresses 6 positions to 3 (ratio 2)`,
+    ],
+    [
+      'a plugin that compresses by 2 and restores by 3',
+      () =>
+        plugin(
+          'restores-by-3.onnx',
+          (b) => b.model.setMetadata('vcompile.ratio', '2'),
+          (b) => {
+            const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+            const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', d]));
+            const groups = b.op.Reshape(hidden, b.int64s('groups', [0, -1, 2, d]));
+            b.output(b.op.ReduceMean(groups, { axes: [2], keepdims: 0 }), 'compressed');
+            const repeated = b.op.Expand(b.op.Unsqueeze(inner, b.int64s('axes', [2])), b.int64s('repeat', [1, 1, 3, 1]));
+            b.output(b.op.Reshape(repeated, b.int64s('restored_shape', [0, -1, d])), 'restored');
+          },
+        ),
+      (f) => `plugin ${f}: vcompile.ratio says 2 but the graph restores 2 positions to 6 (ratio 3)`,
+    ],
+    [
+      'a plugin whose compressed output has another width',
+      () =>
+        plugin(
+          'narrow.onnx',
+          () => {},
+          (b) => {
+            const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+            const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', d]));
+            b.output(b.op.ReduceMean(hidden, { axes: [2], keepdims: 1 }), 'compressed');
+            b.output(b.op.Identity(inner), 'restored');
+          },
+        ),
+      (f) => `plugin ${f}: output 'compressed' comes out [2, 2, 1] for hidden [2, 2, 64] and inner [2, 2, 64] (expected [2, 2, 64])`,
     ],
     [
       'a missing output',
@@ -181,8 +235,19 @@ describe('plugin files that break the contract', () => {
     [
       'an op whose form changed between the opsets',
       () => {
+        const b = new ModelBuilder(18, 'plugin');
+        const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+        const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', d]));
+        const groups = b.op.Reshape(hidden, b.int64s('groups', [0, -1, 2, d]));
+        b.output(b.op.ReduceMean(groups, b.int64s('axes', [2]), { keepdims: 0 }), 'compressed');
+        const repeated = b.op.Expand(b.op.Unsqueeze(inner, b.int64s('axes', [2])), b.int64s('repeat', [1, 1, 2, 1]));
+        b.output(b.op.Reshape(repeated, b.int64s('restored_shape', [0, -1, d])), 'restored');
+        b.model.metadataProps = [
+          ['vcompile.ratio', '2'],
+          ['vcompile.scope', 'ffn'],
+        ];
         const target = path.join(dir, 'opset18.onnx');
-        saveModel(buildMeanPlugin({ ratio: 2, hidden: d, scope: 'ffn', opset: 18 }), target);
+        saveModel(b.model, target);
         return target;
       },
       (f) =>
@@ -200,7 +265,7 @@ describe('plugin files that break the contract', () => {
   }
 
   it('on the command line: one line, exit code 2, no output file', () => {
-    const [, make, message] = cases[3];
+    const [, make, message] = cases.find(([what]) => what === 'compressed computed from inner')!;
     const file = make();
     const out = path.join(dir, 'never.onnx');
     const r = spawnSync(
@@ -211,5 +276,54 @@ describe('plugin files that break the contract', () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toBe(`vcompile: ${message(file)}\n`);
     expect(fs.existsSync(out)).toBe(false);
+  });
+});
+
+describe('the ratio is checked against the graph', () => {
+  const shipped = fs
+    .readdirSync(path.join(repo, 'fixtures/plugins'))
+    .filter((f) => /^variator_k\d_\w+\.onnx$/.test(f))
+    .sort();
+
+  it('passes the plugins exported from PyTorch', () => {
+    expect(shipped).toHaveLength(6);
+    for (const file of shipped) {
+      const source = path.join(repo, 'fixtures/plugins', file);
+      const plugin = loadPlugin(source, { hidden: 32, opset: 14 });
+      expect(plugin.ratio).toBe(Number(/_k(\d)_/.exec(file)![1]));
+    }
+  });
+
+  it('passes every built-in, every scope and ratio', () => {
+    for (const kind of ['mean', 'variator'] as const)
+      for (const scope of ['ffn', 'attention', 'layer'] as const)
+        for (const ratio of [1, 2, 3, 4])
+          expect(loadPlugin(`builtin:${kind}:${ratio}:${scope}`, { hidden: 16, opset: 14 }).ratio).toBe(ratio);
+  });
+
+  it('refuses only a definite contradiction: shapes through an op it does not know are not checked', () => {
+    const b = new ModelBuilder(14, 'plugin');
+    b.model.requireOpset('com.example', 1);
+    const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', 8]));
+    const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'cseq', 8]));
+    b.output(b.node('Merge', [hidden], {}, 1, 'com.example').outputs[0]!, 'compressed');
+    b.output(b.node('Spread', [inner], {}, 1, 'com.example').outputs[0]!, 'restored');
+    b.model.metadataProps = [
+      ['vcompile.ratio', '3'],
+      ['vcompile.scope', 'ffn'],
+    ];
+    expect(checkPlugin(b.model, 'custom.onnx', encodeModel(b.model)).ratio).toBe(3);
+  });
+
+  it("checks at the model's hidden size a plugin that does not fix its own", () => {
+    const model = buildMeanPlugin({ ratio: 2, hidden: 64, scope: 'ffn', opset: 14 });
+    for (const input of model.graph.inputs) if (input.name !== 'keep') input.type = tensorType(DataType.FLOAT, ['batch', 'seq', 'd']);
+    model.setMetadata('vcompile.ratio', '4');
+    expect(checkPlugin(model, 'open.onnx', encodeModel(model)).hidden).toBeUndefined();
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-ratio-')), 'open.onnx');
+    saveModel(model, file);
+    expect(() => pluginPass({ plugins: [{ source: file }] }).run(loadModel(path.join(repo, 'fixtures/bert_opset14.onnx')))).toThrow(
+      `plugin ${file}: vcompile.ratio says 4 but the graph compresses 8 positions to 4 (ratio 2)`,
+    );
   });
 });

@@ -63,18 +63,19 @@ function maxRealError(actual: Float32Array, expected: number[][][], mask: number
 
 describe('mean plugin against a plain TS reference', () => {
   for (const scope of ['ffn', 'attention', 'layer'] as const) {
-    for (const [norm, ratio, seq] of [
-      ['post', 2, 6],
-      ['post', 3, 7],
-      ['pre', 2, 5],
+    for (const [norm, ratio, seq, withMask] of [
+      ['post', 2, 6, true],
+      ['post', 3, 7, true],
+      ['pre', 2, 5, true],
+      ['post', 3, 7, false],
     ] as const) {
-      it(`${scope} scope, ${norm}-norm, k=${ratio}, seq ${seq}`, async () => {
-        const config: TransformerConfig = { ...tiny, norm, activation: norm === 'pre' ? 'gelu_tanh' : 'relu' };
+      it(`${scope} scope, ${norm}-norm, k=${ratio}, seq ${seq}${withMask ? '' : ', no padding mask'}`, async () => {
+        const config: TransformerConfig = { ...tiny, norm, activation: norm === 'pre' ? 'gelu_tanh' : 'relu', mask: withMask };
         const model = buildTransformer(config);
         const reference = buildTransformer(config);
         pluginPass({ plugins: [{ source: `builtin:mean:${ratio}:${scope}` }] }).run(model);
         assertValid(model, 'plugins');
-        const { ids, mask, tensors } = feeds(3, seq, config.vocab!, true);
+        const { ids, mask, tensors } = feeds(3, seq, config.vocab!, withMask);
         const expected = referenceForward(reference, config, ids, mask, { scope, ratio });
         expect(maxRealError(await runModel(model, tensors), expected, mask)).toBeLessThan(1e-4);
         // and the reference without a plugin is the original model

@@ -1,9 +1,15 @@
 // Built-in plugins, written with the builder and parameterised by their weights, so that a plugin can
 // be generated, trained elsewhere, fitted in closed form, or brought back from another framework.
-//   mean      compress = mean of each group of k; restore = repeat each compressed vector k times
-//   variator  compress = softmax-weighted merge of the k vectors (a [k, k·d] linear scores them);
-//             restore = repeat + a tanh bottleneck adapter on [repeated inner ; hidden] (Variator)
+//   mean      compress = mean of the real positions (keep = 1) of each group of k;
+//             restore = repeat each compressed vector k times (ffn, attention), or, at layer scope,
+//             hidden + repeat(inner - compressed): each position keeps its own stream and receives its
+//             group's change (a whole layer's output is the stream itself, not a block's increment)
+//   variator  compress = softmax-weighted merge of the k vectors (a [k, k·d] linear scores them; padded
+//             positions are zeroed and get no weight); restore = the mean's restore + a tanh bottleneck
+//             adapter on [repeated inner ; hidden] (Variator)
 //   identity  k = 1: compressed = hidden, restored = inner (the plumbing check)
+// mean and variator declare the optional `keep` input ([batch, seq], 1 at real positions), which the pass
+// feeds; identity does not need it.
 import { type GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
@@ -40,14 +46,18 @@ export interface VariatorWeights {
 export const VARIATOR_BOTTLENECK = 64;
 
 export function buildMeanPlugin(shape: PluginShape): Model {
+  const { ratio: k, hidden: d } = shape;
   return buildPlugin(
     shape,
     'mean',
-    (b, ops, hidden) => {
-      const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, shape.ratio, shape.hidden]));
-      return ops.reduce('ReduceMean', groups, [2], false);
+    (b, ops, { hidden, keep }) => {
+      const kept = b.op.Mul(hidden, ops.unsqueeze(keep!, [2]));
+      const sums = ops.reduce('ReduceSum', b.op.Reshape(kept, b.int64s('group_shape', [0, -1, k, d])), [2], false);
+      const counts = ops.reduce('ReduceSum', b.op.Reshape(keep!, b.int64s('keep_group_shape', [0, -1, k])), [2], true);
+      // a group without a real position sums to 0, and stays 0
+      return b.op.Div(sums, b.op.Max(counts, b.scalar('min_count', MIN_COUNT)));
     },
-    (b, ops, inner) => repeatGroups(b, ops, inner, shape),
+    (b, ops, io) => baseRestore(b, ops, io, shape),
   );
 }
 
@@ -56,8 +66,9 @@ export function buildIdentityPlugin(shape: PluginShape): Model {
   return buildPlugin(
     shape,
     'identity',
-    (b, _ops, hidden) => b.op.Identity(hidden),
-    (b, _ops, inner) => b.op.Identity(inner),
+    (b, _ops, { hidden }) => b.op.Identity(hidden),
+    (b, _ops, { inner }) => b.op.Identity(inner),
+    false,
   );
 }
 
@@ -72,19 +83,26 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
   return buildPlugin(
     shape,
     'variator',
-    (b, ops, hidden) => {
-      const concatenated = b.op.Reshape(hidden, b.int64s('concat_shape', [0, -1, k * d]));
+    (b, ops, { hidden, keep }) => {
+      // Padded positions are zeroed before they are scored, so that what fills them cannot change the merge.
+      const kept = b.op.Mul(hidden, ops.unsqueeze(keep!, [2]));
+      const concatenated = b.op.Reshape(kept, b.int64s('concat_shape', [0, -1, k * d]));
       const scores = b.op.Add(
         b.op.MatMul(concatenated, b.floats('merge_weight_t', [k * d, k], transpose(weights.mergeWeight, k, k * d))),
         b.floats('merge_bias', [k], weights.mergeBias),
       );
-      const mix = b.op.Reshape(ops.softmaxLastAxis(scores, 3), b.int64s('mix_shape', [0, -1, 1, k]));
-      const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, k, d]));
+      // (keep - 1) * 1e9: padded positions get no weight; in a group with no real position every vector is 0
+      const excluded = b.op.Mul(
+        b.op.Sub(b.op.Reshape(keep!, b.int64s('keep_group_shape', [0, -1, k])), b.scalar('one', 1)),
+        b.scalar('excluded_score', EXCLUDED_SCORE),
+      );
+      const mix = b.op.Reshape(ops.softmaxLastAxis(b.op.Add(scores, excluded), 3), b.int64s('mix_shape', [0, -1, 1, k]));
+      const groups = b.op.Reshape(kept, b.int64s('group_shape', [0, -1, k, d]));
       return b.op.Reshape(b.op.MatMul(mix, groups), b.int64s('merged_shape', [0, -1, d]));
     },
-    (b, ops, inner, hidden) => {
-      const repeated = repeatGroups(b, ops, inner, shape);
-      const both = b.op.Concat(repeated, hidden, { axis: -1 });
+    (b, ops, io) => {
+      const repeated = repeatGroups(b, ops, io.inner, shape);
+      const both = b.op.Concat(repeated, io.hidden, { axis: -1 });
       const down = b.op.Add(
         b.op.MatMul(both, b.floats('adapter_in_weight_t', [2 * d, bottleneck], transpose(weights.adapterInWeight, bottleneck, 2 * d))),
         b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias),
@@ -93,12 +111,15 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
         b.op.MatMul(b.op.Tanh(down), b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck))),
         b.floats('adapter_out_bias', [d], weights.adapterOutBias),
       );
-      return b.op.Add(repeated, up);
+      return b.op.Add(baseRestore(b, ops, io, shape, repeated), up);
     },
   );
 }
 
-/** Variator weights drawn from a seeded generator (PyTorch's Linear init range); `zeroAdapter` makes restore a plain repeat. */
+/**
+ * Variator weights drawn from a seeded generator (PyTorch's Linear init range); `zeroAdapter` makes restore
+ * the mean plugin's (a plain repeat; at layer scope hidden + repeat(inner - compressed)).
+ */
 export function initVariatorWeights(
   ratio: number,
   hidden: number,
@@ -118,23 +139,54 @@ export function initVariatorWeights(
   };
 }
 
-type Stage = (b: GraphBuilder, ops: VersionedOps, x: Value, hidden: Value) => Value;
+/** The denominator's floor in the mean of a group's real positions (their count is 0 or at least 1). */
+const MIN_COUNT = 1e-6;
+/** Added to a padded position's merge score: exp of it is 0 in float32. */
+const EXCLUDED_SCORE = 1e9;
 
-function buildPlugin(shape: PluginShape, kind: BuiltinKind, compress: Stage, restore: Stage): Model {
+interface CompressInputs {
+  hidden: Value;
+  /** [batch, seq] float, 1 at real positions; declared by plugins built with `keep` */
+  keep?: Value;
+}
+
+interface RestoreInputs {
+  inner: Value;
+  hidden: Value;
+  /** the plugin's own `compressed` output */
+  compressed: Value;
+}
+
+type Compress = (b: GraphBuilder, ops: VersionedOps, io: CompressInputs) => Value;
+type Restore = (b: GraphBuilder, ops: VersionedOps, io: RestoreInputs) => Value;
+
+function buildPlugin(shape: PluginShape, kind: BuiltinKind, compress: Compress, restore: Restore, withKeep = true): Model {
   const { ratio, hidden: d, scope } = shape;
   if (!Number.isInteger(ratio) || ratio < 1) throw new Error(`ratio must be an integer >= 1, got ${ratio}`);
   const b = new ModelBuilder(shape.opset ?? 17, `vcompile_${kind}_plugin`);
   const ops = new VersionedOps(b, shape.opset ?? 17);
   const hidden = b.input('hidden', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
   const inner = b.input('inner', tensorType(DataType.FLOAT, ['batch', 'compressed_seq', d]));
-  b.output(compress(b, ops, hidden, hidden), 'compressed', tensorType(DataType.FLOAT, ['batch', 'compressed_seq', d]));
-  b.output(restore(b, ops, inner, hidden), 'restored', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
+  const keep = withKeep ? b.input('keep', tensorType(DataType.FLOAT, ['batch', 'seq'])) : undefined;
+  const compressed = compress(b, ops, { hidden, keep });
+  const restored = restore(b, ops, { inner, hidden, compressed });
+  b.output(compressed, 'compressed', tensorType(DataType.FLOAT, ['batch', 'compressed_seq', d]));
+  b.output(restored, 'restored', tensorType(DataType.FLOAT, ['batch', 'seq', d]));
   b.model.metadataProps = [
     ['vcompile.ratio', String(ratio)],
     ['vcompile.scope', scope],
     ['vcompile.kind', kind],
   ];
   return b.model;
+}
+
+/**
+ * What the block's result becomes at full length: repeat(inner) where a block's increment is restored
+ * (ffn, attention: the residual add follows); at layer scope, hidden + repeat(inner - compressed).
+ */
+function baseRestore(b: GraphBuilder, ops: VersionedOps, io: RestoreInputs, shape: PluginShape, repeated?: Value): Value {
+  if (shape.scope !== 'layer') return repeated ?? repeatGroups(b, ops, io.inner, shape);
+  return b.op.Add(io.hidden, repeatGroups(b, ops, b.op.Sub(io.inner, io.compressed), shape));
 }
 
 /** [b, n/k, d] -> [b, n, d], each vector repeated k times in place. */

@@ -1,7 +1,12 @@
 // The plugin file contract, checked before anything is written:
-//   inputs  hidden [batch, seq, d] float, inner [batch, seq/k, d] float
-//   outputs compressed [batch, seq/k, d] (from hidden only), restored [batch, seq, d] (from inner and hidden)
+//   inputs  hidden [batch, seq, d] float, inner [batch, seq/k, d] float, optionally keep [batch, seq] float
+//           (1 at real positions, 0 at the model's padding and the compiler's)
+//   outputs compressed [batch, seq/k, d] (from hidden and keep), restored [batch, seq, d] (from inner,
+//           hidden and keep)
 //   metadata_props vcompile.ratio = k (integer >= 1), vcompile.scope = ffn | attention | layer
+// The ratio is checked against the graph: its shapes are inferred at two lengths that are multiples of k.
+import { shapesWithInputs } from '../../src/analysis/macs.js';
+import type { SymDim } from '../../src/analysis/symbolic.js';
 import { VcompileError } from '../../src/errors.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
@@ -20,6 +25,8 @@ export interface Plugin {
   sha256: string;
   hiddenInput: Value;
   innerInput: Value;
+  /** the optional `keep` input: when declared, the pass feeds which positions are real */
+  keepInput?: Value;
   compressed: Value;
   restored: Value;
 }
@@ -50,18 +57,20 @@ export function checkPluginContract(model: Model, source: string, sha256: string
   const inputs = graph.inputs.filter((v) => !v.initializer);
   const hiddenInput = contractValue(inputs, 'hidden', 'input', refuse);
   const innerInput = contractValue(inputs, 'inner', 'input', refuse);
-  const extra = inputs.find((v) => v !== hiddenInput && v !== innerInput);
-  if (extra) throw refuse(`input '${extra.name}' is not part of the contract (the inputs are hidden and inner)`);
+  const keepInput = inputs.find((v) => v.name === 'keep');
+  const extra = inputs.find((v) => v !== hiddenInput && v !== innerInput && v !== keepInput);
+  if (extra) throw refuse(`input '${extra.name}' is not part of the contract (the inputs are hidden, inner and optionally keep)`);
   const compressed = contractValue(graph.outputs, 'compressed', 'output', refuse);
   const restored = contractValue(graph.outputs, 'restored', 'output', refuse);
   if (dependsOn(compressed, innerInput))
     throw refuse("output 'compressed' depends on input 'inner' (it must be computed from hidden only)");
   const hiddenSize = checkRank3(hiddenInput, refuse);
   const innerSize = checkRank3(innerInput, refuse);
+  if (keepInput) checkKeep(keepInput, refuse);
   if (hiddenSize !== undefined && innerSize !== undefined && hiddenSize !== innerSize) {
     throw refuse(`inputs hidden and inner have different sizes (${hiddenSize} and ${innerSize})`);
   }
-  return {
+  const plugin: Plugin = {
     source,
     model,
     ratio: readRatio(model, refuse),
@@ -70,9 +79,62 @@ export function checkPluginContract(model: Model, source: string, sha256: string
     sha256,
     hiddenInput,
     innerInput,
+    ...(keepInput ? { keepInput } : {}),
     compressed,
     restored,
   };
+  if (plugin.hidden !== undefined) checkRatio(plugin, plugin.hidden);
+  return plugin;
+}
+
+/**
+ * Refuse a plugin whose graph compresses or restores by another ratio than its vcompile.ratio says, from
+ * its shapes inferred with `hidden` [2, n, d] for n = 2k and 3k (and `inner` [2, n/k, d]). Only a definite
+ * contradiction refuses: a shape that cannot be inferred (an op shape inference does not know) passes.
+ */
+export function checkRatio(plugin: Plugin, d: number): void {
+  const k = plugin.ratio;
+  const batch = 2;
+  for (const n of [2 * k, 3 * k]) {
+    const inputs = new Map<string, number[]>([
+      [plugin.hiddenInput.name, [batch, n, d]],
+      [plugin.innerInput.name, [batch, n / k, d]],
+    ]);
+    if (plugin.keepInput) inputs.set(plugin.keepInput.name, [batch, n]);
+    const shapes = shapesWithInputs(plugin.model, inputs);
+    const given = `hidden [${batch}, ${n}, ${d}] and inner [${batch}, ${n / k}, ${d}]`;
+    const ratioSays = `vcompile.ratio says ${k} but the graph`;
+    const why =
+      contradiction(shapes.shape(plugin.compressed), [batch, n / k, d], 'compressed', given, (c) =>
+        withRatio(`${ratioSays} compresses ${n} positions to ${c}`, n / c),
+      ) ??
+      contradiction(shapes.shape(plugin.restored), [batch, n, d], 'restored', given, (r) =>
+        withRatio(`${ratioSays} restores ${n / k} positions to ${r}`, (r * k) / n),
+      );
+    if (why) throw new VcompileError(`plugin ${plugin.source}: ${why}`);
+  }
+}
+
+const withRatio = (text: string, ratio: number) => `${text}${Number.isInteger(ratio) && ratio > 0 ? ` (ratio ${ratio})` : ''}`;
+
+/**
+ * Why the inferred `shape` of an output contradicts `expected`, when a dim of it is known and differs:
+ * `lengthOnly` says so when only the sequence length differs, else the whole shape is named.
+ */
+function contradiction(
+  shape: SymDim[] | undefined,
+  expected: number[],
+  output: string,
+  given: string,
+  lengthOnly: (length: number) => string,
+): string | undefined {
+  if (!shape) return undefined;
+  const dims = shape.map((d) => d?.constant);
+  const differs = (i: number) => dims[i] !== undefined && dims[i] !== expected[i];
+  const sameRank = dims.length === expected.length;
+  if (sameRank && !dims.some((_, i) => differs(i))) return undefined;
+  if (sameRank && !differs(0) && !differs(2)) return lengthOnly(dims[1]!);
+  return `output '${output}' comes out [${dims.map((d) => d ?? '?').join(', ')}] for ${given} (expected [${expected.join(', ')}])`;
 }
 
 function contractValue(values: Value[], name: string, kind: string, refuse: (why: string) => Error): Value {
@@ -88,6 +150,13 @@ function checkRank3(value: Value, refuse: (why: string) => Error): number | unde
   if (type.shape && type.shape.length !== 3)
     throw refuse(`input '${value.name}' must have rank 3 ([batch, seq, d]), not ${type.shape.length}`);
   return type.shape?.[2]?.value;
+}
+
+/** `keep`: a float [batch, seq]. */
+function checkKeep(value: Value, refuse: (why: string) => Error): void {
+  const type = value.type;
+  if (type?.kind !== 'tensor' || type.elemType !== DataType.FLOAT) throw refuse("input 'keep' must be a float tensor");
+  if (type.shape && type.shape.length !== 2) throw refuse(`input 'keep' must have rank 2 ([batch, seq]), not ${type.shape.length}`);
 }
 
 function readRatio(model: Model, refuse: (why: string) => Error): number {

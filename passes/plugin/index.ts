@@ -4,6 +4,8 @@
 //   plugin.restored(inner, hidden) -> crop -> where the block's result was used
 // Scopes: ffn (the feed-forward block), attention (the self-attention block), layer (the whole layer);
 // for attention and layer the scores' masks and position biases are pooled to the compressed length.
+// A plugin that declares the optional `keep` input gets which positions are real ([batch, seq], the
+// model's padding mask, padded with zeros where hidden is), computed once and shared like the pooled masks.
 // Everything is planned and checked first; the graph changes only once every layer is known to work.
 // Plugin files are read above the pass (src/compile/load.ts) and handed in through a loader, which also
 // generates `builtin:` plugins for the model's hidden size and opset.
@@ -21,8 +23,9 @@ import { analyzeFor, BlockRewriter, formatLayers, recordProvenance } from '../co
 import { translateLayers } from '../common/layers.js';
 import type { Pass, PipelineContext } from '../pipeline.js';
 import type { Scope } from './builtin.js';
-import type { Plugin } from './contract.js';
-import { cropTo, padToMultiple, poolGroups } from './sequence.js';
+import { checkRatio, type Plugin } from './contract.js';
+import { findPaddingMask, keepOf, type PaddingMask } from './keep.js';
+import { cropTo, padToMultiple, poolGroups, poolGroupsOverReal } from './sequence.js';
 
 /** What a `builtin:` plugin is generated for. */
 export interface PluginTarget {
@@ -56,6 +59,8 @@ interface PooledTerm {
   axes: number[];
   rank: number;
   elemType: number;
+  /** a position bias pooled over real positions only (the plugin declares keep; axis 0 is the batch or 1) */
+  overReal: boolean;
 }
 
 export interface Placement {
@@ -65,6 +70,8 @@ export interface Placement {
   output: Value;
   region: Node[];
   terms: PooledTerm[];
+  /** for a plugin that declares `keep`: the model's padding mask (none: every position is real) */
+  keep?: { mask?: PaddingMask; key: string };
 }
 
 export interface PluginReport {
@@ -181,6 +188,8 @@ function checkPluginFits(plugin: Plugin, model: Model, hidden: number): void {
   if (plugin.hidden !== undefined && plugin.hidden !== hidden) {
     throw new VcompileError(`plugin ${plugin.source}: hidden size ${plugin.hidden} does not match the model's ${hidden}`);
   }
+  // the contract checked the ratio when the plugin fixes its hidden size; otherwise it is checked at the model's
+  if (plugin.hidden === undefined) checkRatio(plugin, hidden);
   for (const { domain, version } of checkOpsetMerge(plugin.model, model, plugin.source)) model.requireOpset(domain, version);
 }
 
@@ -203,13 +212,31 @@ function place(layer: Layer, plugin: Plugin, analysis: TransformerAnalysis): Pla
       `${where}: the block reads ${dependent.name}${dependent.producer ? ` (from ${dependent.producer})` : ''}, which follows the sequence length; it cannot run on the compressed sequence`,
     );
   }
-  const pooled = terms.map((term) => ({
-    term,
-    axes: poolAxes(term, hidden, shapes, where),
-    rank: shapes.rank(term.value)!,
-    elemType: shapes.get(term.value).dtype ?? DataType.FLOAT,
-  }));
-  return { layer, plugin, hidden, output, region, terms: pooled };
+  const pooled = terms.map((term) => {
+    const axes = poolAxes(term, hidden, shapes, where);
+    const rank = shapes.rank(term.value)!;
+    const first = shapes.dim(term.value, 0);
+    const batchFirst = rank > axes.length && !!first && (first.equals(1) || first.equals(shapes.dim(hidden, 0) ?? -1));
+    const overReal = !!plugin.keepInput && term.kind === 'positionBias' && term.mode !== 'select' && batchFirst;
+    return { term, axes, rank, elemType: shapes.get(term.value).dtype ?? DataType.FLOAT, overReal };
+  });
+  return {
+    layer,
+    plugin,
+    hidden,
+    output,
+    region,
+    terms: pooled,
+    ...(plugin.keepInput ? { keep: keepSource(layer, hidden, analysis) } : {}),
+  };
+}
+
+/** Where `keep` comes from: the padding mask the layer's self-attention reads, or none; `key` shares it. */
+function keepSource(layer: Layer, hidden: Value, analysis: TransformerAnalysis): { mask?: PaddingMask; key: string } {
+  const mask = findPaddingMask(layer.selfAttention, hidden, analysis.context);
+  if (mask) return { mask, key: `mask ${mask.input.name}` };
+  const shapes = analysis.context.shapes;
+  return { key: `all ${shapes.dim(hidden, 0) ?? '?'} x ${shapes.dim(hidden, 1) ?? '?'}` };
 }
 
 function scopeBounds(layer: Layer, scope: Scope): { hidden: Value; output: Value; attention?: AttentionBlock } {
@@ -239,6 +266,7 @@ function poolAxes(term: ScoreTerm, hidden: Value, shapes: ShapeTable, where: str
 export class PluginRewriter extends BlockRewriter {
   readonly ops: (b: GraphBuilder) => VersionedOps;
   private readonly pooled = new Map<string, Value>();
+  private readonly keeps = new Map<string, Value>();
 
   constructor(model: Model) {
     super(model);
@@ -270,13 +298,17 @@ export class PluginRewriter extends BlockRewriter {
       [p.plugin.hiddenInput, padded?.value ?? hidden],
       [p.plugin.innerInput, inner],
     ]);
+    if (p.plugin.keepInput) inputs.set(p.plugin.keepInput, this.keep(main, this.ops(main), p, hidden, k));
     const outputs = this.splice(p.plugin, b, inputs, main);
     const pluginOutput = (v: Value) => outputs[p.plugin.model.graph.outputs.indexOf(v)];
     const mapping = new Map<Value, Value>([
       [p.hidden, pluginOutput(p.plugin.compressed)],
       [hidden, pluginOutput(p.plugin.compressed)],
     ]);
-    for (const pooled of p.terms) mapping.set(pooled.term.value, this.pool(main, this.ops(main), pooled, k));
+    for (const pooled of p.terms) {
+      const keep = pooled.overReal ? this.keep(main, this.ops(main), p, hidden, 1) : undefined;
+      mapping.set(pooled.term.value, this.pool(main, this.ops(main), pooled, k, keep));
+    }
     replaceAllUses(inner, this.copyRegion(p, b, mapping));
     const restored = pluginOutput(p.plugin.restored);
     return padded ? cropTo(b, ops, restored, 1, padded.length) : restored;
@@ -294,13 +326,35 @@ export class PluginRewriter extends BlockRewriter {
     return result;
   }
 
-  /** A score term pooled to the compressed length, shared by every layer that reads it. */
-  private pool(b: GraphBuilder, ops: VersionedOps, { term, axes, rank, elemType }: PooledTerm, k: number): Value {
+  /**
+   * `keep` for `p`'s plugin, padded with zeros to a multiple of k as hidden is (k = 1: as it is), shared by
+   * every layer with the same padding mask (built from `hidden`'s shape, in the main graph, when the model
+   * has none).
+   */
+  private keep(b: GraphBuilder, ops: VersionedOps, p: Placement, hidden: Value, k: number): Value {
+    const key = (ratio: number) => `${p.keep!.key}|${ratio}`;
+    let keep = this.keeps.get(key(1));
+    if (!keep) this.keeps.set(key(1), (keep = keepOf(b, ops, p.keep!.mask, hidden)));
+    if (k === 1) return keep;
+    let padded = this.keeps.get(key(k));
+    if (!padded) this.keeps.set(key(k), (padded = padToMultiple(b, ops, keep, 1, 2, k, b.scalar('zero', 0)).value));
+    return padded;
+  }
+
+  /**
+   * A score term pooled to the compressed length, shared by every layer that reads it; over the real
+   * positions `keep` marks ([batch, seq], unpadded), when given.
+   */
+  private pool(b: GraphBuilder, ops: VersionedOps, { term, axes, rank, elemType }: PooledTerm, k: number, keep?: Value): Value {
     if (k === 1) return term.value;
-    const key = `${term.value.name}|${k}|${term.mode}|${term.keepWhen}`;
+    const key = `${term.value.name}|${k}|${term.mode}|${term.keepWhen}|${keep?.name ?? ''}`;
     const cached = this.pooled.get(key);
     if (cached) return cached;
-    const pooled = poolGroups(b, ops, term.value, rank, axes, k, { mode: term.mode, keepWhen: term.keepWhen, elemType });
+    const spec = { mode: term.mode, keepWhen: term.keepWhen, elemType };
+    const pooled =
+      keep && spec.mode !== 'select'
+        ? poolGroupsOverReal(b, ops, term.value, rank, axes, k, { ...spec, mode: spec.mode }, keep)
+        : poolGroups(b, ops, term.value, rank, axes, k, spec);
     this.pooled.set(key, pooled);
     return pooled;
   }

@@ -1,5 +1,6 @@
 // Sequence-length plumbing around a compressed block, in ONNX ops that keep every dim dynamic:
-// pad an axis up to a multiple of k, crop it back, and pool a mask or bias over groups of k positions.
+// pad an axis up to a multiple of k, crop it back, and pool a mask or bias over groups of k positions
+// (a position bias over the real positions of each group only, when the plugin is told which are real).
 import type { GraphBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { VersionedOps } from '../../src/ir/ops.js';
@@ -66,6 +67,41 @@ export function poolGroups(
     x = ops.reduce(keepMax ? 'ReduceMax' : 'ReduceMin', grouped, [positive + 1], false);
   }
   return asFloat ? b.op.Cast(x, { to: spec.elemType }) : x;
+}
+
+/**
+ * Pool an additive (or subtracted) position bias as `poolGroups` does, but over each block's real positions
+ * only: `keep` [batch, seq] (1 = real) marks them along every pooled axis, the term's axis 0 being its batch
+ * (or 1). A block without a real pair (padding only: masked anyway) keeps the plain pooled value, so no
+ * value becomes infinite. The result has the batch dim of `keep`.
+ */
+export function poolGroupsOverReal(
+  b: GraphBuilder,
+  ops: VersionedOps,
+  term: Value,
+  rank: number,
+  axes: number[],
+  k: number,
+  spec: PoolSpec & { mode: 'add' | 'subtract' },
+  keep: Value,
+): Value {
+  let real: Value | undefined;
+  for (const axis of axes) {
+    const positive = axis < 0 ? rank + axis : axis;
+    const dims = Array.from({ length: rank }, (_, i) => (i === 0 ? 0 : i === positive ? -1 : 1));
+    const along = b.op.Reshape(keep, b.int64s('keep_shape', dims));
+    real = real ? b.op.Mul(real, along) : along;
+  }
+  const fill = b.scalar('pool_fill', spec.mode === 'add' ? LOWEST_FLOAT : HIGHEST_FLOAT);
+  const x = spec.elemType !== DataType.FLOAT ? b.op.Cast(term, { to: DataType.FLOAT }) : term;
+  const overReal = poolGroups(b, ops, b.op.Where(b.op.Cast(real!, { to: DataType.BOOL }), x, fill), rank, axes, k, {
+    ...spec,
+    elemType: DataType.FLOAT,
+  });
+  const anyReal = poolGroups(b, ops, real!, rank, axes, k, { mode: 'select', keepWhen: true, elemType: DataType.FLOAT });
+  const plain = poolGroups(b, ops, x, rank, axes, k, { ...spec, elemType: DataType.FLOAT });
+  const pooled = b.op.Where(b.op.Cast(anyReal, { to: DataType.BOOL }), overReal, plain);
+  return spec.elemType !== DataType.FLOAT ? b.op.Cast(pooled, { to: spec.elemType }) : pooled;
 }
 
 /** Shape(x) with dim `axis` split into [-1, k]. */

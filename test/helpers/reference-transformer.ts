@@ -1,7 +1,9 @@
 // A plain TypeScript forward pass of the transformers test/helpers/transformer-gen.ts builds (HF-style
 // attention, separate Q/K/V, scores divided by sqrt(head size), additive padding mask, no causal mask,
 // ReLU or tanh-GELU),
-// with the mean plugin applied by hand in any scope. It reads the weights from the model by name and
+// with the mean plugin applied by hand in any scope: a group's mean over its real positions (the mask's
+// ones, not the padding), the block on the short sequence, then repeat (ffn, attention) or, at layer scope,
+// each position's own stream plus its group's change. It reads the weights from the model by name and
 // shares no code with the pass, so it is an independent reference for what the rewritten graph computes.
 import type { Model } from '../../src/ir/model.js';
 import type { TransformerConfig } from './transformer-gen.js';
@@ -24,34 +26,55 @@ export function referenceForward(
   return ids.map((row, b) => {
     let x = row.map((id) => w.vector('embeddings.word', id, config.hidden));
     const bias = mask ? mask[b].map((m) => (1 - m) * -10000) : row.map(() => 0);
-    for (let i = 0; i < config.layers; i++) x = layer(x, bias, i, config, w, plugin);
+    const keep = mask ? mask[b] : row.map(() => 1);
+    for (let i = 0; i < config.layers; i++) x = layer(x, bias, keep, i, config, w, plugin);
     return config.norm === 'pre' ? normalize(x, 'final_norm', config, w) : x;
   });
 }
 
-function layer(x: Matrix, bias: number[], i: number, config: TransformerConfig, w: Weights, plugin?: MeanPluginByHand): Matrix {
+function layer(
+  x: Matrix,
+  bias: number[],
+  keep: number[],
+  i: number,
+  config: TransformerConfig,
+  w: Weights,
+  plugin?: MeanPluginByHand,
+): Matrix {
   const attention = (input: Matrix, keyBias: number[]) => attend(input, keyBias, `layer${i}.attention`, config, w);
   const ffn = (input: Matrix) => feedForward(input, `layer${i}.ffn`, config, w);
-  const wrapAttention = plugin?.scope === 'attention' ? compressed(attention, bias, plugin.ratio) : attention;
-  const wrapFfn = plugin?.scope === 'ffn' ? compressed((input) => ffn(input), bias, plugin.ratio) : (input: Matrix) => ffn(input);
+  const wrap = (block: (x: Matrix, keyBias: number[]) => Matrix, scope: MeanPluginByHand['scope']) =>
+    plugin?.scope === scope ? compressed(block, bias, keep, plugin.ratio, scope === 'layer') : block;
+  const wrapAttention = wrap(attention, 'attention');
+  const wrapFfn = wrap((input) => ffn(input), 'ffn');
   const whole = (input: Matrix, keyBias: number[]) => {
     const h = residual(input, `layer${i}.attention`, (t) => wrapAttention(t, keyBias), config, w);
     return residual(h, `layer${i}.ffn`, (t) => wrapFfn(t, keyBias), config, w);
   };
-  return plugin?.scope === 'layer' ? compressed(whole, bias, plugin.ratio)(x, bias) : whole(x, bias);
+  return wrap(whole, 'layer')(x, bias);
 }
 
-/** Mean plugin by hand: pad with zeros to a multiple of k, average groups, run, repeat, crop. */
-function compressed(block: (x: Matrix, keyBias: number[]) => Matrix, bias: number[], k: number) {
+/**
+ * Mean plugin by hand: pad with zeros to a multiple of k, average each group over its real positions (0
+ * for a group of padding only), run, restore, crop. Restore repeats the block's result, or with
+ * `residual` (layer scope) adds the group's change to each position: x_j + inner_g - short_g.
+ */
+function compressed(block: (x: Matrix, keyBias: number[]) => Matrix, bias: number[], keep: number[], k: number, residual: boolean) {
   return (x: Matrix, _keyBias: number[]): Matrix => {
     const n = x.length;
-    const padded = n % k ? [...x, ...Array.from({ length: k - (n % k) }, () => x[0].map(() => 0))] : x;
-    const paddedBias = [...bias, ...Array.from({ length: padded.length - n }, () => -3.4028234663852886e38)];
+    const extra = n % k ? k - (n % k) : 0;
+    const padded = [...x, ...Array.from({ length: extra }, () => x[0].map(() => 0))];
+    const paddedKeep = [...keep, ...new Array<number>(extra).fill(0)];
+    const paddedBias = [...bias, ...new Array<number>(extra).fill(-3.4028234663852886e38)];
     const groups = padded.length / k;
-    const short = Array.from({ length: groups }, (_, g) => mean(padded.slice(g * k, g * k + k)));
-    const shortBias = Array.from({ length: groups }, (_, g) => Math.max(...paddedBias.slice(g * k, g * k + k)));
+    const group = <T>(xs: T[], g: number) => xs.slice(g * k, g * k + k);
+    const short = Array.from({ length: groups }, (_, g) => meanOfReal(group(padded, g), group(paddedKeep, g)));
+    const shortBias = Array.from({ length: groups }, (_, g) => Math.max(...group(paddedBias, g)));
     const inner = block(short, shortBias);
-    return Array.from({ length: n }, (_, j) => inner[Math.floor(j / k)]);
+    return Array.from({ length: n }, (_, j) => {
+      const g = Math.floor(j / k);
+      return residual ? x[j].map((t, c) => t + inner[g][c] - short[g][c]) : inner[g];
+    });
   };
 }
 
@@ -117,8 +140,10 @@ function add(a: Matrix, b: Matrix): Matrix {
   return a.map((row, i) => row.map((t, c) => t + b[i][c]));
 }
 
-function mean(rows: Matrix): number[] {
-  return rows[0].map((_, c) => rows.reduce((a, r) => a + r[c], 0) / rows.length);
+/** The mean of the rows whose keep is 1; zeros when there are none. */
+function meanOfReal(rows: Matrix, keep: number[]): number[] {
+  const count = keep.reduce((a, b) => a + b, 0);
+  return rows[0].map((_, c) => (count ? rows.reduce((a, r, i) => a + keep[i] * r[c], 0) / count : 0));
 }
 
 function dot(a: number[], b: number[], start: number, size: number): number {
