@@ -252,3 +252,56 @@ describe('verification at the end of a compile', () => {
     expect(fs.existsSync(out)).toBe(true);
   });
 });
+
+describe('checks that cannot crash the process', () => {
+  it('a model with optional or sequence outputs is refused up front (ONNX Runtime crashed on it)', async () => {
+    const file = '/usr/share/libonnx-testdata/data/node/test_if_opt/model.onnx';
+    if (!fs.existsSync(file)) return;
+    await expect(verifyModels(file, file)).rejects.toThrow(/output \S+ is of optional type, not a tensor; vcompile compares tensor outputs only$/);
+  });
+
+  it('a native crash of the comparing process becomes one line naming the models', async () => {
+    const crash = path.join(tempDir(), 'crash.mjs');
+    fs.writeFileSync(crash, "process.on('message', () => process.kill(process.pid, 'SIGSEGV'));\n");
+    const { verifyIsolated } = await import('../src/verify/isolated.js');
+    await expect(verifyIsolated(bert, 'x.onnx', {}, { childModule: crash })).rejects.toThrow(
+      `onnxruntime crashed while comparing x.onnx with ${bert} (signal SIGSEGV); the models were not compared`,
+    );
+  });
+});
+
+describe('the check after a switchable compile', () => {
+  it('checks every ratio and reports each; --default-ratio 1 no longer hides the compressed branches', () => {
+    const out = path.join(tempDir(), 'sw.onnx');
+    const r = vcompile(bert, '--switchable', '--plugin', 'builtin:mean:2', '--plugin', 'builtin:mean:4', '--default-ratio', '1', '-o', out, '--json');
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.verifyRatios.map((v: { ratio: number }) => v.ratio)).toEqual([1, 2, 4]);
+    expect(report.verify.ratio).toBe(1);
+    expect(report.verifyRatios[0].outputs[0].maxAbs).toBe(0);
+    expect(report.verifyRatios[1].outputs[0].maxAbs).toBeGreaterThan(0);
+    const gated = vcompile(bert, '--switchable', '--plugin', 'builtin:mean:2', '--plugin', 'builtin:mean:4', '-o', out, '--max-error', '1e-6');
+    expect(gated.code).toBe(1);
+    expect(gated.stderr).toMatch(/^vcompile: verification failed: last_hidden_state: max abs error \S+ > 0\.000001 at batch \d, seq \d+ at vcompile_ratio 2 \(/);
+    expect(gated.stdout).toMatch(/^verify last_hidden_state at ratio 1: .*: ok$/m);
+  });
+});
+
+describe('check options are refused before any work', () => {
+  const cases: [string[], string][] = [
+    [['--max-error', 'abc'], '--max-error must be a number >= 0, got NaN'],
+    [['--min-cosine', '2'], '--min-cosine must be between -1 and 1, got 2'],
+    [['--dim', 'seq=0'], "--dim: 'seq=0' is not NAME=POSITIVE_INTEGER"],
+    [['--min-top1-agreement', '1.5'], '--min-top1-agreement must be between 0 and 1, got 1.5'],
+    [['--samples', '3'], '--samples goes with --data'],
+  ];
+  for (const [flags, message] of cases) {
+    it(flags.join(' '), () => {
+      const out = path.join(tempDir(), 'never.onnx');
+      const r = vcompile(bert, '--plugin', 'builtin:mean:2', '-o', out, ...flags);
+      expect(r.stderr).toBe(`vcompile: ${message}\n`);
+      expect(r.code).toBe(2);
+      expect(fs.existsSync(out)).toBe(false);
+    });
+  }
+});
