@@ -8,6 +8,9 @@
 //             positions are zeroed and get no weight); restore = the mean's restore + a tanh bottleneck
 //             adapter on [repeated inner ; hidden] (Variator)
 //   identity  k = 1: compressed = hidden, restored = inner (the plumbing check)
+//   fitted    compress = the mean's; restore = the mean's u + (u A_u + hidden A_x + a) B: a linear adapter on
+//             [u ; hidden] fitted in closed form from data (src/decide/fit-plugins.ts), stored factored
+//             (rank R: [d, R] twice, then [R, d]) or full (B absent)
 // mean and variator declare the optional `keep` input ([batch, seq], 1 at real positions), which the pass
 // feeds; identity does not need it.
 import { type GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
@@ -20,6 +23,7 @@ import { Rng } from '../../src/random.js';
 export type Scope = 'ffn' | 'attention' | 'layer';
 export const SCOPES: readonly Scope[] = ['ffn', 'attention', 'layer'];
 export type BuiltinKind = 'mean' | 'variator' | 'identity';
+export type PluginKind = BuiltinKind | 'fitted';
 export const BUILTIN_KINDS: readonly BuiltinKind[] = ['mean', 'variator', 'identity'];
 
 export interface PluginShape {
@@ -46,19 +50,19 @@ export interface VariatorWeights {
 export const VARIATOR_BOTTLENECK = 64;
 
 export function buildMeanPlugin(shape: PluginShape): Model {
+  return buildPlugin(shape, 'mean', meanCompress(shape), (b, ops, io) => baseRestore(b, ops, io, shape));
+}
+
+/** The mean of each group's real positions. */
+function meanCompress(shape: PluginShape): Compress {
   const { ratio: k, hidden: d } = shape;
-  return buildPlugin(
-    shape,
-    'mean',
-    (b, ops, { hidden, keep }) => {
-      const kept = b.op.Mul(hidden, ops.unsqueeze(keep!, [2]));
-      const sums = ops.reduce('ReduceSum', b.op.Reshape(kept, b.int64s('group_shape', [0, -1, k, d])), [2], false);
-      const counts = ops.reduce('ReduceSum', b.op.Reshape(keep!, b.int64s('keep_group_shape', [0, -1, k])), [2], true);
-      // a group without a real position sums to 0, and stays 0
-      return b.op.Div(sums, b.op.Max(counts, b.scalar('min_count', MIN_COUNT)));
-    },
-    (b, ops, io) => baseRestore(b, ops, io, shape),
-  );
+  return (b, ops, { hidden, keep }) => {
+    const kept = b.op.Mul(hidden, ops.unsqueeze(keep!, [2]));
+    const sums = ops.reduce('ReduceSum', b.op.Reshape(kept, b.int64s('group_shape', [0, -1, k, d])), [2], false);
+    const counts = ops.reduce('ReduceSum', b.op.Reshape(keep!, b.int64s('keep_group_shape', [0, -1, k])), [2], true);
+    // a group without a real position sums to 0, and stays 0
+    return b.op.Div(sums, b.op.Max(counts, b.scalar('min_count', MIN_COUNT)));
+  };
 }
 
 export function buildIdentityPlugin(shape: PluginShape): Model {
@@ -117,6 +121,48 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
 }
 
 /**
+ * A fitted restore's adapter z = u A_u + hidden A_x + a (rank r), then z B (B: [r, d]; absent when the fit
+ * is full rank, r = d), added to the mean's restore u. Row-major, [in, out] as MatMul takes them.
+ */
+export interface FittedWeights {
+  /** [d, r] */
+  fromRestored: Float32Array;
+  /** [d, r] */
+  fromHidden: Float32Array;
+  /** [r] */
+  bias: Float32Array;
+  /** [r, d], or undefined for a full-rank fit */
+  up?: Float32Array;
+}
+
+export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, metadata: [string, string][] = []): Model {
+  const { ratio: k, hidden: d } = shape;
+  const rank = weights.bias.length;
+  checkLength('fromRestored', weights.fromRestored, d * rank);
+  checkLength('fromHidden', weights.fromHidden, d * rank);
+  if (weights.up) checkLength('up', weights.up, rank * d);
+  else if (rank !== d) throw new Error(`fitted weights: a full-rank fit has rank ${d}, got ${rank}`);
+  const model = buildPlugin(shape, 'fitted', meanCompress(shape), (b, ops, io) => {
+    const u = b.floats('adapter_from_restored', [d, rank], weights.fromRestored);
+    const x = b.floats('adapter_from_hidden', [d, rank], weights.fromHidden);
+    // u A_u is computed on the short sequence and repeated (u is a repeat there): k times fewer MACs
+    let z: Value;
+    if (shape.scope === 'layer') {
+      // u = hidden + repeat(inner - compressed), so u A_u + hidden A_x = hidden (A_u + A_x) + repeat((inner - compressed) A_u)
+      const change = b.op.MatMul(b.op.Sub(io.inner, io.compressed), u);
+      z = b.op.Add(b.op.MatMul(io.hidden, b.op.Add(u, x)), repeatGroups(b, ops, change, { ...shape, hidden: rank }));
+    } else {
+      z = b.op.Add(repeatGroups(b, ops, b.op.MatMul(io.inner, u), { ...shape, hidden: rank }), b.op.MatMul(io.hidden, x));
+    }
+    z = b.op.Add(z, b.floats('adapter_bias', [rank], weights.bias));
+    const adapter = weights.up ? b.op.MatMul(z, b.floats('adapter_up', [rank, d], weights.up)) : z;
+    return b.op.Add(baseRestore(b, ops, io, shape), adapter);
+  });
+  model.metadataProps = [...(model.metadataProps ?? []), ...metadata];
+  return model;
+}
+
+/**
  * Variator weights drawn from a seeded generator (PyTorch's Linear init range); `zeroAdapter` makes restore
  * the mean plugin's (a plain repeat; at layer scope hidden + repeat(inner - compressed)).
  */
@@ -160,7 +206,7 @@ interface RestoreInputs {
 type Compress = (b: GraphBuilder, ops: VersionedOps, io: CompressInputs) => Value;
 type Restore = (b: GraphBuilder, ops: VersionedOps, io: RestoreInputs) => Value;
 
-function buildPlugin(shape: PluginShape, kind: BuiltinKind, compress: Compress, restore: Restore, withKeep = true): Model {
+function buildPlugin(shape: PluginShape, kind: PluginKind, compress: Compress, restore: Restore, withKeep = true): Model {
   const { ratio, hidden: d, scope } = shape;
   if (!Number.isInteger(ratio) || ratio < 1) throw new Error(`ratio must be an integer >= 1, got ${ratio}`);
   const b = new ModelBuilder(shape.opset ?? 17, `vcompile_${kind}_plugin`);

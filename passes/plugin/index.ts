@@ -194,7 +194,7 @@ function checkPluginFits(plugin: Plugin, model: Model, hidden: number): void {
 }
 
 /** Where the plugin goes in `layer`, checked: the region must be able to run on a shorter sequence. */
-function place(layer: Layer, plugin: Plugin, analysis: TransformerAnalysis): Placement {
+export function place(layer: Layer, plugin: Plugin, analysis: TransformerAnalysis): Placement {
   const { hidden, output, attention } = scopeBounds(layer, plugin.scope);
   const region = regionBetween(hidden, output, analysis.context.graph.nodes);
   const where = `layer ${layer.index} (${plugin.scope} scope)`;
@@ -312,6 +312,11 @@ export class PluginRewriter extends BlockRewriter {
     replaceAllUses(inner, this.copyRegion(p, b, mapping));
     const restored = pluginOutput(p.plugin.restored);
     return padded ? cropTo(b, ops, restored, 1, padded.length) : restored;
+  }
+
+  /** Which positions of `p`'s block input are real ([batch, seq] float), for a plugin that declares keep. */
+  realPositions(p: Placement, b: GraphBuilder): Value {
+    return this.keep(b, this.ops(b), p, this.current(p.hidden), 1);
   }
 
   /** The block as it is (no plugin), built with `b`: the uncompressed branch of a switchable model. */

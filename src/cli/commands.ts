@@ -12,6 +12,7 @@ import type { Model } from '../ir/model.js';
 import { MIN_OPSET } from '../ir/ops.js';
 import { loadModel, saveModel } from '../onnx/file.js';
 import { ExitCode } from './errors.js';
+import { type FittedPlugins, fitForCompile, fitSpecs } from './fit-commands.js';
 import { modulesPassFromFlags, parseModuleFlags } from './modular-commands.js';
 import { jsonNumbers, print, requireValid } from './output.js';
 import { type CheckFlags, checkCompiled, checkOptions, compiledFailure, describeCheck } from './verify-commands.js';
@@ -58,6 +59,12 @@ export interface CompileOptions {
   modules: string[];
   /** --target-opset: upgrade the model's default-domain opset to exactly this */
   targetOpset?: number;
+  /** --data / --samples / --batch: for builtin:fit plugins (and the check, in `verify`) */
+  data?: string;
+  samples?: number;
+  batch?: string;
+  /** --rank for builtin:fit plugins */
+  rank?: string;
 }
 
 /**
@@ -65,24 +72,29 @@ export interface CompileOptions {
  * counted as the input model counts them: the modular pass passes its layer map on), then dead-code
  * elimination.
  */
-function compilePasses(options: CompileOptions, modelOpset: number): Pass[] {
+function compilePasses(options: CompileOptions, modelOpset: number): { before: Pass[]; plugins: (fitted?: FittedPlugins) => Pass[] } {
   if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
   if (options.switchable && !options.plugins.length) throw new VcompileError('--switchable needs at least one --plugin');
-  const passes: Pass[] = [];
+  const before: Pass[] = [];
   const opset = upgradeFor(options, modelOpset);
-  if (opset) passes.push(opset);
-  if (options.modules.length) passes.push(modulesPassFromFlags(options.modules));
-  if (options.plugins.length) {
-    const plugins = pluginOptions(options);
-    // a compile asked to compress must compress something: the pass refuses, saying why, when nothing is
-    passes.push(
-      options.switchable
-        ? switchablePass({ ...plugins, defaultRatio: options.defaultRatio, refuseNoop: true })
-        : pluginPass({ ...plugins, refuseNoop: true }),
-    );
-  }
-  if (options.eliminateDeadCode) passes.push(deadCodePass);
-  return passes;
+  if (opset) before.push(opset);
+  if (options.modules.length) before.push(modulesPassFromFlags(options.modules));
+  const plugins = (fitted?: FittedPlugins): Pass[] => {
+    const passes: Pass[] = [];
+    if (options.plugins.length) {
+      const requested = pluginOptions(options);
+      const chosen = fitted ? { ...requested, plugins: fitted.requests } : requested;
+      // a compile asked to compress must compress something: the pass refuses, saying why, when nothing is
+      passes.push(
+        options.switchable
+          ? switchablePass({ ...chosen, defaultRatio: options.defaultRatio, refuseNoop: true }, fitted?.plugins)
+          : pluginPass({ ...chosen, refuseNoop: true }, fitted?.plugins),
+      );
+    }
+    if (options.eliminateDeadCode) passes.push(deadCodePass);
+    return passes;
+  };
+  return { before, plugins };
 }
 
 /**
@@ -132,10 +144,18 @@ export function parseLayerList(text: string, flag: string): number[] {
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
   const model = loadModel(file);
   if (options.verifyIr) requireValid(model, file);
-  const passes = compilePasses(options, model.opsetVersion('') ?? 0);
+  const stages = compilePasses(options, model.opsetVersion('') ?? 0);
   if (options.plugins.length || options.modules.length) refuseCompiled(model, file);
-  const check = options.verify && checkOptions(options.verify, model, file);
-  const result = runPasses(model, passes, { verify: options.verifyIr });
+  let check = options.verify && checkOptions(options.verify, model, file);
+  const fits = fitSpecs(options.plugins);
+  const first = runPasses(model, stages.before, { verify: options.verifyIr });
+  let fitted: FittedPlugins | undefined;
+  if (fits.length) {
+    fitted = await fitForCompile(file, first.model, first.context, fits, options);
+    if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fitted.fittedSamples } };
+  }
+  const second = runPasses(first.model, stages.plugins(fitted), { verify: options.verifyIr, context: first.context });
+  const result = { model: second.model, modified: first.modified || second.modified, passes: [...first.passes, ...second.passes] };
   const written = saveModel(result.model, options.output, {
     externalData: options.externalData,
     location: options.dataLocation,
@@ -151,6 +171,7 @@ export async function compileFile(file: string, options: CompileOptions): Promis
     bytes: written.bytes,
     externalData: written.externalFile ?? null,
     passes: result.passes,
+    ...(fitted ? { fit: fitted.summary } : {}),
     verify: reports[0] ?? null,
     ...(reports.length > 1 ? { verifyRatios: reports } : {}),
     ...(skipped ? { verifySkipped: skipped } : {}),

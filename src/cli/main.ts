@@ -6,6 +6,7 @@ import { VcompileError } from '../errors.js';
 import { VCOMPILE_VERSION } from '../version.js';
 import { compileFile, inspectFile } from './commands.js';
 import { describeFailure } from './errors.js';
+import { fitCommand } from './fit-commands.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
 import { initPlugin } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
@@ -30,9 +31,17 @@ function buildParser(argv: string[], out: Out): Argv {
   const parser = yargs(argv)
     .scriptName('vcompile')
     .usage(
-      '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]',
+      '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]',
     );
-  for (const command of [inspectCommand, pluginInitCommand, extractModuleCommand, verifyModelsCommand, benchModelsCommand, compileCommand])
+  for (const command of [
+    inspectCommand,
+    pluginInitCommand,
+    pluginFitCommand,
+    extractModuleCommand,
+    verifyModelsCommand,
+    benchModelsCommand,
+    compileCommand,
+  ])
     command(parser, out);
   return parser
     .strict()
@@ -207,6 +216,40 @@ function pluginInitCommand(parser: Argv, out: Out): void {
   );
 }
 
+function pluginFitCommand(parser: Argv, out: Out): void {
+  parser.command(
+    'plugin fit <model>',
+    'fit one compression plugin per layer in closed form from data (no training): DIR/L{i}.onnx and DIR/fit.json',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file the plugins are for' })
+        .option('data', {
+          type: 'string',
+          demandOption: true,
+          describe: 'calibration inputs: a folder of NAME.npy files, a .jsonl file, or ONNX test data sets',
+        })
+        .option('ratio', { type: 'number', demandOption: true, describe: 'compression ratio k' })
+        .option('scope', {
+          choices: ['ffn', 'attention', 'layer'] as const,
+          default: 'ffn' as const,
+          describe: 'the block the plugins wrap',
+        })
+        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('layers', {
+          type: 'string',
+          describe: 'layers to fit, e.g. 2-9 or 0,3,5-7 (default: every layer whose self-attention is not causal)',
+        })
+        .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('batch', { type: 'number', default: 8, describe: 'samples per run' })
+        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+        .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the folder to write the plugins and fit.json to' })
+        .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+    async (args) => {
+      out.code = await fitCommand(args.model, { ...args, scope: args.scope, output: args.output });
+    },
+  );
+}
+
 function extractModuleCommand(parser: Argv, out: Out): void {
   parser.command(
     'extract <model>',
@@ -370,6 +413,10 @@ function compileCommand(parser: Argv, out: Out): void {
               default: 128,
               describe: 'with --target-speedup: sequence length the MACs and the quick timing use',
             })
+            .option('rank', {
+              type: 'string',
+              describe: 'with --plugin builtin:fit:K: the adapter rank, or full (default: at most 3% of the block)',
+            })
             .option('target-opset', {
               type: 'number',
               describe: "upgrade the model's default-domain opset to this (automatic, to what plugins and modules need, when not given)",
@@ -439,6 +486,10 @@ function compileCommand(parser: Argv, out: Out): void {
         defaultRatio: args['default-ratio'],
         modules: args.module,
         targetOpset: args['target-opset'],
+        data: args.data,
+        samples: args.samples,
+        batch: args.batch,
+        rank: args.rank,
         verify: args.verify
           ? { ...checkArgs(args), batch: args.batch, dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
           : undefined,

@@ -10,7 +10,7 @@ export class Progress {
   private drawn = false;
 
   constructor(
-    private readonly label: string,
+    private label: string,
     private readonly enabled: boolean = process.stderr.isTTY === true,
   ) {}
 
@@ -28,6 +28,11 @@ export class Progress {
       `\r${this.label} [${bar}] ${Math.round(fraction * 100)}% ${done}/${total}${eta !== undefined ? ` ETA ${eta}s` : ''}\x1b[K`,
     );
     this.drawn = true;
+  }
+
+  /** Say what the bar counts now (e.g. the stage of a multi-step run). */
+  relabel(label: string): void {
+    this.label = label;
   }
 
   /** Erase the bar so the report that follows starts on a clean line. */

@@ -4,6 +4,7 @@ import { GraphBuilder } from './builder.js';
 import { type Attribute, Graph, type Node, replaceAllUses, Value } from './graph.js';
 import type { NameAuthority } from './names.js';
 import type { Tensor } from './tensor.js';
+import type { IrType } from './types.js';
 
 /** Producers inside `graph` that `node` depends on, including through its subgraphs' outer reads. */
 function localDependencies(node: Node, graph: Graph): Node[] {
@@ -188,4 +189,17 @@ export function takePlace(old: Value, replacement: Value, names: NameAuthority):
   old.name = names.fresh(`${name}_replaced`);
   replacement.name = name;
   if (isOutput) replacement.type = old.type;
+}
+
+/**
+ * Make `value` a graph input named `name` of type `type`: every use reads the new input instead, so what
+ * computed `value` (if nothing else needs it) is left for dead-code elimination. The model then starts
+ * where `value` was: a slice of the model from there on, run on values computed elsewhere.
+ */
+export function detachAsInput(graph: Graph, value: Value, name: string, type: IrType, names: NameAuthority): Value {
+  if (value.graph !== graph) throw new Error(`detach: ${value.name} is not a value of graph ${graph.name ?? ''}`);
+  names.claim(name);
+  const input = graph.addInput(new Value(name, type));
+  replaceAllUses(value, input);
+  return input;
 }

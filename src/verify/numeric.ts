@@ -199,7 +199,9 @@ export async function verifyModels(original: string, rewritten: string, options:
 function refuseNonTensorOutputs(model: Model, file: string): void {
   const other = model.graph.outputs.find((v) => v.type && !isTensorType(v.type));
   if (other)
-    throw new VcompileError(`${file}: output ${other.name} is of ${other.type!.kind} type, not a tensor; vcompile compares tensor outputs only`);
+    throw new VcompileError(
+      `${file}: output ${other.name} is of ${other.type!.kind} type, not a tensor; vcompile compares tensor outputs only`,
+    );
 }
 
 // ------------------------------------------------------------------------------------------ inputs

@@ -1,0 +1,278 @@
+// `vcompile plugin fit MODEL --data PATH --ratio K --scope S [--rank R] -o DIR`: one fitted plugin per layer
+// (DIR/L{i}.onnx) and DIR/fit.json, or nothing on any error. Also the fit behind `--plugin builtin:fit:K`.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { translateLayers } from '../../passes/common/layers.js';
+import { upgradeOpset } from '../../passes/opset/index.js';
+import type { PipelineContext } from '../../passes/pipeline.js';
+import { SCOPES, type Scope } from '../../passes/plugin/builtin.js';
+import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
+import type { PluginRequest } from '../../passes/plugin/index.js';
+import { describeInputs } from '../analysis/inputs.js';
+import { fitPlugins, type PluginFitResult } from '../decide/fit-plugins.js';
+import { VcompileError } from '../errors.js';
+import type { Model } from '../ir/model.js';
+import { MIN_OPSET } from '../ir/ops.js';
+import { decodeModel, encodeModel, readFileOrFail, saveModel } from '../onnx/file.js';
+import { type DataSet, openData } from '../runtime/data.js';
+import { parseLayerList } from './commands.js';
+import { ExitCode } from './errors.js';
+import { print } from './output.js';
+import { Progress } from './progress.js';
+
+export interface FitFlags {
+  data: string;
+  ratio: number;
+  scope: string;
+  rank?: string;
+  layers?: string;
+  samples?: number;
+  batch?: number;
+  threads?: number;
+  output: string;
+  json: boolean;
+}
+
+/** What a fit is asked for, every flag checked before any work. */
+export interface FitRequest {
+  ratio: number;
+  scope: Scope;
+  rank?: number | 'full';
+  layers?: number[];
+  batchSize: number;
+  threads?: number;
+}
+
+export function fitRequest(flags: {
+  ratio: number;
+  scope: string;
+  rank?: string;
+  layers?: string;
+  batch?: number;
+  threads?: number;
+}): FitRequest {
+  if (!Number.isSafeInteger(flags.ratio) || flags.ratio < 2 || flags.ratio > 1024)
+    throw new VcompileError(`--ratio must be an integer from 2 to 1024, got ${flags.ratio}`);
+  if (!SCOPES.includes(flags.scope as Scope)) throw new VcompileError(`--scope must be ${SCOPES.join(', ')}, got '${flags.scope}'`);
+  let rank: number | 'full' | undefined;
+  if (flags.rank !== undefined) {
+    rank = flags.rank === 'full' ? 'full' : Number(flags.rank);
+    if (rank !== 'full' && !(Number.isSafeInteger(rank) && rank >= 1))
+      throw new VcompileError(`--rank must be a positive integer or full, got '${flags.rank}'`);
+  }
+  const batchSize = flags.batch ?? 8;
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new VcompileError(`--batch must be a positive integer, got ${flags.batch}`);
+  return {
+    ratio: flags.ratio,
+    scope: flags.scope as Scope,
+    rank,
+    layers: flags.layers === undefined ? undefined : parseLayerList(flags.layers, '--layers'),
+    batchSize,
+    threads: flags.threads,
+  };
+}
+
+/** The model's bytes at an opset plugins can be built for (upgraded in memory when older than 11). */
+export function fittableBytes(file: string): { bytes: Uint8Array; model: Model } {
+  const bytes = readFileOrFail(file);
+  const model = decodeModel(bytes, { baseDir: path.dirname(file), label: file });
+  if ((model.opsetVersion('') ?? 0) >= MIN_OPSET) return { bytes, model };
+  upgradeOpset(model, MIN_OPSET);
+  return { bytes: encodeModel(model), model };
+}
+
+/** Run the fit with a progress bar (per layer) on stderr. */
+export async function runFit(
+  file: string,
+  bytes: Uint8Array,
+  data: DataSet,
+  request: FitRequest,
+  showProgress: boolean,
+): Promise<PluginFitResult> {
+  const progress = new Progress('fit', showProgress && process.stderr.isTTY === true);
+  try {
+    return await fitPlugins(file, bytes, data, {
+      ...request,
+      onProgress: (e) => {
+        progress.relabel(`fit layer ${e.layer} ${e.stage}`);
+        progress.update(e.done, e.total);
+      },
+    });
+  } finally {
+    progress.finish();
+  }
+}
+
+export async function fitCommand(file: string, flags: FitFlags): Promise<number> {
+  const request = fitRequest(flags);
+  const { bytes, model } = fittableBytes(file);
+  if (flags.samples !== undefined && !(Number.isSafeInteger(flags.samples) && flags.samples >= 1)) {
+    throw new VcompileError(`--samples must be a positive integer, got ${flags.samples}`);
+  }
+  const data = openData(flags.data, describeInputs(model), { samples: flags.samples });
+  refuseOverlap(flags.output, [file, flags.data]);
+  const result = await runFit(file, bytes, data, request, !flags.json);
+  const written = writePlugins(flags.output, result);
+  const report = { output: flags.output, plugins: written, ...fitSummary(result) };
+  print(flags.json ? JSON.stringify(report, null, 2) : formatFit(result, written));
+  return ExitCode.ok;
+}
+
+/** fit.json: per layer what was fitted and how well, and how the plugins came about. */
+export function fitSummary(r: PluginFitResult): object {
+  return { ratio: r.ratio, scope: r.scope, model: r.modelSha256, data: r.dataSha256, rankNote: r.rankNote ?? null, layers: r.layers };
+}
+
+/** The plugins as DIR/L{i}.onnx and DIR/fit.json, all or nothing. */
+function writePlugins(dir: string, r: PluginFitResult): string[] {
+  const written: string[] = [];
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    for (const [layer, model] of r.plugins) {
+      const file = path.join(dir, `L${layer}.onnx`);
+      saveModel(model, file, { externalData: 'never' });
+      written.push(file);
+    }
+    const summary = path.join(dir, 'fit.json');
+    fs.writeFileSync(summary, `${JSON.stringify(fitSummary(r), null, 2)}\n`);
+    written.push(summary);
+  } catch (error) {
+    for (const f of written) fs.rmSync(f, { force: true });
+    if (error instanceof VcompileError) throw error;
+    throw new VcompileError(`-o ${dir}: ${(error as Error).message}`);
+  }
+  return written;
+}
+
+/** The output folder must not hold the files the fit reads. */
+function refuseOverlap(dir: string, reads: string[]): void {
+  const folder = path.resolve(dir);
+  for (const file of reads) {
+    const full = path.resolve(file);
+    if (path.dirname(full) === folder && /^L\d+\.onnx$|^fit\.json$/.test(path.basename(full))) {
+      throw new VcompileError(`-o ${dir}: writing there would overwrite ${file}, which the fit reads`);
+    }
+  }
+}
+
+function formatFit(r: PluginFitResult, written: string[]): string {
+  const header = ['layer', 'unexplained: mean', 'fitted', 'x-only control', 'rank', 'lambda', 'tokens', 'seconds', ''];
+  const rows = r.layers.map((l) => [
+    String(l.layer),
+    l.unexplained.mean.toFixed(4),
+    l.unexplained.fitted.toFixed(4),
+    l.unexplained.linearControl.toFixed(4),
+    String(l.rank),
+    l.lambda.toExponential(1),
+    String(l.tokens),
+    l.seconds.toFixed(1),
+    l.restore === 'mean' ? 'kept the mean restore: the fit did worse on held-out positions' : '',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const lines = [`fitted ${r.scope} k=${r.ratio} plugins (held-out unexplained variance of each block's output)`];
+  for (const row of [header, ...rows])
+    lines.push(
+      row
+        .map((c, i) => c.padEnd(widths[i]))
+        .join('  ')
+        .trimEnd(),
+    );
+  if (r.rankNote) lines.push(r.rankNote);
+  lines.push(`wrote ${written.join(', ')}`);
+  return lines.join('\n');
+}
+
+// ------------------------------------------------------------------------------------------ builtin:fit
+
+/** A `--plugin builtin:fit:K[:SCOPE]` request. */
+export interface FitSpec {
+  source: string;
+  ratio: number;
+  scope: Scope;
+}
+
+/** The builtin:fit requests among --plugin values (per-layer `L=builtin:fit...` is refused: fits cover layers). */
+export function fitSpecs(plugins: readonly string[]): FitSpec[] {
+  const specs: FitSpec[] = [];
+  for (const flag of plugins) {
+    const match = /^(?:(\d+)=)?builtin:fit(?::(.*))?$/.exec(flag);
+    if (!match) continue;
+    if (match[1] !== undefined)
+      throw new VcompileError(`--plugin ${flag}: a fitted plugin covers the selected layers; choose them with --layers`);
+    const [ratioText, scope = 'ffn', ...rest] = (match[2] ?? '').split(':');
+    const ratio = Number(ratioText);
+    if (!Number.isSafeInteger(ratio) || ratio < 2 || ratio > 1024 || !SCOPES.includes(scope as Scope) || rest.length) {
+      throw new VcompileError(`--plugin ${flag}: expected builtin:fit:K[:SCOPE] with K from 2 to 1024 and SCOPE ${SCOPES.join('|')}`);
+    }
+    specs.push({ source: flag, ratio, scope: scope as Scope });
+  }
+  if (specs.length && specs.length !== plugins.length)
+    throw new VcompileError('--plugin builtin:fit fits every plugin of the compile: give no other --plugin beside it');
+  return specs;
+}
+
+/** Fitted plugins for a compile: per-layer requests (as the input model numbers layers) and the plugins. */
+export interface FittedPlugins {
+  requests: PluginRequest[];
+  plugins: Map<string, Plugin>;
+  /** the samples the fit used (the first ones); the check runs on the rest */
+  fittedSamples: number;
+  summary: object[];
+}
+
+export interface CompileFitFlags {
+  data?: string;
+  samples?: number;
+  batch?: string;
+  rank?: string;
+  layers?: string;
+  json: boolean;
+}
+
+/**
+ * Fit each builtin:fit request on `model` (the model as the compile has it when plugins go in: after modules)
+ * from the first samples of the data: --samples N of them, or 80%, so that the check after the compile runs
+ * on samples the fit has not seen.
+ */
+export async function fitForCompile(
+  file: string,
+  model: Model,
+  context: PipelineContext,
+  specs: FitSpec[],
+  flags: CompileFitFlags,
+): Promise<FittedPlugins> {
+  if (!flags.data) throw new VcompileError('--plugin builtin:fit needs --data PATH (the calibration inputs)');
+  const specsOfInputs = describeInputs(model);
+  const all = openData(flags.data, specsOfInputs).size;
+  const fitted = flags.samples ?? Math.floor(all * 0.8);
+  if (!Number.isSafeInteger(fitted) || fitted < 1) throw new VcompileError(`--samples must be a positive integer, got ${flags.samples}`);
+  if (fitted >= all)
+    throw new VcompileError(
+      `${flags.data}: ${all} samples leave none for the check after the fit (--samples ${fitted}): give more data or a smaller --samples, or --no-verify`,
+    );
+  const data = openData(flags.data, specsOfInputs, { samples: fitted });
+  const batch = flags.batch === undefined ? undefined : Number(flags.batch);
+  const layerMap = context.layerMap;
+  const toCurrent = (layers: number[]) => (layerMap ? translateLayers(layerMap, layers, 'layers') : layers);
+  const layers = flags.layers === undefined ? undefined : toCurrent(parseLayerList(flags.layers, '--layers'));
+  const bytes = encodeModel(model);
+  const requests: PluginRequest[] = [];
+  const plugins = new Map<string, Plugin>();
+  const summary: object[] = [];
+  for (const spec of specs) {
+    const request = fitRequest({ ratio: spec.ratio, scope: spec.scope, rank: flags.rank, batch });
+    const result = await runFit(file, bytes, data, { ...request, layers }, !flags.json);
+    for (const [layer, plugin] of result.plugins) {
+      const source = `${spec.source}:L${layerMap ? layerMap[layer] : layer}`;
+      plugins.set(source, checkPluginContract(plugin, source, sha256(encodeModel(plugin))));
+      requests.push({ layer: layerMap ? layerMap[layer]! : layer, source });
+    }
+    summary.push({ plugin: spec.source, samples: fitted, ...fitSummary(result) });
+  }
+  return { requests, plugins, fittedSamples: fitted, summary };
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}

@@ -1,0 +1,416 @@
+// Calibration: fit a compression plugin for each layer in closed form from the user's data, no gradients.
+//
+// The fitted plugin (passes/plugin/builtin.ts `buildFittedPlugin`) compresses by the mean of each group's
+// real positions and restores u + [u ; x] W: u is what the mean plugin restores (the block run on the
+// k-times shorter sequence, repeated back; at layer scope each position keeps its own stream), x the
+// block's input. W is the ridge regression of the teacher y (the original block's output at full length, on
+// the same input) on [u ; x ; 1]; the rank-R fit is the reduced-rank regression (the full fit projected onto
+// the top R principal directions of its fitted values), stored factored.
+//
+// Sequential: the residual stream is carried layer by layer through the already-compressed layers, so layer
+// i is fitted on what its compressed predecessors produce. Only that stream (tokens x d floats) is held;
+// each layer's statistics are accumulated batch by batch in float64 (src/decide/statistics.ts), the heavy
+// products running in ONNX Runtime. Padded positions never enter them.
+//
+// Lambda: chosen per layer from a grid by the error on a held-out fifth of the calibration samples (every
+// fifth sample). A fit that explains less of the held-out target than the mean restore keeps the mean.
+
+import { createHash } from 'node:crypto';
+import { buildFittedPlugin, type FittedWeights, type Scope } from '../../passes/plugin/builtin.js';
+import { captureBlock } from '../../passes/plugin/capture.js';
+import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
+import { pluginPass } from '../../passes/plugin/index.js';
+import type { Layer } from '../analysis/index.js';
+import { analyzeTransformer, macsOf, shapesAt } from '../analysis/index.js';
+import { regionBetween } from '../analysis/region.js';
+import { VcompileError } from '../errors.js';
+import type { Model } from '../ir/model.js';
+import { NameAuthority } from '../ir/names.js';
+import type { Tensor } from '../ir/tensor.js';
+import { detachAsInput, eliminateDeadCode } from '../ir/transforms.js';
+import { DataType, tensorType } from '../ir/types.js';
+import { decodeModel, encodeModel } from '../onnx/file.js';
+import type { DataBatch, DataSet } from '../runtime/data.js';
+import { openSession, run, type Session } from '../runtime/session.js';
+import { type Matrix, matrix, reducedRank, ridge } from './linalg.js';
+import { appendStatistics, NormalEquations } from './statistics.js';
+
+export interface PluginFitOptions {
+  ratio: number;
+  scope: Scope;
+  /** adapter rank; 'full' for the full-rank fit; default: the largest whose arithmetic stays under 3% of the block's */
+  rank?: number | 'full';
+  /** layers to fit (as the model numbers them); default: every layer whose self-attention is not causal */
+  layers?: number[];
+  /** samples per run (default 8) */
+  batchSize?: number;
+  threads?: number;
+  onProgress?: (event: FitProgress) => void;
+}
+
+export interface FitProgress {
+  layer: number;
+  stage: 'capture' | 'solve' | 'propagate';
+  done: number;
+  total: number;
+}
+
+export interface LayerFit {
+  layer: number;
+  /** calibration samples and real positions fitted on, and held out */
+  samples: number;
+  tokens: number;
+  heldOutTokens: number;
+  lambda: number;
+  rank: number | 'full';
+  /** held-out unexplained variance of the block's output: the mean restore's, the fit's, and x-only linear control's */
+  unexplained: { mean: number; fitted: number; linearControl: number };
+  /** 'mean': the fit did worse than the mean restore on held-out positions and was not used */
+  restore: 'fitted' | 'mean';
+  seconds: number;
+}
+
+export interface PluginFitResult {
+  /** one plugin per fitted layer, with its provenance in metadata_props */
+  plugins: Map<number, Model>;
+  layers: LayerFit[];
+  ratio: number;
+  scope: Scope;
+  /** how the default rank was chosen, when it was */
+  rankNote?: string;
+  modelSha256: string;
+  dataSha256: string;
+}
+
+const STREAM = 'vcompile_stream';
+
+/** Fit plugins for `file` (a model at opset >= 11) on `data`. */
+export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet, options: PluginFitOptions): Promise<PluginFitResult> {
+  const fresh = () => decodeModel(bytes, { label: file });
+  const original = fresh();
+  const analysis = analyzeTransformer(original);
+  if (analysis.error) throw new VcompileError(`cannot fit plugins: transformer analysis stopped: ${analysis.error.message}`);
+  const d = analysis.hidden;
+  if (d === undefined) throw new VcompileError('cannot fit plugins: the hidden size of the model is not fixed');
+  const targets = selectLayers(analysis.layers, options.layers);
+  const batchSize = options.batchSize ?? 8;
+  const heldIndices = [...Array(data.size).keys()].filter((i) => i % 5 === 4);
+  const fitIndices = [...Array(data.size).keys()].filter((i) => i % 5 !== 4);
+  if (heldIndices.length === 0)
+    throw new VcompileError(
+      `${data.source}: ${data.size} sample${data.size === 1 ? '' : 's'} is too few to hold some out for choosing lambda; give at least 5`,
+    );
+  const splits = { fit: data.subset(fitIndices).batches(batchSize), held: data.subset(heldIndices).batches(batchSize) };
+  const session = { threads: options.threads, spinning: false };
+  const ranks = new Map(targets.map((l) => [l.index, rankFor(options, l, original, d)]));
+
+  let streams = await streamsInto(fresh(), analysis.layers[0], splits, session);
+  const plugins = new Map<number, Model>();
+  const fits: LayerFit[] = [];
+  for (const layer of analysis.layers) {
+    const started = Date.now();
+    const fitHere = targets.some((t) => t.index === layer.index);
+    let plugin: Plugin | undefined;
+    if (fitHere) {
+      const stats = await capture(fresh(), layer, options, splits, streams, session, d);
+      checkTokens(stats.fit, d, layer.index);
+      const rank = ranks.get(layer.index)!.rank;
+      options.onProgress?.({ layer: layer.index, stage: 'solve', done: 0, total: 1 });
+      const solved = await solve(stats, rank, d);
+      const model = buildFittedPlugin(
+        { ratio: options.ratio, hidden: d, scope: options.scope, opset: original.opsetVersion('') ?? 17 },
+        solved.weights,
+      );
+      plugins.set(layer.index, model);
+      plugin = checkPluginContract(model, `fitted L${layer.index}`, sha256(encodeModel(model)));
+      fits.push({
+        layer: layer.index,
+        samples: fitIndices.length,
+        tokens: stats.fit.count,
+        heldOutTokens: stats.held.count,
+        lambda: solved.lambda,
+        rank,
+        unexplained: solved.unexplained,
+        restore: solved.restore,
+        seconds: 0,
+      });
+    }
+    if (layer.index < analysis.layers.length - 1) streams = await propagate(fresh(), layer, plugin, splits, streams, session, options);
+    if (fitHere) fits[fits.length - 1].seconds = (Date.now() - started) / 1000;
+  }
+  const result: PluginFitResult = {
+    plugins,
+    layers: fits,
+    ratio: options.ratio,
+    scope: options.scope,
+    modelSha256: sha256(bytes),
+    dataSha256: data.sha256,
+  };
+  const note = [...ranks.values()].find((r) => r.note)?.note;
+  if (note) result.rankNote = note;
+  for (const [index, model] of plugins)
+    model.metadataProps = [...(model.metadataProps ?? []), ['vcompile.fit', JSON.stringify(provenance(result, index))]];
+  return result;
+}
+
+function provenance(r: PluginFitResult, layer: number): object {
+  const fit = r.layers.find((l) => l.layer === layer)!;
+  return {
+    model: r.modelSha256,
+    data: r.dataSha256,
+    layer,
+    samples: fit.samples,
+    tokens: fit.tokens,
+    rank: fit.rank,
+    lambda: fit.lambda,
+    restore: fit.restore,
+  };
+}
+
+function selectLayers(layers: readonly Layer[], requested: number[] | undefined): Layer[] {
+  if (!requested) return layers.filter((l) => !l.selfAttention.causal);
+  for (const index of requested) {
+    const layer = layers[index];
+    if (!layer) throw new VcompileError(`layer ${index} does not exist (the model has layers 0-${layers.length - 1})`);
+    if (layer.selfAttention.causal)
+      throw new VcompileError(`layer ${index} uses causal self-attention: merging positions would leak future tokens`);
+  }
+  return layers.filter((l) => requested.includes(l.index));
+}
+
+/** The adapter rank: as asked, or the largest whose MACs per position stay under 3% of the block's. */
+function rankFor(options: PluginFitOptions, layer: Layer, model: Model, d: number): { rank: number | 'full'; note?: string } {
+  if (options.rank !== undefined) return { rank: options.rank };
+  const bounds =
+    options.scope === 'ffn'
+      ? [layer.ffn.input, layer.ffn.output]
+      : options.scope === 'attention'
+        ? [layer.selfAttention.input, layer.selfAttention.output]
+        : [layer.input, layer.output];
+  const seq = 128;
+  const block =
+    macsOf(regionBetween(bounds[0], bounds[1], model.graph.nodes), shapesAt(model, { batch: 1, seq }), `layer ${layer.index}`) / seq;
+  // per position: hidden A_x (d r), z B (r d), and u A_u on the k-times shorter sequence (d r / k)
+  const perRank = d * (2 + 1 / options.ratio);
+  const rank = Math.max(8, Math.floor((0.03 * block) / perRank / 8) * 8);
+  return {
+    rank: Math.min(rank, d),
+    note: `rank ${Math.min(rank, d)}: the largest multiple of 8 whose adapter costs at most 3% of the ${options.scope} block's MACs per position (${Math.round(block)})`,
+  };
+}
+
+// ------------------------------------------------------------------------------------------ streams
+
+interface Splits {
+  fit: DataBatch[];
+  held: DataBatch[];
+}
+
+/** The residual stream entering each batch's current layer. */
+interface Streams {
+  fit: Tensor[];
+  held: Tensor[];
+}
+
+/** The stream entering `layer` (the first layer), for every batch. */
+async function streamsInto(model: Model, layer: Layer, splits: Splits, options: SessionFlags): Promise<Streams> {
+  const value = model.graph.lookup(layer.input.name);
+  if (!value) throw new Error(`internal: no value ${layer.input.name}`);
+  model.graph.outputs = [value];
+  eliminateDeadCode(model.graph);
+  return runSplits(model, splits, undefined, options, value.name);
+}
+
+interface SessionFlags {
+  threads?: number;
+  spinning: boolean;
+}
+
+/** `model` sliced to start at `layer`'s input (a graph input named vcompile_stream) and end at `end`. */
+function sliceAt(model: Model, layer: Layer, end: string[], d: number): Model {
+  const names = NameAuthority.forModel(model);
+  const input = model.graph.lookup(layer.input.name);
+  if (!input) throw new Error(`internal: no value ${layer.input.name}`);
+  detachAsInput(model.graph, input, STREAM, tensorType(DataType.FLOAT, ['batch', 'seq', d]), names);
+  model.graph.outputs = end.map((name) => {
+    const v = model.graph.lookup(name);
+    if (!v) throw new Error(`internal: no value ${name}`);
+    return v;
+  });
+  eliminateDeadCode(model.graph);
+  model.graph.inputs = model.graph.inputs.filter((v) => v.name === STREAM || v.initializer || v.uses().length > 0);
+  return model;
+}
+
+async function capture(
+  model: Model,
+  layer: Layer,
+  options: PluginFitOptions,
+  splits: Splits,
+  streams: Streams,
+  session: SessionFlags,
+  d: number,
+) {
+  sliceAt(model, layer, [layer.output.name], d);
+  const captured = captureBlock(model, { layer: 0, scope: options.scope, ratio: options.ratio });
+  appendStatistics(model, captured, d);
+  const stats = { fit: new NormalEquations(d), held: new NormalEquations(d) };
+  const opened = await openSession(model, session);
+  try {
+    const total = splits.fit.length + splits.held.length;
+    let done = 0;
+    for (const split of ['fit', 'held'] as const) {
+      for (const [i, batch] of splits[split].entries()) {
+        stats[split].add(await run(opened, feedsFor(opened, batch, streams[split][i])));
+        options.onProgress?.({ layer: layer.index, stage: 'capture', done: ++done, total });
+      }
+    }
+  } finally {
+    await opened.release();
+  }
+  return stats;
+}
+
+/** The stream leaving `layer` (with the fitted plugin, when there is one), for every batch. */
+async function propagate(
+  model: Model,
+  layer: Layer,
+  plugin: Plugin | undefined,
+  splits: Splits,
+  streams: Streams,
+  session: SessionFlags,
+  options: PluginFitOptions,
+): Promise<Streams> {
+  const d = streams.fit[0]?.dims[2] ?? streams.held[0].dims[2];
+  sliceAt(model, layer, [layer.output.name], d);
+  if (plugin) pluginPass({ plugins: [{ source: plugin.source }], layers: [0] }, () => plugin).run(model);
+  const outputs = await runSplits(model, splits, streams, session, model.graph.outputs[0].name, (done, total) =>
+    options.onProgress?.({ layer: layer.index, stage: 'propagate', done, total }),
+  );
+  return outputs;
+}
+
+async function runSplits(
+  model: Model,
+  splits: Splits,
+  streams: Streams | undefined,
+  options: SessionFlags,
+  output: string,
+  progress?: (done: number, total: number) => void,
+): Promise<Streams> {
+  const opened = await openSession(model, options);
+  const out: Streams = { fit: [], held: [] };
+  try {
+    const total = splits.fit.length + splits.held.length;
+    let done = 0;
+    for (const split of ['fit', 'held'] as const) {
+      for (const [i, batch] of splits[split].entries()) {
+        const result = await run(opened, feedsFor(opened, batch, streams?.[split][i]));
+        out[split].push(result[output]);
+        progress?.(++done, total);
+      }
+    }
+  } finally {
+    await opened.release();
+  }
+  return out;
+}
+
+function feedsFor(session: Session, batch: DataBatch, stream: Tensor | undefined): Record<string, Tensor> {
+  const feeds: Record<string, Tensor> = {};
+  for (const name of session.inputNames) {
+    if (name === STREAM) feeds[name] = stream!;
+    else feeds[name] = batch.feeds[name];
+  }
+  return feeds;
+}
+
+// ------------------------------------------------------------------------------------------ solving
+
+function checkTokens(stats: NormalEquations, d: number, layer: number): void {
+  const n = 2 * d + 1;
+  if (stats.count < n) {
+    throw new VcompileError(
+      `layer ${layer}: ${stats.count} calibration positions cannot fit a restore with ${n} features per position (2 x hidden + 1); give more samples`,
+    );
+  }
+}
+
+/** Ridge on [u ; x ; 1], then the reduced rank; the x-only control; the mean restore when the fit is worse. */
+async function solve(stats: { fit: NormalEquations; held: NormalEquations }, rank: number | 'full', d: number) {
+  const n = 2 * d + 1;
+  const { fit, held } = stats;
+  const g = matrix(n, n, fit.g);
+  const h = matrix(n, d, fit.h);
+  const gHeld = matrix(n, n, held.g);
+  const hHeld = matrix(n, d, held.h);
+  const yyHeld = matrix(d, d, held.c);
+  const full = await ridge({ g, h, gHeld, hHeld, yyHeld }, { unpenalized: [n - 1], seed: 0 });
+  const meanError = held.meanError();
+  const variance = held.targetVariance();
+  let error = full.heldOutError;
+  let weights: FittedWeights;
+  if (rank === 'full') {
+    weights = split(full.w, d, undefined);
+  } else {
+    const reduced = await reducedRank(full.w, g, rank, { gHeld, hHeld, yyHeld: meanError });
+    error = reduced.heldOutError!;
+    weights = split(reduced.a, d, reduced.b);
+  }
+  const control = await linearControl(fit, held, d);
+  const restore: 'fitted' | 'mean' = error < meanError ? 'fitted' : 'mean';
+  if (restore === 'mean') weights = zeroWeights(d, rank === 'full' ? d : rank);
+  return {
+    weights,
+    lambda: full.lambda,
+    restore,
+    unexplained: { mean: meanError / variance, fitted: Math.min(error, meanError) / variance, linearControl: control / variance },
+  };
+}
+
+/** [u ; x ; 1] x r coefficients as the plugin's matrices (rows 0..d-1: u, d..2d-1: x, 2d: the constant). */
+function split(a: Matrix, d: number, b: Matrix | undefined): FittedWeights {
+  const r = a.cols;
+  const rows = (from: number, count: number) => Float32Array.from(a.data.subarray(from * r, (from + count) * r));
+  return { fromRestored: rows(0, d), fromHidden: rows(d, d), bias: rows(2 * d, 1), up: b ? Float32Array.from(b.data) : undefined };
+}
+
+function zeroWeights(d: number, r: number): FittedWeights {
+  return {
+    fromRestored: new Float32Array(d * r),
+    fromHidden: new Float32Array(d * r),
+    bias: new Float32Array(r),
+    up: r === d ? undefined : new Float32Array(r * d),
+  };
+}
+
+/**
+ * The control a fit must beat: the best per-token linear map of x alone (y ~ [x ; 1] V), whose held-out error
+ * says how far the block is from linear. Its statistics are blocks of the same normal equations.
+ */
+async function linearControl(fit: NormalEquations, held: NormalEquations, d: number): Promise<number> {
+  const sub = (s: NormalEquations) => {
+    const n = 2 * d + 1;
+    const k = d + 1; // rows d..2d of [u ; x ; 1]
+    const g = matrix(k, k);
+    const h = matrix(k, d);
+    for (let i = 0; i < k; i++) {
+      for (let j = 0; j < k; j++) g.data[i * k + j] = s.g[(d + i) * n + (d + j)];
+      // x^T y = x^T r + x^T u: y = r + u
+      for (let j = 0; j < d; j++) h.data[i * d + j] = s.h[(d + i) * d + j] + s.g[(d + i) * n + j];
+    }
+    // y^T y = r^T r + u^T r + r^T u + u^T u (d x d)
+    const yy = matrix(d, d);
+    for (let i = 0; i < d; i++)
+      for (let j = 0; j < d; j++) yy.data[i * d + j] = s.c[i * d + j] + s.h[i * d + j] + s.h[j * d + i] + s.g[i * n + j];
+    return { g, h, yy };
+  };
+  const t = sub(fit);
+  const v = sub(held);
+  const control = await ridge({ g: t.g, h: t.h, gHeld: v.g, hHeld: v.h, yyHeld: v.yy }, { unpenalized: [d] });
+  return control.heldOutError;
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
