@@ -257,7 +257,9 @@ describe('checks that cannot crash the process', () => {
   it('a model with optional or sequence outputs is refused up front (ONNX Runtime crashed on it)', async () => {
     const file = '/usr/share/libonnx-testdata/data/node/test_if_opt/model.onnx';
     if (!fs.existsSync(file)) return;
-    await expect(verifyModels(file, file)).rejects.toThrow(/output \S+ is of optional type, not a tensor; vcompile compares tensor outputs only$/);
+    await expect(verifyModels(file, file)).rejects.toThrow(
+      /output \S+ is of optional type, not a tensor; vcompile compares tensor outputs only$/,
+    );
   });
 
   it('a native crash of the comparing process becomes one line naming the models', async () => {
@@ -273,16 +275,41 @@ describe('checks that cannot crash the process', () => {
 describe('the check after a switchable compile', () => {
   it('checks every ratio and reports each; --default-ratio 1 no longer hides the compressed branches', () => {
     const out = path.join(tempDir(), 'sw.onnx');
-    const r = vcompile(bert, '--switchable', '--plugin', 'builtin:mean:2', '--plugin', 'builtin:mean:4', '--default-ratio', '1', '-o', out, '--json');
+    const r = vcompile(
+      bert,
+      '--switchable',
+      '--plugin',
+      'builtin:mean:2',
+      '--plugin',
+      'builtin:mean:4',
+      '--default-ratio',
+      '1',
+      '-o',
+      out,
+      '--json',
+    );
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.verifyRatios.map((v: { ratio: number }) => v.ratio)).toEqual([1, 2, 4]);
     expect(report.verify.ratio).toBe(1);
     expect(report.verifyRatios[0].outputs[0].maxAbs).toBe(0);
     expect(report.verifyRatios[1].outputs[0].maxAbs).toBeGreaterThan(0);
-    const gated = vcompile(bert, '--switchable', '--plugin', 'builtin:mean:2', '--plugin', 'builtin:mean:4', '-o', out, '--max-error', '1e-6');
+    const gated = vcompile(
+      bert,
+      '--switchable',
+      '--plugin',
+      'builtin:mean:2',
+      '--plugin',
+      'builtin:mean:4',
+      '-o',
+      out,
+      '--max-error',
+      '1e-6',
+    );
     expect(gated.code).toBe(1);
-    expect(gated.stderr).toMatch(/^vcompile: verification failed: last_hidden_state: max abs error \S+ > 0\.000001 at batch \d, seq \d+ at vcompile_ratio 2 \(/);
+    expect(gated.stderr).toMatch(
+      /^vcompile: verification failed: last_hidden_state: max abs error \S+ > 0\.000001 at batch \d, seq \d+ at vcompile_ratio 2 \(/,
+    );
     expect(gated.stdout).toMatch(/^verify last_hidden_state at ratio 1: .*: ok$/m);
   });
 });

@@ -56,4 +56,3 @@ function named(b: GraphBuilder, v: Value, name: string, type: IrType): Value {
   out.type = type;
   return out;
 }
-

@@ -26,14 +26,14 @@ import { regionBetween } from '../analysis/region.js';
 import { VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import { NameAuthority } from '../ir/names.js';
-import type { Tensor } from '../ir/tensor.js';
+import { Tensor } from '../ir/tensor.js';
 import { detachAsInput, eliminateDeadCode } from '../ir/transforms.js';
 import { DataType, tensorType } from '../ir/types.js';
 import { decodeModel, encodeModel } from '../onnx/file.js';
 import type { DataBatch, DataSet } from '../runtime/data.js';
 import { openSession, run, type Session } from '../runtime/session.js';
 import { type Matrix, matrix, reducedRank, ridge } from './linalg.js';
-import { appendStatistics, NormalEquations } from './statistics.js';
+import { appendStatistics, NormalEquations, SHIFTS, shiftsOf, unshift } from './statistics.js';
 
 export interface PluginFitOptions {
   ratio: number;
@@ -46,6 +46,8 @@ export interface PluginFitOptions {
   batchSize?: number;
   threads?: number;
   onProgress?: (event: FitProgress) => void;
+  /** sees the residual stream entering each fitted layer, batch by batch (what the layer is fitted on) */
+  onStream?: (layer: number, batch: DataBatch, stream: Tensor) => void;
 }
 
 export interface FitProgress {
@@ -112,6 +114,8 @@ export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet,
     const fitHere = targets.some((t) => t.index === layer.index);
     let plugin: Plugin | undefined;
     if (fitHere) {
+      if (options.onStream)
+        for (const split of ['fit', 'held'] as const) splits[split].forEach((b, i) => options.onStream!(layer.index, b, streams[split][i]));
       const stats = await capture(fresh(), layer, options, splits, streams, session, d);
       checkTokens(stats.fit, d, layer.index);
       const rank = ranks.get(layer.index)!.rank;
@@ -257,18 +261,22 @@ async function capture(
   const stats = { fit: new NormalEquations(d), held: new NormalEquations(d) };
   const opened = await openSession(model, session);
   try {
+    // the shifts: means over the first batch's real positions (a run with zero shifts)
+    const zero = new Float32Array(d);
+    const probe = await run(opened, { ...feedsFor(opened, splits.fit[0], streams.fit[0]), ...shiftFeeds(zero, zero) });
+    const shifts = shiftsOf(probe);
     const total = splits.fit.length + splits.held.length;
     let done = 0;
     for (const split of ['fit', 'held'] as const) {
       for (const [i, batch] of splits[split].entries()) {
-        stats[split].add(await run(opened, feedsFor(opened, batch, streams[split][i])));
+        stats[split].add(await run(opened, { ...feedsFor(opened, batch, streams[split][i]), ...shiftFeeds(shifts.shift, shifts.shiftX) }));
         options.onProgress?.({ layer: layer.index, stage: 'capture', done: ++done, total });
       }
     }
+    return { ...stats, shifts };
   } finally {
     await opened.release();
   }
-  return stats;
 }
 
 /** The stream leaving `layer` (with the fitted plugin, when there is one), for every batch. */
@@ -320,9 +328,17 @@ function feedsFor(session: Session, batch: DataBatch, stream: Tensor | undefined
   const feeds: Record<string, Tensor> = {};
   for (const name of session.inputNames) {
     if (name === STREAM) feeds[name] = stream!;
-    else feeds[name] = batch.feeds[name];
+    else if (batch.feeds[name]) feeds[name] = batch.feeds[name];
   }
   return feeds;
+}
+
+function shiftFeeds(shift: Float32Array, shiftX: Float32Array): Record<string, Tensor> {
+  const [a, b] = SHIFTS;
+  return {
+    [a]: Tensor.fromArray(a, DataType.FLOAT, [shift.length], shift),
+    [b]: Tensor.fromArray(b, DataType.FLOAT, [shiftX.length], shiftX),
+  };
 }
 
 // ------------------------------------------------------------------------------------------ solving
@@ -337,7 +353,11 @@ function checkTokens(stats: NormalEquations, d: number, layer: number): void {
 }
 
 /** Ridge on [u ; x ; 1], then the reduced rank; the x-only control; the mean restore when the fit is worse. */
-async function solve(stats: { fit: NormalEquations; held: NormalEquations }, rank: number | 'full', d: number) {
+async function solve(
+  stats: { fit: NormalEquations; held: NormalEquations; shifts: { shift: Float32Array; shiftX: Float32Array } },
+  rank: number | 'full',
+  d: number,
+) {
   const n = 2 * d + 1;
   const { fit, held } = stats;
   const g = matrix(n, n, fit.g);
@@ -350,11 +370,14 @@ async function solve(stats: { fit: NormalEquations; held: NormalEquations }, ran
   const variance = held.targetVariance();
   let error = full.heldOutError;
   let weights: FittedWeights;
+  const { shift, shiftX } = stats.shifts;
   if (rank === 'full') {
+    unshift(full.w.data, d, d, shift, shiftX);
     weights = split(full.w, d, undefined);
   } else {
     const reduced = await reducedRank(full.w, g, rank, { gHeld, hHeld, yyHeld: meanError });
     error = reduced.heldOutError!;
+    unshift(reduced.a.data, rank, d, shift, shiftX);
     weights = split(reduced.a, d, reduced.b);
   }
   const control = await linearControl(fit, held, d);

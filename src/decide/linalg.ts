@@ -144,15 +144,22 @@ export async function ridge(
   let trace = 0;
   for (let i = 0; i < n; i++) trace += stats.g.data[i * n + i];
   const base = trace / n;
-  const grid = (options.grid ?? [1e-6, 1e-4, 1e-2]).map((a) => a * base);
+  const grid = (options.grid ?? [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]).map((a) => a * base);
   const yy = typeof stats.yyHeld === 'number' ? stats.yyHeld : traceOf(stats.yyHeld);
   const results: { lambda: number; heldOutError: number; w: Matrix }[] = [];
   for (const lambda of grid) {
     const g = matrix(n, n, new Float64Array(stats.g.data));
     for (let i = 0; i < n; i++) if (!options.unpenalized?.includes(i)) g.data[i * n + i] += lambda;
-    const w = await choleskySolve(await cholesky(g), stats.h);
+    let w: Matrix;
+    try {
+      w = await choleskySolve(await cholesky(g), stats.h);
+    } catch (error) {
+      if (error instanceof SingularMatrixError) continue;
+      throw error;
+    }
     results.push({ lambda, heldOutError: await heldOutError(w, { gHeld: stats.gHeld, hHeld: stats.hHeld, yyHeld: yy }), w });
   }
+  if (results.length === 0) throw new SingularMatrixError('singular at every lambda of the grid');
   const best = results.reduce((a, b) => (b.heldOutError < a.heldOutError ? b : a));
   return {
     w: best.w,

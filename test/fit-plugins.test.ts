@@ -1,0 +1,266 @@
+// Calibration: plugins fitted in closed form from data. A linear block is recovered exactly; a strongly
+// nonlinear one is restored better than by the mean plugin and than by any per-token linear map of its
+// input (the compressed path carries information); layers are fitted in sequence; fits are deterministic;
+// bad input is refused with nothing written.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { analyzeTransformer } from '../src/analysis/index.js';
+import { describeInputs } from '../src/analysis/inputs.js';
+import { loadPlugin } from '../src/compile/load.js';
+import { fitPlugins } from '../src/decide/fit-plugins.js';
+import type { Model } from '../src/ir/model.js';
+import { Tensor } from '../src/ir/tensor.js';
+import { DataType } from '../src/ir/types.js';
+import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
+import { Rng } from '../src/random.js';
+import { type DataBatch, openData } from '../src/runtime/data.js';
+import { openSession, run } from '../src/runtime/session.js';
+import { verifyModels } from '../src/verify/numeric.js';
+import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
+
+const repo = path.resolve(import.meta.dirname, '..');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-fit-'));
+const VOCAB = 50;
+
+function vcompile(...args: string[]) {
+  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const base: TransformerConfig = {
+  layers: 2,
+  hidden: 16,
+  heads: 2,
+  ffnInner: 32,
+  norm: 'post',
+  activation: 'relu',
+  bias: true,
+  mask: true,
+  causal: false,
+  vocab: VOCAB,
+  seed: 5,
+};
+
+/** A generated transformer, its FFN first layers changed by `edit` (weights and biases by name). */
+function model(name: string, config: Partial<TransformerConfig>, edit?: (values: Float32Array, weight: string) => void): string {
+  const m = buildTransformer({ ...base, ...config });
+  if (edit) {
+    for (const v of m.graph.initializers) {
+      if (!/\.ffn\.inner\./.test(v.name)) continue;
+      const values = v.initializer!.toFloat32();
+      edit(values, v.name);
+      v.initializer = Tensor.fromArray(v.name, DataType.FLOAT, v.initializer!.dims, values);
+    }
+  }
+  const file = path.join(dir, `${name}.onnx`);
+  saveModel(m, file);
+  return file;
+}
+
+function data(name: string, samples: number, seed = 1): string {
+  const rng = new Rng(seed, name);
+  const rows = Array.from({ length: samples }, (_, i) => ({
+    input_ids: Array.from({ length: 12 + (i % 9) }, () => Math.floor(rng.next() * VOCAB)),
+  }));
+  const file = path.join(dir, `${name}.jsonl`);
+  fs.writeFileSync(file, `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`);
+  return file;
+}
+
+async function fit(file: string, dataFile: string, options: Parameters<typeof fitPlugins>[3]) {
+  return fitPlugins(file, fs.readFileSync(file), openData(dataFile, describeInputs(loadModel(file))), options);
+}
+
+/** The model with `plugins` (layer -> plugin model) applied, written; returns its path. */
+function compiled(file: string, plugins: Map<number, Model>, name: string): string {
+  const args = [file, '-o', path.join(dir, `${name}.onnx`), '--no-verify'];
+  for (const [layer, plugin] of plugins) {
+    const p = path.join(dir, `${name}-L${layer}.onnx`);
+    saveModel(plugin, p);
+    args.push('--plugin', `${layer}=${p}`);
+  }
+  const r = vcompile(...args);
+  if (r.code !== 0) throw new Error(r.stderr);
+  return path.join(dir, `${name}.onnx`);
+}
+
+describe('fitted plugins', () => {
+  const calibration = data('calibration', 80);
+  const heldOut = data('held-out', 20, 2);
+
+  it('recover a linear block exactly at full rank (the ideal restore is linear in [u ; x])', async () => {
+    // ReLU with large positive pre-activations is the identity: the FFN is linear
+    const linear = model('linear', {}, (values, name) => {
+      if (name.endsWith('bias')) values.fill(12);
+    });
+    const result = await fit(linear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
+    for (const l of result.layers) {
+      expect(l.restore).toBe('fitted');
+      expect(l.unexplained.fitted).toBeLessThan(1e-6);
+      expect(l.unexplained.mean).toBeGreaterThan(0.05);
+    }
+    const fast = compiled(linear, result.plugins, 'linear-fitted');
+    const r = await verifyModels(linear, fast, { data: openData(heldOut, describeInputs(loadModel(linear))) });
+    expect(r.outputs[0].maxAbs).toBeLessThan(1e-3);
+    expect(r.outputs[0].cosine).toBeGreaterThan(0.999999);
+  });
+
+  it('on a strongly nonlinear block, beat the mean plugin and the best per-token linear map of x alone', async () => {
+    const nonlinear = model('nonlinear', {}, (values, name) => {
+      if (name.endsWith('weight')) for (let i = 0; i < values.length; i++) values[i] *= 8;
+    });
+    const result = await fit(nonlinear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
+    for (const l of result.layers) {
+      expect(l.unexplained.fitted).toBeLessThan(l.unexplained.mean);
+      expect(l.unexplained.fitted).toBeLessThan(l.unexplained.linearControl);
+    }
+    // and on data the fit never saw, the compiled model is closer to the original than with mean plugins
+    const fitted = compiled(nonlinear, result.plugins, 'nonlinear-fitted');
+    const mean = path.join(dir, 'nonlinear-mean.onnx');
+    expect(vcompile(nonlinear, '--plugin', 'builtin:mean:2', '-o', mean, '--no-verify').code).toBe(0);
+    const specs = describeInputs(loadModel(nonlinear));
+    const [withFit, withMean] = await Promise.all(
+      [fitted, mean].map((m) => verifyModels(nonlinear, m, { data: openData(heldOut, specs) })),
+    );
+    expect(withFit.outputs[0].relative).toBeLessThan(withMean.outputs[0].relative);
+  });
+
+  it('fit layer i on the stream the already-compressed layers before it produce', async () => {
+    const nonlinear = path.join(dir, 'nonlinear.onnx');
+    const seen: { batch: DataBatch; stream: Tensor }[] = [];
+    const result = await fit(nonlinear, calibration, {
+      ratio: 2,
+      scope: 'layer',
+      rank: 'full',
+      onStream: (layer, batch, stream) => layer === 1 && seen.push({ batch, stream }),
+    });
+    // the stream layer 1 was fitted on is what the model compressed at layer 0 gives it, not the original's
+    const compressed = compiled(nonlinear, new Map([[0, result.plugins.get(0)!]]), 'layer0-only');
+    const entering = analyzeTransformer(loadModel(nonlinear)).layers[1].input.name;
+    const atLayer1 = async (file: string, feeds: Record<string, Tensor>) => {
+      const session = await openSession(file, { extraOutputs: [entering] });
+      try {
+        return (await run(session, feeds))[entering].toFloat32();
+      } finally {
+        await session.release();
+      }
+    };
+    const { batch, stream } = seen[0];
+    const fitted = stream.toFloat32();
+    const closest = (a: Float32Array) => Math.max(...a.map((v, i) => Math.abs(v - fitted[i])));
+    expect(closest(await atLayer1(compressed, batch.feeds))).toBeLessThan(1e-4);
+    expect(closest(await atLayer1(nonlinear, batch.feeds))).toBeGreaterThan(1e-2);
+    // and so layer 1's fit differs from one made on the original stream
+    const alone = await fit(nonlinear, calibration, { ratio: 2, scope: 'layer', rank: 'full', layers: [1] });
+    expect(encodeModel(result.plugins.get(1)!)).not.toEqual(encodeModel(alone.plugins.get(1)!));
+  });
+
+  it('are deterministic, pass the plugin contract, and record their provenance', async () => {
+    const nonlinear = path.join(dir, 'nonlinear.onnx');
+    const a = await fit(nonlinear, calibration, { ratio: 4, scope: 'attention', rank: 4 });
+    const b = await fit(nonlinear, calibration, { ratio: 4, scope: 'attention', rank: 4 });
+    for (const [layer, plugin] of a.plugins) {
+      expect(Buffer.from(encodeModel(plugin)).equals(Buffer.from(encodeModel(b.plugins.get(layer)!)))).toBe(true);
+      const file = path.join(dir, `attention-L${layer}.onnx`);
+      saveModel(plugin, file);
+      const checked = loadPlugin(file, { hidden: 16, opset: 17 });
+      expect(checked).toMatchObject({ ratio: 4, scope: 'attention', hidden: 16 });
+      const fitMeta = JSON.parse(plugin.getMetadata('vcompile.fit')!);
+      expect(fitMeta).toMatchObject({ layer, rank: 4, samples: 64, model: a.modelSha256, data: a.dataSha256 });
+    }
+  });
+});
+
+describe('vcompile plugin fit', () => {
+  const calibration = data('cli', 40);
+  const short = path.join(dir, 'short.jsonl');
+  fs.writeFileSync(short, `${Array.from({ length: 6 }, (_, i) => JSON.stringify({ input_ids: [i, i + 1, i + 2] })).join('\n')}\n`);
+
+  it('writes DIR/L{i}.onnx and DIR/fit.json, and the plugins compile', () => {
+    const nonlinear = model('cli-model', { seed: 9 });
+    const out = path.join(dir, 'plugins');
+    const r = vcompile('plugin', 'fit', nonlinear, '--data', calibration, '--ratio', '2', '--scope', 'ffn', '--rank', '8', '-o', out);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(fs.readdirSync(out).sort()).toEqual(['L0.onnx', 'L1.onnx', 'fit.json']);
+    const summary = JSON.parse(fs.readFileSync(path.join(out, 'fit.json'), 'utf8'));
+    expect(summary.layers.map((l: { layer: number }) => l.layer)).toEqual([0, 1]);
+    expect(Object.keys(summary.layers[0]).sort()).toEqual([
+      'heldOutTokens',
+      'lambda',
+      'layer',
+      'rank',
+      'restore',
+      'samples',
+      'seconds',
+      'tokens',
+      'unexplained',
+    ]);
+    expect(r.stdout).toMatch(/^layer +unexplained: mean +fitted +x-only control +rank +lambda +tokens +seconds$/m);
+    const compiledOut = path.join(dir, 'cli-compiled.onnx');
+    const c = vcompile(
+      nonlinear,
+      '--plugin',
+      `0=${path.join(out, 'L0.onnx')}`,
+      '--plugin',
+      `1=${path.join(out, 'L1.onnx')}`,
+      '-o',
+      compiledOut,
+    );
+    expect(c.code).toBe(0);
+  });
+
+  it('in one step: --plugin builtin:fit:K --data, checked on samples the fit did not see', () => {
+    const nonlinear = path.join(dir, 'cli-model.onnx');
+    const out = path.join(dir, 'one-step.onnx');
+    const r = vcompile(nonlinear, '--plugin', 'builtin:fit:2', '--data', calibration, '--rank', '4', '-o', out, '--json');
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.fit[0]).toMatchObject({ plugin: 'builtin:fit:2', samples: 32, ratio: 2, scope: 'ffn' });
+    expect(report.verify.inputs).toMatchObject({ kind: 'data', samples: 8 });
+  });
+
+  const refusals: [string, string[], RegExp | string][] = [
+    [
+      'too few samples to hold some out',
+      ['--samples', '3'],
+      /: 3 samples is too few to hold some out for choosing lambda; give at least 5$/,
+    ],
+    [
+      'too few positions for the features',
+      ['--data', 'SHORT'],
+      /^layer 0: 15 calibration positions cannot fit a restore with 33 features per position \(2 x hidden \+ 1\); give more samples$/,
+    ],
+    ['a causal layer', ['--layers', '0'], 'layer 0 uses causal self-attention: merging positions would leak future tokens'],
+    ['a bad rank', ['--rank', 'many'], "--rank must be a positive integer or full, got 'many'"],
+    ['a ratio of 1', ['--ratio', '1'], '--ratio must be an integer from 2 to 1024, got 1'],
+  ];
+  for (const [what, flags, message] of refusals) {
+    it(`refuses ${what}: one line, exit 2, nothing written`, () => {
+      const file = what === 'a causal layer' ? model('causal', { causal: true }) : path.join(dir, 'cli-model.onnx');
+      const out = path.join(dir, `never-${what.replaceAll(' ', '-')}`);
+      const given = new Map<string, string>([
+        ['--data', calibration],
+        ['--ratio', '2'],
+      ]);
+      for (let i = 0; i < flags.length; i += 2) given.set(flags[i], flags[i + 1] === 'SHORT' ? short : flags[i + 1]);
+      const r = vcompile('plugin', 'fit', file, '-o', out, ...[...given].flat());
+      expect(r.code).toBe(2);
+      const line = r.stderr.replace(/^vcompile: /, '').trim();
+      if (typeof message === 'string') expect(line).toBe(message);
+      else expect(line).toMatch(message);
+      expect(fs.existsSync(out)).toBe(false);
+    });
+  }
+
+  it('refuses data that does not match the model, and a model without a transformer', () => {
+    const bad = path.join(dir, 'bad.jsonl');
+    fs.writeFileSync(bad, '{"pixel_values": [1, 2]}\n');
+    const r = vcompile('plugin', 'fit', path.join(dir, 'cli-model.onnx'), '--data', bad, '--ratio', '2', '-o', path.join(dir, 'never2'));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe("vcompile: bad.jsonl: line 1: 'pixel_values' is not an input of the model (inputs: input_ids, attention_mask)\n");
+  });
+});
