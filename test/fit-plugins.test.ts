@@ -70,7 +70,7 @@ function data(name: string, samples: number, seed = 1): string {
   return file;
 }
 
-async function fit(file: string, dataFile: string, options: Parameters<typeof fitPlugins>[3]) {
+async function fitOn(file: string, dataFile: string, options: Parameters<typeof fitPlugins>[3]) {
   return fitPlugins(file, fs.readFileSync(file), openData(dataFile, describeInputs(loadModel(file))), options);
 }
 
@@ -96,7 +96,7 @@ describe('fitted plugins', () => {
     const linear = model('linear', {}, (values, name) => {
       if (name.endsWith('bias')) values.fill(12);
     });
-    const result = await fit(linear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
+    const result = await fitOn(linear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
     for (const l of result.layers) {
       expect(l.restore).toBe('fitted');
       expect(l.unexplained.fitted).toBeLessThan(1e-6);
@@ -112,7 +112,7 @@ describe('fitted plugins', () => {
     const nonlinear = model('nonlinear', {}, (values, name) => {
       if (name.endsWith('weight')) for (let i = 0; i < values.length; i++) values[i] *= 8;
     });
-    const result = await fit(nonlinear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
+    const result = await fitOn(nonlinear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
     for (const l of result.layers) {
       expect(l.unexplained.fitted).toBeLessThan(l.unexplained.mean);
       expect(l.unexplained.fitted).toBeLessThan(l.unexplained.linearControl);
@@ -131,7 +131,7 @@ describe('fitted plugins', () => {
   it('fit layer i on the stream the already-compressed layers before it produce', async () => {
     const nonlinear = path.join(dir, 'nonlinear.onnx');
     const seen: { batch: DataBatch; stream: Tensor }[] = [];
-    const result = await fit(nonlinear, calibration, {
+    const result = await fitOn(nonlinear, calibration, {
       ratio: 2,
       scope: 'layer',
       rank: 'full',
@@ -154,14 +154,14 @@ describe('fitted plugins', () => {
     expect(closest(await atLayer1(compressed, batch.feeds))).toBeLessThan(1e-4);
     expect(closest(await atLayer1(nonlinear, batch.feeds))).toBeGreaterThan(1e-2);
     // and so layer 1's fit differs from one made on the original stream
-    const alone = await fit(nonlinear, calibration, { ratio: 2, scope: 'layer', rank: 'full', layers: [1] });
+    const alone = await fitOn(nonlinear, calibration, { ratio: 2, scope: 'layer', rank: 'full', layers: [1] });
     expect(encodeModel(result.plugins.get(1)!)).not.toEqual(encodeModel(alone.plugins.get(1)!));
   });
 
   it('are deterministic, pass the plugin contract, and record their provenance', async () => {
     const nonlinear = path.join(dir, 'nonlinear.onnx');
-    const a = await fit(nonlinear, calibration, { ratio: 4, scope: 'attention', rank: 4 });
-    const b = await fit(nonlinear, calibration, { ratio: 4, scope: 'attention', rank: 4 });
+    const a = await fitOn(nonlinear, calibration, { ratio: 4, scope: 'attention', rank: 4 });
+    const b = await fitOn(nonlinear, calibration, { ratio: 4, scope: 'attention', rank: 4 });
     for (const [layer, plugin] of a.plugins) {
       expect(Buffer.from(encodeModel(plugin)).equals(Buffer.from(encodeModel(b.plugins.get(layer)!)))).toBe(true);
       const file = path.join(dir, `attention-L${layer}.onnx`);

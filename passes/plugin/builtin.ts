@@ -136,7 +136,7 @@ export interface FittedWeights {
 }
 
 export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, metadata: [string, string][] = []): Model {
-  const { ratio: k, hidden: d } = shape;
+  const { hidden: d } = shape;
   const rank = weights.bias.length;
   checkLength('fromRestored', weights.fromRestored, d * rank);
   checkLength('fromHidden', weights.fromHidden, d * rank);
