@@ -7,6 +7,7 @@ import { describeLayers, formatLayerTable } from '../analysis/index.js';
 import { requiredOpset } from '../compile/load.js';
 import { pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
+import { describeCompiled, formatCompiled } from '../inspect/compiled.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
 import type { Model } from '../ir/model.js';
 import { MIN_OPSET } from '../ir/ops.js';
@@ -20,13 +21,27 @@ import { type CheckFlags, checkCompiled, checkOptions, compiledFailure, describe
 export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
   const model = loadModel(file);
   const summary = summarize(model);
-  const layers = options.layers
-    ? describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') })
-    : undefined;
+  const compiled = describeCompiled(model);
+  let layers: ReturnType<typeof describeLayers> | undefined;
+  let layersNote: string | undefined;
+  if (options.layers) {
+    try {
+      layers = describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') });
+    } catch (error) {
+      // a compiled model's wrapped blocks are not what the analysis looks for: describe the compilation instead
+      if (!compiled || !(error instanceof VcompileError)) throw error;
+      layersNote = `no layer table for a compiled model (${error.message}); inspect the model it was compiled from`;
+    }
+  }
   if (options.json) {
-    print(JSON.stringify({ file, ...summary, ...(layers ? { transformer: layers } : {}) }, null, 2));
+    const transformer = options.layers ? { transformer: layers ?? null, ...(layersNote ? { transformerNote: layersNote } : {}) } : {};
+    print(JSON.stringify({ file, ...summary, ...(compiled ? { compiled } : {}), ...transformer }, null, 2));
   } else {
-    print(formatSummary(summary, file) + (layers ? `\n\n${formatLayerTable(layers)}` : ''));
+    const parts = [formatSummary(summary, file)];
+    if (compiled) parts.push(formatCompiled(compiled));
+    if (layers) parts.push(formatLayerTable(layers));
+    if (layersNote) parts.push(layersNote);
+    print(parts.join('\n\n'));
   }
   return ExitCode.ok;
 }
