@@ -12,6 +12,7 @@ import { formatSummary, summarize } from '../inspect/summary.js';
 import type { Model } from '../ir/model.js';
 import { MIN_OPSET } from '../ir/ops.js';
 import { loadModel, saveModel } from '../onnx/file.js';
+import { releaseMemory } from '../runtime/memory.js';
 import { ExitCode } from './errors.js';
 import { type FittedPlugins, fitForCompile, fitSpecs } from './fit-commands.js';
 import { modulesPassFromFlags, parseModuleFlags } from './modular-commands.js';
@@ -157,35 +158,18 @@ export function parseLayerList(text: string, flag: string): number[] {
 }
 
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
-  const model = loadModel(file);
-  if (options.verifyIr) requireValid(model, file);
-  const stages = compilePasses(options, model.opsetVersion('') ?? 0);
-  if (options.plugins.length || options.modules.length) refuseCompiled(model, file);
-  let check = options.verify && checkOptions(options.verify, model, file);
-  const fits = fitSpecs(options.plugins);
-  const first = runPasses(model, stages.before, { verify: options.verifyIr });
-  let fitted: FittedPlugins | undefined;
-  if (fits.length) {
-    fitted = await fitForCompile(file, first.model, first.context, fits, options);
-    if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fitted.fittedSamples } };
-  }
-  const second = runPasses(first.model, stages.plugins(fitted), { verify: options.verifyIr, context: first.context });
-  const result = { model: second.model, modified: first.modified || second.modified, passes: [...first.passes, ...second.passes] };
-  const written = saveModel(result.model, options.output, {
-    externalData: options.externalData,
-    location: options.dataLocation,
-    sizeThreshold: options.sizeThreshold,
-    protect: [file],
-    overwrite: options.overwrite,
-  });
-  const skipped = check && !result.modified ? 'no pass changed the model' : null;
-  const reports = check && !skipped ? await checkCompiled(file, options.output, result.model, check) : [];
+  const compiled = await compileAndWrite(file, options);
+  // the models the compile held are garbage now: let them go before the check opens its sessions
+  releaseMemory();
+  const { check, written, passes, fitted, switchable } = compiled;
+  const skipped = check && !compiled.modified ? 'no pass changed the model' : null;
+  const reports = check && !skipped ? await checkCompiled(file, options.output, switchable, check) : [];
   const report = {
     input: file,
     output: options.output,
     bytes: written.bytes,
     externalData: written.externalFile ?? null,
-    passes: result.passes,
+    passes,
     ...(fitted ? { fit: fitted.summary } : {}),
     verify: reports[0] ?? null,
     ...(reports.length > 1 ? { verifyRatios: reports } : {}),
@@ -199,6 +183,38 @@ export async function compileFile(file: string, options: CompileOptions): Promis
   print(options.json ? JSON.stringify(report, jsonNumbers, 2) : describeWrite(report) + (checkLines ? `\n${checkLines}` : ''));
   if (reports.some((r) => !r.pass)) throw compiledFailure(reports, options.output);
   return ExitCode.ok;
+}
+
+/** Read, rewrite and write; returns what the report and the check need, and none of the models. */
+async function compileAndWrite(file: string, options: CompileOptions) {
+  const model = loadModel(file);
+  if (options.verifyIr) requireValid(model, file);
+  const stages = compilePasses(options, model.opsetVersion('') ?? 0);
+  if (options.plugins.length || options.modules.length) refuseCompiled(model, file);
+  let check = options.verify && checkOptions(options.verify, model, file);
+  const fits = fitSpecs(options.plugins);
+  const first = runPasses(model, stages.before, { verify: options.verifyIr });
+  let fitted: FittedPlugins | undefined;
+  if (fits.length) {
+    fitted = await fitForCompile(file, first.model, first.context, fits, options);
+    if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fitted.fittedSamples } };
+  }
+  const second = runPasses(first.model, stages.plugins(fitted), { verify: options.verifyIr, context: first.context });
+  const written = saveModel(second.model, options.output, {
+    externalData: options.externalData,
+    location: options.dataLocation,
+    sizeThreshold: options.sizeThreshold,
+    protect: [file],
+    overwrite: options.overwrite,
+  });
+  return {
+    check,
+    written,
+    fitted,
+    modified: first.modified || second.modified,
+    passes: [...first.passes, ...second.passes],
+    switchable: second.model.getMetadata('vcompile.switchable'),
+  };
 }
 
 /** A model vcompile already compressed is not compiled again: its blocks are wrapped, not what the passes look for. */

@@ -5,6 +5,7 @@ import { CheckFailedError, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import { loadModel } from '../onnx/file.js';
 import { openData } from '../runtime/data.js';
+import { releaseMemory } from '../runtime/memory.js';
 import { type IsolatedOptions, verifyIsolated } from '../verify/isolated.js';
 import { failureLine, type VerifyReport } from '../verify/numeric.js';
 import { describeVerifyBrief, formatVerifyReport } from '../verify/report.js';
@@ -110,13 +111,19 @@ export interface VerifyFlags extends CheckFlags {
 }
 
 export async function verifyCommand(original: string, rewritten: string, flags: VerifyFlags): Promise<number> {
-  const model = loadModel(original);
-  loadModel(rewritten); // the codec's one-line errors for a missing or broken file, before onnxruntime's
-  const options = checkOptions(flags, model, original);
+  const options = readyCheck(original, rewritten, flags);
+  releaseMemory();
   const report = await runCheck(original, rewritten, options, !flags.json);
   print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatVerifyReport(report));
   if (!report.pass) throw new CheckFailedError(failureLine(report));
   return ExitCode.ok;
+}
+
+/** The check's options; the models read (the codec's one-line errors for a missing or broken file, before onnxruntime's) and let go. */
+function readyCheck(original: string, rewritten: string, flags: VerifyFlags): IsolatedOptions {
+  const options = checkOptions(flags, loadModel(original), original);
+  loadModel(rewritten);
+  return options;
 }
 
 async function runCheck(original: string, rewritten: string, options: IsolatedOptions, showProgress: boolean): Promise<VerifyReport> {
@@ -135,11 +142,15 @@ async function runCheck(original: string, rewritten: string, options: IsolatedOp
 
 /**
  * The check at the end of `vcompile MODEL -o OUT`: the written model against the original, at every ratio
- * of a switchable model. Returns the reports (default ratio first); the caller prints them and fails when
+ * of a switchable model (`switchable`: the model's vcompile.switchable metadata). Returns the reports (default ratio first); the caller prints them and fails when
  * one did not pass.
  */
-export async function checkCompiled(original: string, output: string, compiled: Model, options: IsolatedOptions): Promise<VerifyReport[]> {
-  const switchable = compiled.getMetadata('vcompile.switchable');
+export async function checkCompiled(
+  original: string,
+  output: string,
+  switchable: string | undefined,
+  options: IsolatedOptions,
+): Promise<VerifyReport[]> {
   const ratios: (number | undefined)[] = [undefined];
   if (switchable) {
     const info = JSON.parse(switchable) as { ratios: number[]; default: number };

@@ -168,6 +168,18 @@ function modelSource(model: string | Uint8Array | Model, options: SessionOptions
  * there: their bytes are handed to ORT as in-memory files, rebuilt from each tensor's own range, so
  * models above protobuf's 2 GiB limit work too and nothing is written to disk.
  */
+/**
+ * A model with `names` appended to its outputs, encoded for ORT (its external data as in-memory files): what
+ * openSession builds for `extraOutputs`, done ahead so that the IR model can be let go before the session
+ * opens. Open it with openSession(bytes, { externalData }).
+ */
+export function encodeForSession(
+  model: Model,
+  names: readonly string[],
+): { model: Uint8Array; externalData?: { path: string; data: Uint8Array }[] } {
+  return encodeWithOutputs(model, names);
+}
+
 function encodeWithOutputs(
   model: Model,
   names: readonly string[],
