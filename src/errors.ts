@@ -19,7 +19,11 @@ export type OptionName =
   | 'switchable'
   | 'defaultRatio'
   | 'targetSpeedup'
-  | 'ratios';
+  | 'ratios'
+  | 'output'
+  | 'dataLocation'
+  | 'sizeThreshold'
+  | 'dims';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

@@ -3,14 +3,17 @@ import { deadCodePass } from '../../passes/dce/index.js';
 import { type Pass, runPasses } from '../../passes/pipeline.js';
 import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
+import { checkDimNames, describeInputs } from '../analysis/inputs.js';
 import { pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
-import { loadModel, saveModel } from '../onnx/file.js';
+import { checkSave, externalDataFiles, keepOriginal, loadModel, type SaveOptions, saveModelAsync } from '../onnx/file.js';
 import { ExitCode } from './errors.js';
-import { modulesPassFromFlags } from './modular-commands.js';
-import { print, requireValid } from './output.js';
-import { type CompileVerifyFlags, compiledFailure, describeVerify, verifyCompiled } from './runtime-commands.js';
+import { inputReads, moduleReads, pluginReads } from './files.js';
+import { modulesPassFromFlags, parseModuleFlags } from './modular-commands.js';
+import { describeRemoved, print, requireValid } from './output.js';
+import { type CompileVerifyFlags, compiledFailure, describeVerify, parseDims, verifyCompiled } from './runtime-commands.js';
+import { beforeWriting } from './signals.js';
 
 export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
   const model = loadModel(file);
@@ -73,8 +76,22 @@ function compilePasses(options: CompileOptions): Pass[] {
 }
 
 function pluginOptions(options: CompileOptions): PluginPassOptions {
+  const plugins = options.plugins.map(parsePluginFlag);
+  if (!options.switchable) {
+    // One plugin per layer (several only with --switchable, one per ratio).
+    const seen = new Map<number, string>();
+    for (const [i, p] of plugins.entries()) {
+      if (p.layer === undefined) continue;
+      const first = seen.get(p.layer);
+      if (first !== undefined)
+        throw new VcompileError(
+          `--plugin ${options.plugins[i]}: layer ${p.layer} already has --plugin ${first} (one plugin per layer; --switchable takes one per ratio)`,
+        );
+      seen.set(p.layer, options.plugins[i]);
+    }
+  }
   return {
-    plugins: options.plugins.map(parsePluginFlag),
+    plugins,
     layers: options.layers === undefined ? undefined : parseLayerList(options.layers, '--layers'),
     compressCausal: options.compressCausal === undefined ? undefined : parseLayerList(options.compressCausal, '--compress-causal'),
   };
@@ -99,29 +116,54 @@ export function parseLayerList(text: string, flag: string): number[] {
   return [...new Set(layers)];
 }
 
+/**
+ * `vcompile MODEL -o OUT`: every file the compile reads (the model, its external data, plugins, modules and
+ * theirs) is protected from OUT and OUT's data file, checked before the passes run; with --overwrite the
+ * original is kept (hard links) so that the check after the compile compares OUT with it.
+ */
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
+  const passes = compilePasses(options);
   const model = loadModel(file);
   if (options.verifyIr) requireValid(model, file);
-  const result = runPasses(model, compilePasses(options), { verify: options.verifyIr });
-  const written = saveModel(result.model, options.output, {
+  if (options.verify?.dim) checkDimNames(describeInputs(model, { allowUnshaped: true }), parseDims(options.verify.dim), [file]);
+  const inputData = externalDataFiles(model);
+  const save: SaveOptions = {
     externalData: options.externalData,
     location: options.dataLocation,
     sizeThreshold: options.sizeThreshold,
-    protect: [file],
+    protect: [
+      ...inputReads(file, inputData),
+      ...pluginReads(options.plugins.map((flag) => parsePluginFlag(flag).source)),
+      ...moduleReads(parseModuleFlags(options.modules).map((m) => m.source)),
+    ],
     overwrite: options.overwrite,
-  });
-  const verify = options.verify ? await verifyCompiled(file, options.output, options.verify) : null;
-  const report = {
-    input: file,
-    output: options.output,
-    bytes: written.bytes,
-    externalData: written.externalFile ?? null,
-    passes: result.passes,
-    verify,
   };
-  print(options.json ? JSON.stringify(report, null, 2) : describeWrite(report) + (verify ? `\n${describeVerify(verify)}` : ''));
-  if (verify && !verify.pass) throw compiledFailure(verify, options.output);
-  return ExitCode.ok;
+  const { replacesInput } = checkSave(model, options.output, save);
+  const result = runPasses(model, passes, { verify: options.verifyIr });
+  beforeWriting();
+  const original = options.verify && replacesInput ? keepOriginal(file, inputData) : undefined;
+  try {
+    const written = await saveModelAsync(result.model, options.output, save);
+    const verify = options.verify ? await verifyCompiled(original?.file ?? file, options.output, options.verify) : null;
+    if (verify) verify.original = file;
+    const report = {
+      input: file,
+      output: options.output,
+      bytes: written.bytes,
+      externalData: written.externalFile ?? null,
+      passes: result.passes,
+      verify,
+    };
+    print(
+      options.json
+        ? JSON.stringify(report, null, 2)
+        : describeWrite(report) + describeRemoved(written.removed, file, inputData) + (verify ? `\n${describeVerify(verify)}` : ''),
+    );
+    if (verify && !verify.pass) throw compiledFailure(verify, options.output);
+    return ExitCode.ok;
+  } finally {
+    original?.release();
+  }
 }
 
 function describeWrite(report: {

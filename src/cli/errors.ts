@@ -26,6 +26,10 @@ const FLAGS: Record<OptionName, string> = {
   defaultRatio: '--default-ratio',
   targetSpeedup: '--target-speedup',
   ratios: '--ratios',
+  output: '-o',
+  dataLocation: '--data-location',
+  sizeThreshold: '--size-threshold',
+  dims: '--dim',
 };
 
 function asFlag(ref: OptionRef): string {

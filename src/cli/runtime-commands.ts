@@ -5,9 +5,11 @@ import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
 import { benchModels, formatBenchReport } from '../bench/latency.js';
 import { CheckFailedError, VcompileError } from '../errors.js';
+import { fileIdentity } from '../onnx/file.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
 import { failureLine, formatVerifyReport, type VerifyReport, verifyModels } from '../verify/numeric.js';
 import { ExitCode, printNotice } from './errors.js';
+import { checkVerifyInputs } from './files.js';
 import { jsonNumbers, print } from './output.js';
 import { Progress } from './progress.js';
 
@@ -33,6 +35,7 @@ export interface VerifyFlags extends RuntimeFlags, GridFlags {
 }
 
 export async function verifyCommand(original: string, rewritten: string, flags: VerifyFlags): Promise<number> {
+  checkVerifyInputs(original, rewritten, parseDims(flags.dim));
   const progress = new Progress('verify', !flags.json && process.stderr.isTTY === true);
   let report: VerifyReport;
   try {
@@ -65,6 +68,10 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   if (models.length === 0) throw new VcompileError('bench needs at least one model');
   const warmup = count(flags.warmup, '--warmup', 0);
   const runs = count(flags.runs, '--runs', 1);
+  const chart = flags.chart;
+  const read = chart === undefined ? undefined : models.find((m) => fileIdentity(m) === fileIdentity(chart));
+  if (read !== undefined)
+    throw new VcompileError(`--chart ${chart}: refusing to overwrite ${read}, which this run reads (write the chart elsewhere)`);
   const progress = new Progress('bench', !flags.json && process.stderr.isTTY === true);
   let report: Awaited<ReturnType<typeof benchModels>>;
   try {

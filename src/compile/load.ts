@@ -6,7 +6,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { checkModuleContract, type Module } from '../../passes/modular/contract.js';
 import { spanName } from '../../passes/modular/span.js';
-import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../../passes/plugin/builtin.js';
+import {
+  type BuiltinKind,
+  buildIdentityPlugin,
+  buildMeanPlugin,
+  buildVariatorPlugin,
+  initVariatorWeights,
+  VARIATOR_BOTTLENECK,
+} from '../../passes/plugin/builtin.js';
 import { checkPluginContract, type Plugin, parseBuiltin } from '../../passes/plugin/contract.js';
 import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
@@ -18,10 +25,34 @@ export interface PluginTarget {
   opset: number;
 }
 
+/**
+ * The most a built-in plugin's weights may take: they are generated in memory and written inline. About 70
+ * times what a large real one needs (Variator with k = 16 at hidden size 8192: 14.7 MB), and well under
+ * protobuf's 2 GiB.
+ */
+export const MAX_BUILTIN_PLUGIN_BYTES = 2 ** 30;
+
+/** The bytes of a built-in plugin's weights at ratio k and hidden size d (float32). */
+export function builtinPluginBytes(kind: BuiltinKind, k: number, d: number): number {
+  if (kind !== 'variator') return 0;
+  const b = VARIATOR_BOTTLENECK;
+  return 4 * (k * k * d + k + 2 * d * b + b + d * b + d);
+}
+
+/** `1.5 GiB`, `12.0 MiB`: a size for messages. */
+export function formatBytes(bytes: number): string {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
 /** A plugin file, or `builtin:KIND:K[:SCOPE]` generated for `target`, checked against the contract. */
 export function loadPlugin(source: string, target: PluginTarget): Plugin {
   const builtin = parseBuiltin(source);
   if (builtin) {
+    const bytes = builtinPluginBytes(builtin.kind, builtin.ratio, target.hidden);
+    if (bytes > MAX_BUILTIN_PLUGIN_BYTES)
+      throw new VcompileError(
+        `plugin ${source}: its weights would take ${formatBytes(bytes)} at the model's hidden size ${target.hidden}, over the ${formatBytes(MAX_BUILTIN_PLUGIN_BYTES)} a built-in plugin may take (use a smaller ratio)`,
+      );
     const shape = { ratio: builtin.ratio, hidden: target.hidden, scope: builtin.scope, opset: target.opset };
     const model =
       builtin.kind === 'mean'
@@ -43,12 +74,7 @@ export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Pl
 
 /** A module file, checked against the contract. */
 export function loadModule(source: string): Module {
-  let bytes: Uint8Array;
-  try {
-    bytes = fs.readFileSync(source);
-  } catch (error) {
-    throw new VcompileError(`module ${source}: ${describeFsError(error)}`);
-  }
+  const bytes = readFileOrFail(source, `module ${source}`);
   const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `module ${source}` });
   return checkModuleContract(model, source, sha256(bytes));
 }
