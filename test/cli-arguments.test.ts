@@ -1,10 +1,10 @@
 // Command lines that used to be accepted silently, hang, or answer with a misleading message: each gets
 // one line naming the flag and the value (exit 2), or the usage; sizes are bounded before any work.
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, it } from 'vitest';
 import { builtinPluginBytes, loadPlugin, MAX_BUILTIN_PLUGIN_BYTES } from '../src/compile/load.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
@@ -25,14 +25,18 @@ function tempDir(): string {
   return dir;
 }
 
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { cwd: repo, encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+/** The command line, run in the repository (several at once: each mostly waits for the process). */
+function vcompile(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { cwd: repo, timeout: 60_000 }, (error, stdout, stderr) =>
+      resolve({ code: error ? (typeof error.code === 'number' ? error.code : null) : 0, stdout, stderr }),
+    );
+  });
 }
 
-describe('usage and mistyped commands', () => {
-  it('bare vcompile prints the usage on stderr, exit 2', () => {
-    const r = vcompile();
+describe.concurrent('usage and mistyped commands', () => {
+  it('bare vcompile prints the usage on stderr, exit 2', async ({ expect }) => {
+    const r = await vcompile();
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr).toBe(
@@ -50,33 +54,33 @@ describe('usage and mistyped commands', () => {
     );
   });
 
-  it('vcompile plugin without init prints its usage, exit 2', () => {
+  it('vcompile plugin without init prints its usage, exit 2', async ({ expect }) => {
     for (const args of [['plugin'], ['plugin', '--kind', 'mean']]) {
-      const r = vcompile(...args);
+      const r = await vcompile(...args);
       expect(r.code).toBe(2);
       expect(r.stderr).toBe(
         'usage: vcompile plugin init --kind K --ratio K --hidden D -o P.onnx\n(vcompile plugin init --help lists every option)\n',
       );
     }
-    expect(vcompile('plugin', 'int', '--kind', 'mean').stderr).toBe(
+    expect((await vcompile('plugin', 'int', '--kind', 'mean')).stderr).toBe(
       "vcompile: unknown plugin command 'int' (the plugin command is init: vcompile plugin init --kind K --ratio K --hidden D -o P.onnx)\n",
     );
   });
 
-  it('a mistyped command is named as one, not read as a model file', () => {
-    const r = vcompile('inpsect', BERT);
+  it('a mistyped command is named as one, not read as a model file', async ({ expect }) => {
+    const r = await vcompile('inpsect', BERT);
     expect(r.code).toBe(2);
     expect(r.stderr).toBe("vcompile: unknown command 'inpsect' (did you mean inspect?)\n");
-    expect(vcompile('bnech', BERT).stderr).toBe("vcompile: unknown command 'bnech' (did you mean bench?)\n");
-    expect(vcompile('compile', BERT).stderr).toBe(
+    expect((await vcompile('bnech', BERT)).stderr).toBe("vcompile: unknown command 'bnech' (did you mean bench?)\n");
+    expect((await vcompile('compile', BERT)).stderr).toBe(
       "vcompile: unknown command 'compile' (the commands are inspect, verify, bench, extract and plugin init; to compile a model, give its file and -o OUT)\n",
     );
     // with -o it is a model file that does not exist
-    expect(vcompile('model', '-o', path.join(tempDir(), 'x.onnx')).stderr).toBe('vcompile: model: no such file\n');
+    expect((await vcompile('model', '-o', path.join(tempDir(), 'x.onnx'))).stderr).toBe('vcompile: model: no such file\n');
   });
 });
 
-describe('verify reads both models with the compile path first', () => {
+describe.concurrent('verify reads both models with the compile path first', () => {
   const dir = tempDir();
   const text = path.join(dir, 'x.onnx');
   fs.writeFileSync(text, 'hello, not a model\n');
@@ -89,29 +93,29 @@ describe('verify reads both models with the compile path first', () => {
     ],
     ['a missing ORIGINAL', ['verify', path.join(dir, 'missing.onnx'), BERT], `${path.join(dir, 'missing.onnx')}: no such file`],
   ];
-  it.each(cases)('%s: the same message as vcompile MODEL -o OUT', (_what, args, line) => {
-    const r = vcompile(...args);
+  it.for(cases)('%s: the same message as vcompile MODEL -o OUT', async ([, args, line], { expect }) => {
+    const r = await vcompile(...args);
     expect(r.code).toBe(2);
     expect(r.stderr).toBe(`vcompile: ${line}\n`);
   });
-  it('the compile path gives it too', () => {
-    expect(vcompile(text, '-o', path.join(dir, 'out.onnx')).stderr).toBe(
+  it('the compile path gives it too', async ({ expect }) => {
+    expect((await vcompile(text, '-o', path.join(dir, 'out.onnx'))).stderr).toBe(
       `vcompile: ${text}: not an ONNX model (protobuf decode failed at byte 3: unsupported wire type 4)\n`,
     );
   });
 });
 
-describe('values accepted silently before', () => {
-  const out = () => path.join(tempDir(), 'out.onnx');
-  const cases: [string, () => string[], string][] = [
+describe.concurrent('values accepted silently before', () => {
+  // each case gets its own folder (DIR in the messages), which must stay empty
+  const cases: [string, (dir: string) => string[], string][] = [
     [
       'two --plugin L= for one layer',
-      () => [BERT, '--plugin', '1=builtin:mean:2', '--plugin', '1=builtin:variator:2', '-o', out()],
+      (dir) => [BERT, '--plugin', '1=builtin:mean:2', '--plugin', '1=builtin:variator:2', '-o', path.join(dir, 'out.onnx')],
       '--plugin 1=builtin:variator:2: layer 1 already has --plugin 1=builtin:mean:2 (one plugin per layer; --switchable takes one per ratio)',
     ],
     [
       '--dim naming no dim (compile)',
-      () => [BERT, '-o', out(), '--dim', 'sequence=16'],
+      (dir) => [BERT, '-o', path.join(dir, 'out.onnx'), '--dim', 'sequence=16'],
       `--dim sequence=16: ${BERT} has no input dim named sequence (the symbolic input dims are batch, seq)`,
     ],
     [
@@ -131,69 +135,82 @@ describe('values accepted silently before', () => {
     ],
     [
       '--size-threshold abc',
-      () => [BERT, '-o', out(), '--size-threshold', 'abc'],
+      (dir) => [BERT, '-o', path.join(dir, 'out.onnx'), '--size-threshold', 'abc'],
       '--size-threshold abc: must be a whole number of bytes >= 0',
     ],
-    ['--size-threshold -5', () => [BERT, '-o', out(), '--size-threshold=-5'], '--size-threshold -5: must be a whole number of bytes >= 0'],
+    [
+      '--size-threshold -5',
+      (dir) => [BERT, '-o', path.join(dir, 'out.onnx'), '--size-threshold=-5'],
+      '--size-threshold -5: must be a whole number of bytes >= 0',
+    ],
     [
       'plugin init --opset 99',
-      () => ['plugin', 'init', '--kind', 'mean', '--ratio', '2', '--hidden', '64', '--opset', '99', '-o', out()],
+      (dir) => ['plugin', 'init', '--kind', 'mean', '--ratio', '2', '--hidden', '64', '--opset', '99', '-o', path.join(dir, 'out.onnx')],
       '--opset 99: must be a whole number from 11 (plugins need dynamic Pad and Slice) to 26 (the newest opset ONNX Runtime 1.30 runs)',
     ],
     [
       'plugin init --opset 10',
-      () => ['plugin', 'init', '--kind', 'mean', '--ratio', '2', '--hidden', '64', '--opset', '10', '-o', out()],
+      (dir) => ['plugin', 'init', '--kind', 'mean', '--ratio', '2', '--hidden', '64', '--opset', '10', '-o', path.join(dir, 'out.onnx')],
       '--opset 10: must be a whole number from 11 (plugins need dynamic Pad and Slice) to 26 (the newest opset ONNX Runtime 1.30 runs)',
     ],
     [
       'builtin:mean:1e9',
-      () => [BERT, '--plugin', 'builtin:mean:1e9', '-o', out()],
+      (dir) => [BERT, '--plugin', 'builtin:mean:1e9', '-o', path.join(dir, 'out.onnx')],
       "plugin builtin:mean:1e9: the ratio K must be a whole number from 1 to 1024, got '1e9'",
     ],
     [
       'builtin:mean:2000',
-      () => [BERT, '--plugin', 'builtin:mean:2000', '-o', out()],
+      (dir) => [BERT, '--plugin', 'builtin:mean:2000', '-o', path.join(dir, 'out.onnx')],
       "plugin builtin:mean:2000: the ratio K must be a whole number from 1 to 1024, got '2000'",
     ],
     [
       '-o naming a folder (trailing slash)',
-      () => [BERT, '-o', `${tempDir()}/`],
+      (dir) => [BERT, '-o', `${dir}/`],
       '-o DIR/: is a directory; name the file to write (e.g. DIR/model.onnx)',
     ],
-    ['-o naming a folder', () => [BERT, '-o', tempDir()], '-o DIR: is a directory; name the file to write (e.g. DIR/model.onnx)'],
+    ['-o naming a folder', (dir) => [BERT, '-o', dir], '-o DIR: is a directory; name the file to write (e.g. DIR/model.onnx)'],
     [
       '-o under a file',
-      () => {
-        fs.writeFileSync(path.join(tempDir(), 'plain'), '');
-        return [BERT, '-o', path.join(dirs.at(-1)!, 'plain', 'out.onnx')];
+      (dir) => {
+        fs.writeFileSync(path.join(dir, 'plain'), '');
+        return [BERT, '-o', path.join(dir, 'plain', 'out.onnx')];
       },
       '-o DIR/plain/out.onnx: DIR/plain is a file, not a folder',
     ],
   ];
-  it.each(cases)('%s: one line naming the flag, exit 2, nothing written', (_what, args, message) => {
-    const argv = args();
-    const r = vcompile(...argv);
-    const dir = dirs.at(-1)!;
+  it.for(cases)('%s: one line naming the flag, exit 2, nothing written', async ([, args, message], { expect }) => {
+    const dir = tempDir();
+    const r = await vcompile(...args(dir));
     expect(r.stderr.replaceAll(dir, 'DIR')).toBe(`vcompile: ${message}\n`);
     expect(r.code).toBe(2);
     expect(fs.readdirSync(dir).filter((f) => f !== 'plain')).toEqual([]);
   });
 
-  it('--switchable still takes one per-layer plugin per ratio', () => {
-    const output = out();
-    const r = vcompile(BERT, '--switchable', '--plugin', '1=builtin:mean:2', '--plugin', '1=builtin:mean:4', '-o', output, '--no-verify');
+  it('--switchable still takes one per-layer plugin per ratio', async ({ expect }) => {
+    const output = path.join(tempDir(), 'out.onnx');
+    const r = await vcompile(
+      BERT,
+      '--switchable',
+      '--plugin',
+      '1=builtin:mean:2',
+      '--plugin',
+      '1=builtin:mean:4',
+      '-o',
+      output,
+      '--no-verify',
+    );
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
   });
 
-  it('-o into folders that do not exist creates them (documented)', () => {
+  it('-o into folders that do not exist creates them (documented)', async ({ expect }) => {
     const output = path.join(tempDir(), 'new', 'deeper', 'out.onnx');
-    expect(vcompile(BERT, '-o', output, '--no-verify').code).toBe(0);
+    expect((await vcompile(BERT, '-o', output, '--no-verify')).code).toBe(0);
     expect(fs.statSync(output).size).toBe(fs.statSync(BERT).size);
   });
 });
 
-describe('sizes are bounded before any work', () => {
+describe.concurrent('sizes are bounded before any work', () => {
   const out = () => path.join(tempDir(), 'p.onnx');
   const cases: [string, string[], string][] = [
     [
@@ -212,15 +229,15 @@ describe('sizes are bounded before any work', () => {
       "--kind variator --ratio 1024 --hidden 768: the plugin's weights would take 3.0 GiB, over the 1.0 GiB a built-in plugin may take (use a smaller --ratio)",
     ],
   ];
-  it.each(cases)('plugin init %s: one line, exit 2', (_what, args, message) => {
+  it.for(cases)('plugin init %s: one line, exit 2', async ([, args, message], { expect }) => {
     const started = Date.now();
-    const r = vcompile('plugin', 'init', ...args, '-o', out());
+    const r = await vcompile('plugin', 'init', ...args, '-o', out());
     expect(r.stderr).toBe(`vcompile: ${message}\n`);
     expect(r.code).toBe(2);
     expect(Date.now() - started).toBeLessThan(30_000);
   });
 
-  it('a built-in plugin generated for the model is bounded the same way', () => {
+  it('a built-in plugin generated for the model is bounded the same way', ({ expect }) => {
     expect(builtinPluginBytes('variator', 1024, 1024)).toBeGreaterThan(MAX_BUILTIN_PLUGIN_BYTES);
     expect(builtinPluginBytes('variator', 16, 8192)).toBe(14_713_152);
     expect(builtinPluginBytes('mean', 1024, 65536)).toBe(0);
@@ -229,9 +246,11 @@ describe('sizes are bounded before any work', () => {
     );
   });
 
-  it('plugin init at the newest opset ONNX Runtime runs writes a plugin it runs', async () => {
+  it('plugin init at the newest opset ONNX Runtime runs writes a plugin it runs', async ({ expect }) => {
     const plugin = out();
-    expect(vcompile('plugin', 'init', '--kind', 'variator', '--ratio', '2', '--hidden', '64', '--opset', '26', '-o', plugin).code).toBe(0);
+    expect(
+      (await vcompile('plugin', 'init', '--kind', 'variator', '--ratio', '2', '--hidden', '64', '--opset', '26', '-o', plugin)).code,
+    ).toBe(0);
     expect(loadModel(plugin).opsetImports).toEqual([{ domain: '', version: 26 }]);
     const session = await openSession(plugin);
     try {

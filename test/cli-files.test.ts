@@ -4,11 +4,11 @@
 // original; a signal during a write leaves no temporary file; only regular files are read. Each command
 // runs in a temporary folder with copies of the fixtures, and every file there is compared byte for byte
 // afterwards.
-import { spawn, spawnSync } from 'node:child_process';
+import { execFile, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, type ExpectStatic, expect, it } from 'vitest';
 import { extractModule } from '../passes/modular/extract.js';
 import { buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../passes/plugin/builtin.js';
 import { ModelBuilder } from '../src/ir/builder.js';
@@ -24,9 +24,17 @@ afterAll(() => {
 });
 
 /** The command line in `cwd` (paths in messages stay short); a hang fails the test instead of the suite. */
-function vcompile(cwd: string, ...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { cwd, encoding: 'utf8', timeout: 60_000 });
-  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr };
+function vcompile(cwd: string, ...args: string[]): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { cwd, timeout: 60_000 }, (error, stdout, stderr) =>
+      resolve({
+        code: error ? (typeof error.code === 'number' ? error.code : null) : 0,
+        signal: error?.signal ?? null,
+        stdout,
+        stderr,
+      }),
+    );
+  });
 }
 
 type Make = 'model' | 'external' | 'plugin' | 'plugin-external' | 'bert4' | 'module' | 'modules-folder';
@@ -74,11 +82,14 @@ function contents(dir: string): Map<string, Buffer> {
   return files;
 }
 
-/** Every file of `before` is still there, byte for byte, and nothing else is (no output, no temporary file). */
-function expectUnchanged(dir: string, before: Map<string, Buffer>): void {
+/**
+ * Every file of `before` is still there, byte for byte, and nothing else is (no output, no temporary file).
+ * `check`: the test's own expect, in concurrent tests.
+ */
+function expectUnchanged(dir: string, before: Map<string, Buffer>, check: ExpectStatic = expect): void {
   const after = contents(dir);
-  expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
-  for (const [name, bytes] of before) expect(after.get(name)!.equals(bytes), `${name} changed`).toBe(true);
+  check([...after.keys()].sort()).toEqual([...before.keys()].sort());
+  for (const [name, bytes] of before) check(after.get(name)!.equals(bytes), `${name} changed`).toBe(true);
 }
 
 /** No temporary file or kept original anywhere under `dir`. */
@@ -86,7 +97,7 @@ function expectNoTemporaries(dir: string): void {
   expect([...contents(dir).keys()].filter((f) => /(^|\/)\.[^/]*(\.tmp|\.original\.[^/]*)(\/|$)/.test(f))).toEqual([]);
 }
 
-describe('a compile never writes over a file it reads', () => {
+describe.concurrent('a compile never writes over a file it reads', () => {
   const cases: [string, Make[], (dir: string) => string[], string][] = [
     [
       '--data-location naming the input model',
@@ -209,23 +220,23 @@ describe('a compile never writes over a file it reads', () => {
       '--chart m.onnx: refusing to overwrite m.onnx, which this run reads (write the chart elsewhere)',
     ],
   ];
-  it.each(cases)('%s: one line, exit 2, every file as it was', (_what, make, args, message) => {
+  it.for(cases)('%s: one line, exit 2, every file as it was', async ([, make, args, message], { expect }) => {
     const dir = workspace(...make);
     const argv = args(dir);
     const before = contents(dir);
-    const r = vcompile(dir, ...argv);
+    const r = await vcompile(dir, ...argv);
     expect(r.stderr).toBe(`vcompile: ${message}\n`);
     expect(r.code).toBe(2);
-    expectUnchanged(dir, before);
+    expectUnchanged(dir, before, expect);
   });
 });
 
 describe('--overwrite: OUT replaces the input model', () => {
-  it('the check after the compile compares OUT with the original, not with itself', () => {
+  it('the check after the compile compares OUT with the original, not with itself', async () => {
     const dir = workspace('model');
-    const elsewhere = vcompile(dir, 'm.onnx', '--plugin', 'builtin:mean:4', '-o', 'other.onnx', '--json');
+    const elsewhere = await vcompile(dir, 'm.onnx', '--plugin', 'builtin:mean:4', '-o', 'other.onnx', '--json');
     expect(elsewhere.code).toBe(0);
-    const inPlace = vcompile(dir, 'm.onnx', '--plugin', 'builtin:mean:4', '-o', 'm.onnx', '--overwrite', '--json');
+    const inPlace = await vcompile(dir, 'm.onnx', '--plugin', 'builtin:mean:4', '-o', 'm.onnx', '--overwrite', '--json');
     expect(inPlace.stderr).toBe('');
     expect(inPlace.code).toBe(0);
     const [expected, actual] = [JSON.parse(elsewhere.stdout).verify, JSON.parse(inPlace.stdout).verify];
@@ -237,9 +248,9 @@ describe('--overwrite: OUT replaces the input model', () => {
     expect(fs.readdirSync(dir).sort()).toEqual(['m.onnx', 'other.onnx']);
   });
 
-  it('--external-data never removes the old data file, which nothing uses any more', () => {
+  it('--external-data never removes the old data file, which nothing uses any more', async () => {
     const dir = workspace('external');
-    const r = vcompile(dir, 'e.onnx', '-o', 'e.onnx', '--overwrite', '--external-data', 'never');
+    const r = await vcompile(dir, 'e.onnx', '-o', 'e.onnx', '--overwrite', '--external-data', 'never');
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(
@@ -249,9 +260,9 @@ describe('--overwrite: OUT replaces the input model', () => {
     expect(fs.readFileSync(path.join(dir, 'e.onnx')).equals(fs.readFileSync(BERT))).toBe(true);
   });
 
-  it('with external data kept, the data file is replaced along with the model', () => {
+  it('with external data kept, the data file is replaced along with the model', async () => {
     const dir = workspace('external');
-    const r = vcompile(dir, 'e.onnx', '--plugin', 'builtin:mean:2', '-o', 'e.onnx', '--overwrite', '--json');
+    const r = await vcompile(dir, 'e.onnx', '--plugin', 'builtin:mean:2', '-o', 'e.onnx', '--overwrite', '--json');
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     expect(report.externalData).toBe('e.onnx.data');
@@ -260,14 +271,31 @@ describe('--overwrite: OUT replaces the input model', () => {
     expect(loadModel(path.join(dir, 'e.onnx')).getMetadata('vcompile.plugins')).toContain('builtin:mean:2');
   });
 
-  it('does not make a plugin or the data of another file replaceable', () => {
+  it('OUT another name of the input (a link): the link is replaced, the input and its data stay', async () => {
+    for (const link of [fs.symlinkSync, fs.linkSync]) {
+      const dir = workspace('external');
+      link(link === fs.symlinkSync ? 'e.onnx' : path.join(dir, 'e.onnx'), path.join(dir, 'alias.onnx'));
+      const before = contents(dir);
+      before.delete('alias.onnx');
+      const r = await vcompile(dir, 'e.onnx', '-o', 'alias.onnx', '--overwrite', '--external-data', 'never', '--max-error', '0');
+      expect(r.stderr).toBe('');
+      expect(r.stdout).not.toContain('removed');
+      const after = contents(dir);
+      expect(after.get('alias.onnx')!.equals(fs.readFileSync(BERT))).toBe(true);
+      after.delete('alias.onnx');
+      expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
+      for (const [name, bytes] of before) expect(after.get(name)!.equals(bytes), `${name} changed`).toBe(true);
+    }
+  });
+
+  it('does not make a plugin or the data of another file replaceable', async () => {
     const dir = workspace('external', 'plugin');
     const before = contents(dir);
-    const r = vcompile(dir, 'e.onnx', '--plugin', 'p.onnx', '-o', 'e.onnx', '--overwrite', '--data-location', 'p.onnx');
+    const r = await vcompile(dir, 'e.onnx', '--plugin', 'p.onnx', '-o', 'e.onnx', '--overwrite', '--data-location', 'p.onnx');
     expect(r.stderr).toBe(
       'vcompile: e.onnx: refusing to write the external data over plugin p.onnx, which this run reads (--data-location p.onnx names it; choose another)\n',
     );
-    expect(vcompile(dir, 'e.onnx', '-o', 'e.onnx.data', '--overwrite').code).toBe(2);
+    expect((await vcompile(dir, 'e.onnx', '-o', 'e.onnx.data', '--overwrite')).code).toBe(2);
     expectUnchanged(dir, before);
   });
 });
@@ -331,7 +359,7 @@ describe('a signal during a write', () => {
   }, 60_000);
 });
 
-describe('only regular files are read (a FIFO or a device would block, or never end)', () => {
+describe.concurrent('only regular files are read (a FIFO or a device would block, or never end)', () => {
   const fifo = (dir: string, name: string) => {
     const r = spawnSync('mkfifo', [path.join(dir, name)]);
     if (r.status !== 0) throw new Error(`mkfifo failed: ${r.stderr}`);
@@ -386,10 +414,10 @@ describe('only regular files are read (a FIFO or a device would block, or never 
       'in/input_ids.npy: is a named pipe (FIFO), not a regular file',
     ],
   ];
-  it.each(cases)('%s: refused at once', (_what, make, args, message) => {
+  it.for(cases)('%s: refused at once', async ([, make, args, message], { expect }) => {
     const dir = workspace(...make);
     const argv = args(dir);
-    const r = vcompile(dir, ...argv);
+    const r = await vcompile(dir, ...argv);
     expect(r.signal).toBeNull();
     expect(r.stderr.endsWith('\n') && r.stderr.split('\n')).toHaveLength(2);
     const line = r.stderr.slice('vcompile: '.length, -1);

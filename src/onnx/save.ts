@@ -111,8 +111,11 @@ interface SavePlan {
   external?: { location: string; final: string };
   /** OUT replaces the input model */
   replacesInput: boolean;
-  /** the input's external data files to remove once OUT (which replaces the input) is in place */
-  unused: string[];
+  /**
+   * The input's external data files to remove once OUT is in place, provided the input's own path then
+   * names OUT (not when OUT was another name of the input, a link, whose target still uses them).
+   */
+  unused: { files: string[]; input: string; was: string };
 }
 
 interface Guarded {
@@ -157,8 +160,9 @@ function planSave(model: Model, file: string, options: SaveOptions): SavePlan {
       msg`${file}: refusing to write the external data over ${dataHit.label}, which this run reads (${option('dataLocation', external!.location, `location '${external!.location}'`)} names it; choose another)`,
     );
   }
-  const unused = replacesInput ? [...guarded].filter(([id, g]) => g.inputData && id !== data && id !== out).map(([, g]) => g.file) : [];
-  return { threshold, external, replacesInput, unused };
+  const files = replacesInput ? [...guarded].filter(([id, g]) => g.inputData && id !== data && id !== out).map(([, g]) => g.file) : [];
+  const input = options.protect?.length ? pathOf(options.protect[0]) : file;
+  return { threshold, external, replacesInput, unused: { files, input, was: out } };
 }
 
 function pathOf(entry: string | ProtectedFile): string {
@@ -230,9 +234,9 @@ function dataFile(file: string, given: string | undefined): { location: string; 
   const stat = statOrUndefined(final);
   if (/[\\/]$/.test(location) || stat?.isDirectory()) throw refuse('is a directory; name the file the weights go to');
   if (stat && !stat.isFile()) throw refuse(`${notRegularFile(stat)}; name a regular file`);
-  const folder = resolvedPath(path.dirname(file));
-  const target = resolvedPath(final);
-  if (!target.startsWith(folder + path.sep)) throw refuse('resolves outside the output folder (through a symbolic link)');
+  const inside = path.relative(resolvedPath(path.dirname(file)), resolvedPath(final));
+  if (inside === '' || inside.split(path.sep)[0] === '..' || path.isAbsolute(inside))
+    throw refuse('resolves outside the output folder (through a symbolic link)');
   if (fileIdentity(final) === fileIdentity(file))
     throw refuse(`names the output file itself; the weights need a file of their own (the default is ${path.basename(file)}.data)`);
   return { location, final };
@@ -294,7 +298,8 @@ function* saveSteps(model: Model, file: string, options: SaveOptions): Generator
     if (dataTemp) fs.renameSync(dataTemp, plan.external!.final);
     fs.renameSync(modelTemp, file);
     for (const temp of temps.splice(0)) temporaries.delete(temp);
-    const removed = plan.unused.filter((unused) => removeQuietly(unused));
+    const { files, input, was } = plan.unused;
+    const removed = files.length && fileIdentity(input) !== was ? files.filter((unused) => removeQuietly(unused)) : [];
     return { bytes: encoded.byteLength, externalFile: plan.external?.final, removed };
   } catch (error) {
     for (const temp of temps) fs.rmSync(temp, { force: true });
