@@ -4,11 +4,12 @@
 import * as fs from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { VcompileError } from '../errors.js';
+import { MAX_ORT_OPSET } from '../runtime/session.js';
 import { VCOMPILE_VERSION } from '../version.js';
 import { compileFile, inspectFile } from './commands.js';
 import { describeFailure, ExitCode } from './errors.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
-import { initPlugin } from './plugin-commands.js';
+import { initPlugin, MIN_PLUGIN_OPSET } from './plugin-commands.js';
 import { benchCommand, verifyCommand } from './runtime-commands.js';
 import { enableSignalCleanup } from './signals.js';
 
@@ -183,7 +184,11 @@ function pluginInitCommand(parser: Argv, out: Out): void {
           default: 'ffn' as const,
           describe: 'the block the plugin wraps',
         })
-        .option('opset', { type: 'number', default: 17, describe: "default-domain opset to write (use the model's)" })
+        .option('opset', {
+          type: 'number',
+          default: 17,
+          describe: `default-domain opset to write, ${MIN_PLUGIN_OPSET} to ${MAX_ORT_OPSET} (use the model's)`,
+        })
         .option('seed', { type: 'number', default: 0, describe: 'variator: seed of the random init' })
         .option('zero-adapter', {
           type: 'boolean',
