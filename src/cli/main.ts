@@ -1,20 +1,26 @@
 // The `vcompile` command line. Every failure is one line on stderr and a documented exit code
 // (src/cli/errors.ts); each command's flags are declared in one function below, its work done in the
 // command modules beside this file.
+import * as fs from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { VcompileError } from '../errors.js';
+import { MAX_ORT_OPSET } from '../ir/op-versions.js';
 import { VCOMPILE_VERSION } from '../version.js';
 import { compileFile, inspectFile } from './commands.js';
-import { describeFailure } from './errors.js';
+import { describeFailure, ExitCode } from './errors.js';
 import { fitCommand } from './fit-commands.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
-import { initPlugin } from './plugin-commands.js';
+import { initPlugin, MIN_PLUGIN_OPSET } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
+import { enableSignalCleanup } from './signals.js';
 import { verifyCommand } from './verify-commands.js';
 
 export async function main(argv: string[]): Promise<number> {
+  enableSignalCleanup();
   const out = { code: 0 };
   try {
+    const answered = preflight(argv);
+    if (answered !== undefined) return answered;
     await buildParser(argv, out).parseAsync();
     return out.code;
   } catch (error) {
@@ -27,21 +33,69 @@ export async function main(argv: string[]): Promise<number> {
 
 type Out = { code: number };
 
+const USAGE = [
+  '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]',
+  '$0 MODEL --target-speedup R --modules DIR -o OUT',
+  '$0 extract MODEL --layers S-E -o M.onnx',
+  '$0 plugin init --kind K --ratio K --hidden D -o P.onnx',
+  '$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR',
+  '$0 inspect MODEL [options]',
+  '$0 verify ORIGINAL REWRITTEN [options]',
+  '$0 bench MODEL [MODEL...] [options]',
+];
+const COMMANDS = ['inspect', 'verify', 'bench', 'extract', 'plugin'];
+
+/** The usage lines as printed on a bare command (`vcompile`, `vcompile plugin`), on stderr. */
+function usage(lines: readonly string[], more: string): string {
+  return `usage: ${lines.map((l) => l.replace('$0', 'vcompile')).join('\n       ')}\n${more}\n`;
+}
+
+/**
+ * Command lines yargs would answer with a misleading message: none at all and `vcompile plugin` without
+ * `init` print the usage (exit 2); a mistyped command is named as one rather than read as a model file.
+ * Returns the exit code when it answered, else undefined (yargs parses).
+ */
+function preflight(argv: readonly string[]): number | undefined {
+  const [first, second] = argv;
+  if (first === undefined) {
+    process.stderr.write(usage(USAGE, '(vcompile --help lists every option)'));
+    return ExitCode.badInput;
+  }
+  if (first === 'plugin' && second !== 'init' && second !== 'fit' && second !== '--help') {
+    if (second !== undefined && !second.startsWith('-'))
+      throw new VcompileError(
+        `unknown plugin command '${second}' (the plugin commands are init and fit: ${USAGE[3].replace('$0', 'vcompile')}, ${USAGE[4].replace('$0', 'vcompile')})`,
+      );
+    process.stderr.write(usage([USAGE[3], USAGE[4]], '(vcompile plugin init --help and vcompile plugin fit --help list every option)'));
+    return ExitCode.badInput;
+  }
+  if (/^[a-z][a-z-]*$/i.test(first) && !COMMANDS.includes(first) && !fs.existsSync(first)) {
+    const near = COMMANDS.find((command) => editDistance(first.toLowerCase(), command) <= 2);
+    if (near) throw new VcompileError(`unknown command '${first}' (did you mean ${near}?)`);
+    if (!argv.some((a) => a === '-o' || a.startsWith('--output') || /^-o./.test(a)))
+      throw new VcompileError(
+        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init and plugin fit; to compile a model, give its file and -o OUT)`,
+      );
+  }
+  return undefined;
+}
+
+/** Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
 function buildParser(argv: string[], out: Out): Argv {
-  const parser = yargs(argv)
-    .scriptName('vcompile')
-    .usage(
-      '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]',
-    );
-  for (const command of [
-    inspectCommand,
-    pluginInitCommand,
-    pluginFitCommand,
-    extractModuleCommand,
-    verifyModelsCommand,
-    benchModelsCommand,
-    compileCommand,
-  ])
+  const parser = yargs(argv).scriptName('vcompile').usage(USAGE.join('\n'));
+  for (const command of [inspectCommand, pluginCommands, extractModuleCommand, verifyModelsCommand, benchModelsCommand, compileCommand])
     command(parser, out);
   return parser
     .strict()
@@ -173,9 +227,18 @@ function inspectCommand(parser: Argv, out: Out): void {
   );
 }
 
+/** `plugin init` and `plugin fit`: subcommands of `plugin`. */
+function pluginCommands(parser: Argv, out: Out): void {
+  parser.command('plugin', 'write (init) or fit compression plugins', (y) => {
+    pluginInitCommand(y, out);
+    pluginFitCommand(y, out);
+    return y.demandCommand(1);
+  });
+}
+
 function pluginInitCommand(parser: Argv, out: Out): void {
   parser.command(
-    'plugin init',
+    'init',
     'write a built-in compression plugin as an ONNX file',
     (y) =>
       y
@@ -191,7 +254,11 @@ function pluginInitCommand(parser: Argv, out: Out): void {
           default: 'ffn' as const,
           describe: 'the block the plugin wraps',
         })
-        .option('opset', { type: 'number', default: 17, describe: "default-domain opset to write (use the model's)" })
+        .option('opset', {
+          type: 'number',
+          default: 17,
+          describe: `default-domain opset to write, ${MIN_PLUGIN_OPSET} to ${MAX_ORT_OPSET} (use the model's)`,
+        })
         .option('seed', { type: 'number', default: 0, describe: 'variator: seed of the random init' })
         .option('zero-adapter', {
           type: 'boolean',
@@ -218,7 +285,7 @@ function pluginInitCommand(parser: Argv, out: Out): void {
 
 function pluginFitCommand(parser: Argv, out: Out): void {
   parser.command(
-    'plugin fit <model>',
+    'fit <model>',
     'fit one compression plugin per layer in closed form from data (no training): DIR/L{i}.onnx and DIR/fit.json',
     (y) =>
       y
@@ -366,7 +433,7 @@ function compileCommand(parser: Argv, out: Out): void {
               describe: 'where weights go (auto: external when the input had external data or the model exceeds 2 GiB)',
             })
             .option('data-location', { type: 'string', describe: 'external data file name (default OUT file name + .data)' })
-            .option('size-threshold', { type: 'number', default: 1024, describe: 'tensors below this many bytes stay inline' })
+            .option('size-threshold', { type: 'string', default: '1024', describe: 'tensors below this many bytes stay inline' })
             .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
             .option('eliminate-dead-code', { type: 'boolean', default: false, describe: 'remove nodes and weights no output depends on' })
             .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier on the input and after every pass' })
@@ -454,7 +521,7 @@ function compileCommand(parser: Argv, out: Out): void {
         output: args.output,
         externalData: args['external-data'],
         dataLocation: args['data-location'],
-        sizeThreshold: args['size-threshold'],
+        sizeThreshold: byteCount(args['size-threshold'], '--size-threshold'),
         overwrite: args.overwrite,
       };
       if (args['target-speedup'] !== undefined) {
@@ -496,4 +563,12 @@ function compileCommand(parser: Argv, out: Out): void {
       });
     },
   );
+}
+
+/** A flag's value as a whole number of bytes. */
+function byteCount(text: string, flag: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isSafeInteger(n) || n < 0)
+    throw new VcompileError(`${flag} ${text}: must be a whole number of bytes >= 0`);
+  return n;
 }

@@ -1,15 +1,15 @@
 // `vcompile verify` and the check after `vcompile MODEL -o OUT`: flags read and refused up front, the
 // comparison run in a child process (src/verify/isolated.ts), the report printed, the gate enforced.
-import { describeInputs } from '../analysis/inputs.js';
+import { checkDimNames, describeInputs } from '../analysis/inputs.js';
 import { CheckFailedError, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
-import { loadModel } from '../onnx/file.js';
 import { openData } from '../runtime/data.js';
 import { releaseMemory } from '../runtime/memory.js';
 import { type IsolatedOptions, verifyIsolated } from '../verify/isolated.js';
 import { failureLine, type VerifyReport } from '../verify/numeric.js';
 import { describeVerifyBrief, formatVerifyReport } from '../verify/report.js';
 import { ExitCode, printNotice } from './errors.js';
+import { checkVerifyInputs } from './files.js';
 import { jsonNumbers, print } from './output.js';
 import { Progress } from './progress.js';
 import { parseDims, parseList, type RuntimeFlags, sessionOptions } from './runtime-commands.js';
@@ -39,7 +39,9 @@ export interface CheckFlags extends RuntimeFlags {
  */
 export function checkOptions(flags: CheckFlags, model: Model, originalPath: string): IsolatedOptions {
   const { notify: _printed, ...session } = sessionOptions(flags); // notices come back from the child process
-  const options: IsolatedOptions = { ...gates(flags), dims: parseDims(flags.dim), session };
+  const dims = parseDims(flags.dim);
+  if (Object.keys(dims).length) checkDimNames(describeInputs(model, { allowUnshaped: true }), dims, [originalPath]);
+  const options: IsolatedOptions = { ...gates(flags), dims, session };
   if (flags.seed !== undefined) {
     if (!Number.isSafeInteger(flags.seed)) throw new VcompileError(`--seed must be an integer, got ${flags.seed}`);
     options.seed = flags.seed;
@@ -121,9 +123,7 @@ export async function verifyCommand(original: string, rewritten: string, flags: 
 
 /** The check's options; the models read (the codec's one-line errors for a missing or broken file, before onnxruntime's) and let go. */
 function readyCheck(original: string, rewritten: string, flags: VerifyFlags): IsolatedOptions {
-  const options = checkOptions(flags, loadModel(original), original);
-  loadModel(rewritten);
-  return options;
+  return checkOptions(flags, checkVerifyInputs(original, rewritten, parseDims(flags.dim)), original);
 }
 
 async function runCheck(original: string, rewritten: string, options: IsolatedOptions, showProgress: boolean): Promise<VerifyReport> {

@@ -55,6 +55,14 @@ export interface Session {
   release(): Promise<void>;
 }
 
+/**
+ * The newest default-domain (ai.onnx) opset onnxruntime-node 1.30 runs: it refuses to load a model that
+ * imports a newer one ("Current official support for domain ai.onnx is till opset 26"). Measured by loading
+ * a one-node model at increasing opsets; test/runtime-opset.test.ts checks that it still holds. The fact is
+ * kept with the op history (src/ir/op-versions.ts), where the opset upgrade needs it too.
+ */
+export { MAX_ORT_OPSET } from '../ir/op-versions.js';
+
 export const CUDA_INSTALL_COMMAND = 'ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node --ignore-scripts=false';
 
 /** Load a model (a file path, its bytes, or an IR model) into ONNX Runtime. */
