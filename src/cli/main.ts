@@ -13,6 +13,7 @@ import { assembleCommand, extractCommand } from './modular-commands.js';
 import { initPlugin, MIN_PLUGIN_OPSET } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
 import { enableSignalCleanup } from './signals.js';
+import { tuneCommand } from './tune-commands.js';
 import { verifyCommand } from './verify-commands.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -39,11 +40,12 @@ const USAGE = [
   '$0 extract MODEL --layers S-E -o M.onnx',
   '$0 plugin init --kind K --ratio K --hidden D -o P.onnx',
   '$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR',
+  '$0 tune MODEL --data PATH [--budget B] -o OUT [--report DIR]',
   '$0 inspect MODEL [options]',
   '$0 verify ORIGINAL REWRITTEN [options]',
   '$0 bench MODEL [MODEL...] [options]',
 ];
-const COMMANDS = ['inspect', 'verify', 'bench', 'extract', 'plugin'];
+const COMMANDS = ['inspect', 'verify', 'bench', 'extract', 'plugin', 'tune'];
 
 /** The usage lines as printed on a bare command (`vcompile`, `vcompile plugin`), on stderr. */
 function usage(lines: readonly string[], more: string): string {
@@ -74,7 +76,7 @@ function preflight(argv: readonly string[]): number | undefined {
     if (near) throw new VcompileError(`unknown command '${first}' (did you mean ${near}?)`);
     if (!argv.some((a) => a === '-o' || a.startsWith('--output') || /^-o./.test(a)))
       throw new VcompileError(
-        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init and plugin fit; to compile a model, give its file and -o OUT)`,
+        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init, plugin fit and tune; to compile a model, give its file and -o OUT)`,
       );
   }
   return undefined;
@@ -95,7 +97,15 @@ function editDistance(a: string, b: string): number {
 
 function buildParser(argv: string[], out: Out): Argv {
   const parser = yargs(argv).scriptName('vcompile').usage(USAGE.join('\n'));
-  for (const command of [inspectCommand, pluginCommands, extractModuleCommand, verifyModelsCommand, benchModelsCommand, compileCommand])
+  for (const command of [
+    inspectCommand,
+    pluginCommands,
+    extractModuleCommand,
+    tuneModelCommand,
+    verifyModelsCommand,
+    benchModelsCommand,
+    compileCommand,
+  ])
     command(parser, out);
   return parser
     .strict()
@@ -313,6 +323,67 @@ function pluginFitCommand(parser: Argv, out: Out): void {
         .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
     async (args) => {
       out.code = await fitCommand(args.model, { ...args, scope: args.scope, output: args.output });
+    },
+  );
+}
+
+function tuneModelCommand(parser: Argv, out: Out): void {
+  parser.command(
+    'tune <model>',
+    'find the fastest model within a fidelity budget on your data: plugins fitted per layer, every kept candidate evaluated and timed',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file to speed up' })
+        .option('data', {
+          type: 'string',
+          demandOption: true,
+          describe: 'inputs (with labels for an accuracy budget): 3 in 5 samples fit, 1 in 5 choose, 1 in 5 test',
+        })
+        .option('budget', {
+          type: 'string',
+          describe:
+            "'accuracy-drop<=POINTS', 'top1-agreement>=FRACTION' or 'kl<=VALUE' (default: accuracy-drop<=0.5 with labels, else top1-agreement>=0.99)",
+        })
+        .option('target-speedup', {
+          type: 'number',
+          describe: 'the most faithful model within budget reaching this speed-up, not the fastest',
+        })
+        .option('batch', { type: 'number', describe: 'batch the candidates are timed at (default 8)' })
+        .option('seq', { type: 'number', describe: 'sequence length they are timed at (default 128, or the position table)' })
+        .option('time-limit', { type: 'string', describe: 'stop the search after this long (90s, 20m, 1h) and keep the best so far' })
+        .option('scopes', { type: 'string', describe: 'plugin scopes to try (default ffn,attention,layer)' })
+        .option('ratios', { type: 'string', describe: 'compression ratios to try per layer (default 2,4)' })
+        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('run-batch', { type: 'number', describe: 'samples per run while fitting and evaluating (default 8)' })
+        .option('runs', { type: 'number', describe: 'timed rounds per candidate (default 5)' })
+        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+        .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the model to write' })
+        .option('report', { type: 'string', describe: 'folder for frontier.json, frontier.svg and the cache a later run reuses' })
+        .option('require', { type: 'boolean', default: false, describe: 'exit 1 and write nothing when no candidate meets the budget' })
+        .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier after every pass' })
+        .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+    async (args) => {
+      out.code = await tuneCommand(args.model, {
+        data: args.data,
+        budget: args.budget,
+        targetSpeedup: args['target-speedup'],
+        batch: args.batch,
+        seq: args.seq,
+        timeLimit: args['time-limit'],
+        scopes: args.scopes,
+        ratios: args.ratios,
+        rank: args.rank,
+        samples: args.samples,
+        runBatch: args['run-batch'],
+        runs: args.runs,
+        threads: args.threads,
+        output: args.output,
+        report: args.report,
+        require: args.require,
+        verifyIr: args['verify-ir'],
+        json: args.json,
+      });
     },
   );
 }

@@ -72,6 +72,12 @@ export interface VerifyOptions extends Thresholds {
   onProgress?: (done: number, total: number) => void;
   /** the original's outputs held while it runs alone (default 256 MiB); beyond it both models run side by side */
   budgetBytes?: number;
+  /**
+   * the original's outputs per run, kept here (all of them, whatever the budget) and reused by the next
+   * call that passes the same array with the same data: a search comparing many candidates to one
+   * original runs it once
+   */
+  reference?: Record<string, Tensor>[];
 }
 
 export interface CaseOutput extends Partial<ElementStats> {
@@ -164,6 +170,7 @@ export async function verifyModels(original: string, rewritten: string, options:
     original,
     rewritten,
     options.budgetBytes ?? 256 * 2 ** 20,
+    options.reference,
   );
   let ep: 'cpu' | 'cuda' = 'cpu';
   const cases: VerifyCase[] = [];
@@ -312,6 +319,7 @@ class PairRunner {
     private readonly fileA: string,
     private readonly fileB: string,
     private readonly budget: number,
+    private readonly reference?: Outputs[],
   ) {}
 
   async each(
@@ -319,16 +327,18 @@ class PairRunner {
     extraFeeds: Record<string, Tensor>,
     compare: (run: Run, index: number, a: Outputs, b: Outputs, session: Session) => void,
   ): Promise<void> {
-    this.sessionA = await this.openA();
-    const held: Outputs[] = [];
+    const held: Outputs[] = this.reference ? [...this.reference] : [];
+    const budget = this.reference ? Number.POSITIVE_INFINITY : this.budget;
     let bytes = 0;
-    while (held.length < runs.length && bytes <= this.budget) {
-      const outputs = await runAt(this.sessionA, runs[held.length].feeds, this.fileA, runs[held.length].where);
+    if (held.length < runs.length) this.sessionA = await this.openA();
+    while (held.length < runs.length && bytes <= budget) {
+      const outputs = await runAt(this.sessionA!, runs[held.length].feeds, this.fileA, runs[held.length].where);
       bytes += Object.values(outputs).reduce((sum, t) => sum + t.bytes().byteLength, 0);
       held.push(outputs);
+      this.reference?.push(outputs);
     }
     if (held.length === runs.length) {
-      await this.sessionA.release();
+      await this.sessionA?.release();
       this.sessionA = undefined;
     }
     this.sessionB = await this.openB();
