@@ -127,6 +127,8 @@ export interface TuneResult {
   notes: string[];
   /** what was found in the cache and what was computed */
   cache: { hits: number; evaluated: number; fitted: number };
+  /** seconds per stage */
+  stages: Partial<Record<TuneProgress['stage'], number>>;
   seconds: number;
 }
 
@@ -169,6 +171,7 @@ class Tuner {
   private readonly notes: string[] = [];
   private readonly counts = { hits: 0, evaluated: 0, fitted: 0 };
   private stopped: string | null = null;
+  private readonly stages: Partial<Record<TuneProgress['stage'], number>> = {};
 
   constructor(
     private readonly file: string,
@@ -206,13 +209,13 @@ class Tuner {
 
   async run(started: number): Promise<TuneResult> {
     try {
-      await this.fitVariants();
-      await this.uniformPoints();
-      await this.layerProfiles();
-      await this.search();
-      await this.timeCandidates();
+      await this.timed('fit', () => this.fitVariants());
+      await this.timed('uniform', () => this.uniformPoints());
+      await this.timed('profile', () => this.layerProfiles());
+      await this.timed('search', () => this.search());
+      await this.timed('time', () => this.timeCandidates());
       const chosen = this.choose();
-      await this.testPoints(chosen);
+      await this.timed('test', () => this.testPoints(chosen));
       this.markFrontier();
       const model = chosen ? this.compile(chosen.configuration) : null;
       return {
@@ -226,11 +229,18 @@ class Tuner {
         stopped: this.stopped,
         notes: this.notes,
         cache: this.counts,
+        stages: this.stages,
         seconds: (Date.now() - started) / 1000,
       };
     } finally {
       fs.rmSync(this.workDir, { recursive: true, force: true });
     }
+  }
+
+  private async timed(stage: TuneProgress['stage'], work: () => Promise<void>): Promise<void> {
+    const started = Date.now();
+    await work();
+    this.stages[stage] = (Date.now() - started) / 1000;
   }
 
   // ---------------------------------------------------------------------------------------- stopping
