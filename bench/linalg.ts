@@ -8,7 +8,7 @@
 //   (`npm install --no-save ml-matrix @stdlib/blas eigen emlapack`): ml-matrix (JAMA's algorithms in
 //   JavaScript), @stdlib/blas's dgemm (JavaScript), eigen (Eigen compiled to WebAssembly), emlapack (CLAPACK
 //   compiled with emscripten). Each library runs once (they take up to minutes); a failure is reported.
-// Every result is checked (a relative residual), and the repetitions are interleaved.
+// Every result is checked (a relative residual); one untimed warm-up round, then the repetitions, interleaved.
 //
 //   npm run bench:linalg [-- --n 1537 --m 768 --reps 3 --threads T --libraries --json FILE]
 import * as fs from 'node:fs';
@@ -47,6 +47,8 @@ interface Contender {
   name: string;
   /** runs once, even with --reps (the slow libraries) */
   once?: boolean;
+  /** runs once untimed first (vcompile: sessions open, the JIT compiles) */
+  warmup?: boolean;
   settings?: LinalgSettings;
   /** untimed work before the first run */
   prepare?: () => Promise<void>;
@@ -231,7 +233,7 @@ function ours(p: Problems, options: Options, name: string, settings: LinalgSetti
   const top = Math.min(256, m);
   let factor: Matrix | undefined;
   const l = async () => (factor ??= await cholesky(p.g));
-  return [
+  const contenders: Contender[] = [
     { op: `cholesky n=${n}`, name, settings, run: async () => choleskyResidual(p.g, await cholesky(p.g)) },
     {
       op: `choleskySolve n=${n}, ${m} right-hand sides`,
@@ -259,6 +261,7 @@ function ours(p: Problems, options: Options, name: string, settings: LinalgSetti
     },
     { op: `gemm ${n}x${n} @ ${n}x${m}`, name, settings, run: async () => productResidual(p, await gemm(p.g, p.b)) },
   ];
+  return contenders.map((c) => ({ ...c, warmup: true }));
 }
 
 function fits(p: Problems, options: Options): Contender[] {
@@ -269,6 +272,7 @@ function fits(p: Problems, options: Options): Contender[] {
     {
       op: `ridge n=${n}, m=${options.m}, the default grid (${DEFAULT_RIDGE_GRID.length} penalties)`,
       name: 'vcompile',
+      warmup: true,
       run: async () => {
         const r = await ridge(p.stats, { unpenalized: [n - 1] });
         return `lambda ${r.lambda.toExponential(2)}; held-out error / tr(Yh^T Yh) ${ratio(r.heldOutError)}`;
@@ -277,6 +281,7 @@ function fits(p: Problems, options: Options): Contender[] {
     {
       op: `reducedRank n=${n}, m=${options.m}, rank ${options.rank}`,
       name: 'vcompile',
+      warmup: true,
       prepare: async () => {
         w = (await ridge(p.stats, { unpenalized: [n - 1] })).w;
       },
@@ -501,12 +506,17 @@ async function main(): Promise<void> {
     missing = found.missing;
   }
   const rows = new Map<Contender, Row>(contenders.map((c) => [c, { op: c.op, name: c.name, samplesMs: [], cpuMs: [] }]));
+  process.stderr.write('warm-up round...\n');
+  for (const c of contenders) {
+    await configureLinalg(c.settings ?? { threads: options.threads });
+    await c.prepare?.();
+    if (c.warmup) await c.run();
+  }
   for (let rep = 0; rep < options.reps; rep++)
     for (const c of contenders) {
       const row = rows.get(c)!;
       if ((c.once && rep > 0) || row.error) continue;
       await configureLinalg(c.settings ?? { threads: options.threads });
-      if (rep === 0) await c.prepare?.();
       const cpu = process.cpuUsage();
       const start = performance.now();
       try {
@@ -517,7 +527,8 @@ async function main(): Promise<void> {
         if (typeof check === 'number') row.residual = check;
         else row.note = check;
       } catch (error) {
-        row.error = `failed: ${(error instanceof Error ? error.message : String(error)).split('\n')[0]}`;
+        const text = (error instanceof Error ? error.message : String(error)).split('\n')[0];
+        row.error = `failed: ${text.length > 100 ? `${text.slice(0, 100)}...` : text}`;
       }
       process.stderr.write(`${c.op} | ${c.name}: ${row.error ?? `${row.samplesMs.at(-1)!.toFixed(0)} ms`}\n`);
     }

@@ -532,6 +532,10 @@ describe('ridge', () => {
     await expect(ridge({ ...stats, yyHeld: matrix(2, 2) })).rejects.toThrow('ridge: yyHeld is 2 x 2, expected 3 x 3');
     await expect(ridge(stats, { unpenalized: [4] })).rejects.toThrow('ridge: unpenalized feature 4 is not in 0..3');
     await expect(ridge(stats, { grid: [-1] })).rejects.toThrow('ridge: the grid must be non-negative finite numbers, got [-1]');
+    const h = matrix(4, 3, stats.h.data.slice());
+    h.data[5] = Number.NaN;
+    await expect(ridge({ ...stats, h })).rejects.toThrow(new VcompileError('ridge: h[1, 2] is NaN (the statistics must be finite)'));
+    await expect(ridge({ ...stats, yyHeld: Infinity })).rejects.toThrow('ridge: yyHeld is Infinity');
   });
 });
 
@@ -592,6 +596,9 @@ describe('reducedRank', () => {
       'reducedRank: rank must be an integer in 1..2 (the number of targets), got 3',
     );
     await expect(reducedRank(matrix(4, 2), matrix(3, 3), 1)).rejects.toThrow('reducedRank: w is 4 x 2, expected 3 rows (g is 3 x 3)');
+    await expect(reducedRank(matrix(3, 2, [0, 0, 0, Number.NEGATIVE_INFINITY, 0, 0]), matrix(3, 3), 1)).rejects.toThrow(
+      'reducedRank: w[1, 1] is -Infinity (the statistics must be finite)',
+    );
     await expect(
       heldOutError({ a: matrix(3, 2), b: matrix(1, 2) }, { gHeld: matrix(3, 3), hHeld: matrix(3, 2), yyHeld: 0 }),
     ).rejects.toThrow('heldOutError: A is 3 x 2 but B is 1 x 2');

@@ -1,21 +1,24 @@
 // Dense float64 linear algebra for fitting compression plugins in closed form from calibration
 // statistics: Cholesky factorization and solves, a symmetric eigensolver, ridge regression with the
 // penalty chosen on held-out statistics, and reduced-rank regression. Matrices are row-major Float64Array
-// (see gemm.ts for the type and the products).
+// (gemm.ts has the type, the products and the settings).
 //
 // Where the time goes: every O(n^3) step is written as matrix products, which gemm.ts runs in onnxruntime
-// when they are large (10-20 GFlop/s on two cores, against ~1-2.5 GFlop/s for JavaScript loops):
-// - Cholesky is recursive (split in halves: factor the top-left half, a triangular solve for the
-//   bottom-left block, a product for the Schur complement, factor that): all but the small diagonal
-//   blocks (<= 64) are products;
-// - triangular solves with many right-hand sides are recursive the same way;
-// - the eigensolver reduces to tridiagonal form with Householder reflections (O(n^3), in JavaScript over
-//   contiguous rows), finds the tridiagonal eigenvalues by the implicit QL method (O(n^2)), and its
-//   eigenvectors either by inverse iteration (LAPACK's dstein: O(n) per vector, reorthogonalized within
-//   clusters; used for `top` and whenever it converges) or by accumulating the QL rotations (O(n^3), the
-//   fallback). The reflections are applied back to the eigenvectors in blocks of 64 as products.
-// Accuracy: backward stable algorithms throughout (no normal equations of normal equations, no explicit
-// inverses); relative errors ~1e-13..1e-10 on well-conditioned problems.
+// when they are large (15-20 GFlop/s on two cores, against 1-2.5 GFlop/s for JavaScript loops):
+// - Cholesky is recursive and in place (factor the top-left half; the bottom-left block by a triangular
+//   solve; the Schur complement by a product; factor it): only diagonal blocks of <= 64 are plain loops;
+// - triangular solves with many right-hand sides are recursive the same way, on contiguous rows;
+// - the eigensolver reduces to tridiagonal form with Householder reflections, blocked as LAPACK's dsytrd
+//   (matrix-vector products in JavaScript, the trailing updates as one product per panel of 32 columns),
+//   finds the tridiagonal eigenvalues by the implicit QL method (O(n^2)) and its eigenvectors by inverse
+//   iteration (LAPACK's dstein: O(n) per vector, reorthogonalized within clusters), or, where a vector does
+//   not converge, by accumulating the QL rotations (O(n^3) in JavaScript); the reflections are applied
+//   back to the eigenvectors in blocks of 64, as products.
+// Accuracy: backward stable algorithms throughout, no explicit inverses; relative residuals ~1e-15..1e-13
+// on well-conditioned problems (BENCHMARKS.md lists them at n = 1537).
+//
+// Everything is deterministic: the same inputs and settings give the same bits (seeded randomness only).
+// Memory: a few n x n float64 matrices at a time (33.6 MB each at n = 2049).
 import { type MessagePart, VcompileError } from '../errors.js';
 import { Rng } from '../random.js';
 import { block, dot, identity, type Matrix, matrix, product, setBlock, transpose } from './gemm.js';
@@ -88,53 +91,72 @@ function checkSquare(a: Matrix, what: string): void {
 export async function cholesky(a: Matrix, what = 'matrix'): Promise<Matrix> {
   checkSquare(a, `cholesky: ${what}`);
   const n = a.rows;
+  const work = a.data.slice();
   const diagonal = new Float64Array(n);
-  for (let i = 0; i < n; i++) diagonal[i] = a.data[i * n + i];
-  return choleskyRec(a, { diagonal, offset: 0, size: n, what });
+  for (let i = 0; i < n; i++) diagonal[i] = work[i * n + i];
+  await choleskyInPlace(work, n, 0, n, { diagonal, what });
+  for (let i = 0; i < n; i++) work.fill(0, i * n + i + 1, (i + 1) * n);
+  return { rows: n, cols: n, data: work };
 }
 
 interface PivotContext {
   /** the original matrix's diagonal, for the pivot test */
   diagonal: Float64Array;
-  /** where this block starts in the original matrix */
-  offset: number;
-  size: number;
   what: string;
 }
 
-// [A11 .; A21 A22] = [L11 0; L21 L22] [L11 0; L21 L22]^T: L11 from A11, L21^T = L11^-1 A21^T (a forward
-// solve whose right-hand sides are contiguous rows), L22 from the Schur complement A22 - L21 L21^T.
-async function choleskyRec(a: Matrix, at: PivotContext): Promise<Matrix> {
-  const n = a.rows;
-  if (n <= BASE) return choleskyBase(a, at);
-  const h = n >> 1;
-  const l11 = await choleskyRec(block(a, 0, 0, h, h), at);
-  const l21t = transpose(block(a, h, 0, n - h, h));
-  await forwardInPlace(l11, l21t, 0, h);
-  const schur = await product(l21t, l21t, { transA: true }, block(a, h, h, n - h, n - h));
-  const l22 = await choleskyRec(schur, { ...at, offset: at.offset + h });
-  const l = matrix(n, n);
-  setBlock(l, 0, 0, l11);
-  setBlock(l, h, 0, transpose(l21t));
-  setBlock(l, h, h, l22);
-  return l;
+/** A triangular matrix inside a larger row-major array: element (i, j) is data[offset + i * stride + j]. */
+interface View {
+  data: Float64Array;
+  stride: number;
+  offset: number;
 }
 
-/** Row-oriented Cholesky (every step a dot product of two contiguous rows of L); the lower triangle is read. */
-function choleskyBase(a: Matrix, at: PivotContext): Matrix {
-  const n = a.rows;
-  const A = a.data;
-  const L = new Float64Array(n * n);
-  const tolerance = at.size * EPS;
-  for (let i = 0; i < n; i++) {
-    const ri = i * n;
-    for (let j = 0; j < i; j++) L[ri + j] = (A[ri + j] - dot(L, ri, L, j * n, j)) / L[j * n + j];
-    const pivot = A[ri + i] - dot(L, ri, L, ri, i);
-    const original = at.diagonal[at.offset + i];
-    if (!(pivot > tolerance * original) || !(original > 0)) throw new SingularMatrixError(at.offset + i, pivot, original, at.size, at.what);
-    L[ri + i] = Math.sqrt(pivot);
+/** A contiguous copy of rows [r0, r0 + rows) and columns [c0, c0 + cols) of a view. */
+function gather(v: View, r0: number, c0: number, rows: number, cols: number): Matrix {
+  const out = new Float64Array(rows * cols);
+  for (let i = 0; i < rows; i++) {
+    const from = v.offset + (r0 + i) * v.stride + c0;
+    out.set(v.data.subarray(from, from + cols), i * cols);
   }
-  return { rows: n, cols: n, data: L };
+  return { rows, cols, data: out };
+}
+
+/**
+ * The lower triangle of rows/columns [r0, r1) of `w` (n x n) becomes its Cholesky factor, in place; entries
+ * left of r0 are already final and subtracted. Recursively: [A11 .; A21 A22] = [L11 0; L21 L22] [...]^T:
+ * L11 from A11; L21^T = L11^-1 A21^T (a forward solve on contiguous rows); A22 -= L21 L21^T (a product);
+ * L22 from A22.
+ */
+async function choleskyInPlace(w: Float64Array, n: number, r0: number, r1: number, at: PivotContext): Promise<void> {
+  if (r1 - r0 <= BASE) return choleskyBase(w, n, r0, r1, at);
+  const h = (r0 + r1) >> 1;
+  await choleskyInPlace(w, n, r0, h, at);
+  const width = h - r0;
+  const rest = r1 - h;
+  const whole: View = { data: w, stride: n, offset: 0 };
+  const l21t = transpose(gather(whole, h, r0, rest, width)); // width x rest
+  await forwardInPlace({ data: w, stride: n, offset: r0 * n + r0 }, l21t, 0, width);
+  const schur = (await product(l21t, l21t, { transA: true })).data; // rest x rest
+  for (let i = 0; i < rest; i++) {
+    const row = (h + i) * n;
+    for (let j = 0; j < width; j++) w[row + r0 + j] = l21t.data[j * rest + i];
+    for (let j = 0; j <= i; j++) w[row + h + j] -= schur[i * rest + j];
+  }
+  return choleskyInPlace(w, n, h, r1, at);
+}
+
+/** Row-oriented Cholesky of rows/columns [r0, r1) of w (every step a dot product of two contiguous rows of L). */
+function choleskyBase(w: Float64Array, n: number, r0: number, r1: number, at: PivotContext): void {
+  const tolerance = n * EPS;
+  for (let i = r0; i < r1; i++) {
+    const ri = i * n;
+    for (let j = r0; j < i; j++) w[ri + j] = (w[ri + j] - dot(w, ri + r0, w, j * n + r0, j - r0)) / w[j * n + j];
+    const pivot = w[ri + i] - dot(w, ri + r0, w, ri + r0, i - r0);
+    const original = at.diagonal[i];
+    if (!(pivot > tolerance * original) || !(original > 0)) throw new SingularMatrixError(i, pivot, original, n, at.what);
+    w[ri + i] = Math.sqrt(pivot);
+  }
 }
 
 /** X with (L L^T) X = B, for L from `cholesky` (its upper triangle is not read). */
@@ -142,8 +164,9 @@ export async function choleskySolve(l: Matrix, b: Matrix): Promise<Matrix> {
   checkSquare(l, 'choleskySolve: L');
   if (b.rows !== l.rows) throw new VcompileError(`choleskySolve: B is ${b.rows} x ${b.cols}, L is ${l.rows} x ${l.cols}`);
   const x = matrix(b.rows, b.cols, b.data.slice());
-  await forwardInPlace(l, x, 0, l.rows);
-  await backwardInPlace(l, x, 0, l.rows);
+  const view = { data: l.data, stride: l.cols, offset: 0 };
+  await forwardInPlace(view, x, 0, l.rows);
+  await backwardInPlace(view, x, 0, l.rows);
   return x;
 }
 
@@ -156,26 +179,26 @@ function rowsOf(y: Matrix, r0: number, r1: number): Matrix {
  * Rows [r0, r1) of Y := L[r0:r1, r0:r1]^-1 Y[r0:r1] (forward substitution, in place), recursively:
  * Y1 := L11^-1 Y1; Y2 -= L21 Y1 (a product); Y2 := L22^-1 Y2.
  */
-async function forwardInPlace(l: Matrix, y: Matrix, r0: number, r1: number): Promise<void> {
-  const n = l.cols;
+async function forwardInPlace(l: View, y: Matrix, r0: number, r1: number): Promise<void> {
   const m = y.cols;
   if (r1 - r0 > BASE) {
     const h = (r0 + r1) >> 1;
     await forwardInPlace(l, y, r0, h);
-    const update = await product(block(l, h, r0, r1 - h, h - r0), rowsOf(y, r0, h), {}, rowsOf(y, h, r1));
+    const update = await product(gather(l, h, r0, r1 - h, h - r0), rowsOf(y, r0, h), {}, rowsOf(y, h, r1));
     y.data.set(update.data, h * m);
     return forwardInPlace(l, y, h, r1);
   }
-  const L = l.data;
+  const { data: L, stride: n, offset } = l;
   const Y = y.data;
   for (let i = r0; i < r1; i++) {
     const yi = i * m;
+    const li = offset + i * n;
     let j = r0;
     for (; j + 4 <= i; j += 4) {
-      const l0 = L[i * n + j];
-      const l1 = L[i * n + j + 1];
-      const l2 = L[i * n + j + 2];
-      const l3 = L[i * n + j + 3];
+      const l0 = L[li + j];
+      const l1 = L[li + j + 1];
+      const l2 = L[li + j + 2];
+      const l3 = L[li + j + 3];
       const y0 = j * m;
       const y1 = y0 + m;
       const y2 = y1 + m;
@@ -183,11 +206,11 @@ async function forwardInPlace(l: Matrix, y: Matrix, r0: number, r1: number): Pro
       for (let c = 0; c < m; c++) Y[yi + c] -= l0 * Y[y0 + c] + l1 * Y[y1 + c] + l2 * Y[y2 + c] + l3 * Y[y3 + c];
     }
     for (; j < i; j++) {
-      const lij = L[i * n + j];
+      const lij = L[li + j];
       const yj = j * m;
       for (let c = 0; c < m; c++) Y[yi + c] -= lij * Y[yj + c];
     }
-    const inverse = 1 / L[i * n + i];
+    const inverse = 1 / L[li + i];
     for (let c = 0; c < m; c++) Y[yi + c] *= inverse;
   }
 }
@@ -196,26 +219,25 @@ async function forwardInPlace(l: Matrix, y: Matrix, r0: number, r1: number): Pro
  * Rows [r0, r1) of Y := L[r0:r1, r0:r1]^-T Y[r0:r1] (back substitution with L^T, in place), recursively:
  * Y2 := L22^-T Y2; Y1 -= L21^T Y2 (a product); Y1 := L11^-T Y1.
  */
-async function backwardInPlace(l: Matrix, y: Matrix, r0: number, r1: number): Promise<void> {
-  const n = l.cols;
+async function backwardInPlace(l: View, y: Matrix, r0: number, r1: number): Promise<void> {
   const m = y.cols;
   if (r1 - r0 > BASE) {
     const h = (r0 + r1) >> 1;
     await backwardInPlace(l, y, h, r1);
-    const update = await product(block(l, h, r0, r1 - h, h - r0), rowsOf(y, h, r1), { transA: true }, rowsOf(y, r0, h));
+    const update = await product(gather(l, h, r0, r1 - h, h - r0), rowsOf(y, h, r1), { transA: true }, rowsOf(y, r0, h));
     y.data.set(update.data, r0 * m);
     return backwardInPlace(l, y, r0, h);
   }
-  const L = l.data;
+  const { data: L, stride: n, offset } = l;
   const Y = y.data;
   for (let i = r1 - 1; i >= r0; i--) {
     const yi = i * m;
     let j = i + 1;
     for (; j + 4 <= r1; j += 4) {
-      const l0 = L[j * n + i];
-      const l1 = L[(j + 1) * n + i];
-      const l2 = L[(j + 2) * n + i];
-      const l3 = L[(j + 3) * n + i];
+      const l0 = L[offset + j * n + i];
+      const l1 = L[offset + (j + 1) * n + i];
+      const l2 = L[offset + (j + 2) * n + i];
+      const l3 = L[offset + (j + 3) * n + i];
       const y0 = j * m;
       const y1 = y0 + m;
       const y2 = y1 + m;
@@ -223,11 +245,11 @@ async function backwardInPlace(l: Matrix, y: Matrix, r0: number, r1: number): Pr
       for (let c = 0; c < m; c++) Y[yi + c] -= l0 * Y[y0 + c] + l1 * Y[y1 + c] + l2 * Y[y2 + c] + l3 * Y[y3 + c];
     }
     for (; j < r1; j++) {
-      const lji = L[j * n + i];
+      const lji = L[offset + j * n + i];
       const yj = j * m;
       for (let c = 0; c < m; c++) Y[yi + c] -= lji * Y[yj + c];
     }
-    const inverse = 1 / L[i * n + i];
+    const inverse = 1 / L[offset + i * n + i];
     for (let c = 0; c < m; c++) Y[yi + c] *= inverse;
   }
 }
@@ -257,8 +279,9 @@ export async function symmetricEigen(a: Matrix, options: EigenOptions = {}): Pro
   const n = a.rows;
   const k = options.top ?? n;
   if (!Number.isSafeInteger(k) || k < 1 || k > n) throw new VcompileError(`symmetricEigen: top must be an integer in 1..${n}, got ${k}`);
-  for (let i = 0; i < n * n; i++)
-    if (!Number.isFinite(a.data[i])) throw new VcompileError(`symmetricEigen: entry (${Math.floor(i / n)}, ${i % n}) is ${a.data[i]}`);
+  for (let i = 0; i < n; i++)
+    for (let j = 0; j <= i; j++)
+      if (!Number.isFinite(a.data[i * n + j])) throw new VcompileError(`symmetricEigen: entry (${i}, ${j}) is ${a.data[i * n + j]}`);
   const { d, e, reflectors, tau } = await tridiagonalize(a);
   let rows: Float64Array | undefined; // k x n: the eigenvectors of the tridiagonal matrix, as rows
   let values: Float64Array;
@@ -286,8 +309,7 @@ const PANEL = 32;
  * Q = H_0 H_1 ... H_{n-3}, H_k = I - tau_k v_k v_k^T with v_k in row k of `reflectors` (entries k+1..n-1,
  * the first one 1). Blocked as LAPACK's dsytrd/dlatrd: within a panel of columns the trailing matrix is
  * not updated, its products with v are corrected by the panel's V and W instead; after the panel one
- * product does A22 -= V W^T + W V^T. The work matrix is kept whole (both triangles), so that every
- * matrix-vector product is a dot product of contiguous rows.
+ * product does A22 -= V W^T + W V^T (both triangles, so the product's blocks need no symmetric form).
  */
 async function tridiagonalize(a: Matrix): Promise<{ d: Float64Array; e: Float64Array; reflectors: Float64Array; tau: Float64Array }> {
   const n = a.rows;
@@ -373,31 +395,33 @@ async function tridiagonalize(a: Matrix): Promise<{ d: Float64Array; e: Float64A
   return { d, e, reflectors, tau };
 }
 
-/** p[i] = S[i, from:] · v[from:] for every row i >= from of the n x n matrix S, four rows at a time. */
+/**
+ * p[from:] = S[from:, from:] v[from:] for the symmetric n x n matrix S, reading its upper triangle only (each
+ * entry once, for both of its uses: the product is bound by memory), two rows at a time.
+ */
 function symmetricTimesVector(S: Float64Array, n: number, from: number, v: Float64Array, p: Float64Array): void {
+  p.fill(0, from, n);
   let i = from;
-  for (; i + 4 <= n; i += 4) {
+  for (; i + 2 <= n; i += 2) {
     const r0 = i * n;
     const r1 = r0 + n;
-    const r2 = r1 + n;
-    const r3 = r2 + n;
-    let s0 = 0;
-    let s1 = 0;
-    let s2 = 0;
-    let s3 = 0;
-    for (let j = from; j < n; j++) {
-      const x = v[j];
-      s0 += S[r0 + j] * x;
-      s1 += S[r1 + j] * x;
-      s2 += S[r2 + j] * x;
-      s3 += S[r3 + j] * x;
+    const v0 = v[i];
+    const v1 = v[i + 1];
+    const a01 = S[r0 + i + 1];
+    let s0 = S[r0 + i] * v0 + a01 * v1;
+    let s1 = a01 * v0 + S[r1 + i + 1] * v1;
+    for (let j = i + 2; j < n; j++) {
+      const x0 = S[r0 + j];
+      const x1 = S[r1 + j];
+      const vj = v[j];
+      s0 += x0 * vj;
+      s1 += x1 * vj;
+      p[j] += x0 * v0 + x1 * v1;
     }
-    p[i] = s0;
-    p[i + 1] = s1;
-    p[i + 2] = s2;
-    p[i + 3] = s3;
+    p[i] += s0;
+    p[i + 1] += s1;
   }
-  for (; i < n; i++) p[i] = dot(S, i * n + from, v, from, n - from);
+  if (i < n) p[i] += S[i * n + i] * v[i];
 }
 
 /** Row q of a panel's vectors (full length n), as a view. */
@@ -814,6 +838,7 @@ export async function ridge(stats: RidgeStatistics, options: RidgeOptions = {}):
   const m = h.cols;
   if (h.rows !== n) throw new VcompileError(`ridge: h is ${h.rows} x ${h.cols}, expected ${n} rows (g is ${n} x ${n})`);
   checkHeldOut(stats, n, m, 'ridge');
+  checkFinite({ g, h, gHeld: stats.gHeld, hHeld: stats.hHeld, yyHeld: stats.yyHeld }, 'ridge');
   const grid = options.grid ?? DEFAULT_RIDGE_GRID;
   if (grid.length === 0 || grid.some((x) => !(x >= 0 && Number.isFinite(x))))
     throw new VcompileError(`ridge: the grid must be non-negative finite numbers, got [${grid.join(', ')}]`);
@@ -879,6 +904,21 @@ function trace(a: Matrix | number): number {
   return t;
 }
 
+/** Refuses NaN and infinite entries, naming the matrix and the entry. */
+function checkFinite(matrices: Record<string, Matrix | number>, what: string): void {
+  for (const [name, x] of Object.entries(matrices)) {
+    if (typeof x === 'number') {
+      if (!Number.isFinite(x)) throw new VcompileError(`${what}: ${name} is ${x}`);
+      continue;
+    }
+    for (let i = 0; i < x.data.length; i++)
+      if (!Number.isFinite(x.data[i]))
+        throw new VcompileError(
+          `${what}: ${name}[${Math.floor(i / x.cols)}, ${i % x.cols}] is ${x.data[i]} (the statistics must be finite)`,
+        );
+  }
+}
+
 function checkHeldOut(held: HeldOut, n: number, m: number, what: string): void {
   const expect = (x: Matrix, name: string, rows: number, cols: number) => {
     if (x.rows !== rows || x.cols !== cols)
@@ -887,7 +927,6 @@ function checkHeldOut(held: HeldOut, n: number, m: number, what: string): void {
   expect(held.gHeld, 'gHeld', n, n);
   expect(held.hHeld, 'hHeld', n, m);
   if (typeof held.yyHeld !== 'number') expect(held.yyHeld, 'yyHeld', m, m);
-  else if (!Number.isFinite(held.yyHeld)) throw new VcompileError(`${what}: yyHeld is ${held.yyHeld}`);
 }
 
 /** A fit: W (n x m), or factored as A (n x R) times B (R x m). */
@@ -944,6 +983,7 @@ export async function reducedRank(w: Matrix, g: Matrix, rank: number, held?: Hel
   if (w.rows !== n) throw new VcompileError(`reducedRank: w is ${w.rows} x ${w.cols}, expected ${n} rows (g is ${n} x ${n})`);
   if (!Number.isSafeInteger(rank) || rank < 1 || rank > m)
     throw new VcompileError(`reducedRank: rank must be an integer in 1..${m} (the number of targets), got ${rank}`);
+  checkFinite({ w, g }, 'reducedRank');
   const moment = await product(w, await product(g, w), { transA: true }); // m x m
   const M = moment.data;
   for (let i = 0; i < m; i++)
