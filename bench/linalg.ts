@@ -52,9 +52,11 @@ interface Contender {
   settings?: LinalgSettings;
   /** untimed work before the first run */
   prepare?: () => Promise<void>;
-  /** the work; returns the relative residual of its result, or a note */
-  run: () => Promise<number | string>;
+  /** the work (timed); returns a note, or the check of its result (a relative residual, run untimed) */
+  run: () => Promise<string | Check>;
 }
+
+type Check = () => Promise<number | string>;
 
 interface Row {
   op: string;
@@ -234,12 +236,23 @@ function ours(p: Problems, options: Options, name: string, settings: LinalgSetti
   let factor: Matrix | undefined;
   const l = async () => (factor ??= await cholesky(p.g));
   const contenders: Contender[] = [
-    { op: `cholesky n=${n}`, name, settings, run: async () => choleskyResidual(p.g, await cholesky(p.g)) },
+    {
+      op: `cholesky n=${n}`,
+      name,
+      settings,
+      run: async () => {
+        const l = await cholesky(p.g);
+        return () => choleskyResidual(p.g, l);
+      },
+    },
     {
       op: `choleskySolve n=${n}, ${m} right-hand sides`,
       name,
       settings,
-      run: async () => solveResidual(p.g, await choleskySolve(await l(), p.b), p.b),
+      run: async () => {
+        const x = await choleskySolve(await l(), p.b);
+        return () => solveResidual(p.g, x, p.b);
+      },
     },
     {
       op: `symmetricEigen n=${m} (all)`,
@@ -247,7 +260,7 @@ function ours(p: Problems, options: Options, name: string, settings: LinalgSetti
       settings,
       run: async () => {
         const e = await symmetricEigen(p.s);
-        return eigenResidual(p.s, e.values, e.vectors);
+        return () => eigenResidual(p.s, e.values, e.vectors);
       },
     },
     {
@@ -256,10 +269,18 @@ function ours(p: Problems, options: Options, name: string, settings: LinalgSetti
       settings,
       run: async () => {
         const e = await symmetricEigen(p.s, { top });
-        return eigenResidual(p.s, e.values, e.vectors);
+        return () => eigenResidual(p.s, e.values, e.vectors);
       },
     },
-    { op: `gemm ${n}x${n} @ ${n}x${m}`, name, settings, run: async () => productResidual(p, await gemm(p.g, p.b)) },
+    {
+      op: `gemm ${n}x${n} @ ${n}x${m}`,
+      name,
+      settings,
+      run: async () => {
+        const c = await gemm(p.g, p.b);
+        return async () => productResidual(p, c);
+      },
+    },
   ];
   return contenders.map((c) => ({ ...c, warmup: true }));
 }
@@ -298,13 +319,34 @@ function plain(p: Problems, options: Options): Contender[] {
   const name = 'plain JavaScript';
   let factor: Matrix | undefined;
   return [
-    { op: `cholesky n=${n}`, name, run: async () => choleskyResidual(p.g, (factor = plainCholesky(p.g))) },
+    {
+      op: `cholesky n=${n}`,
+      name,
+      run: async () => {
+        const l = plainCholesky(p.g);
+        factor = l;
+        return () => choleskyResidual(p.g, l);
+      },
+    },
     {
       op: `choleskySolve n=${n}, ${m} right-hand sides`,
       name,
-      run: async () => solveResidual(p.g, plainSolve((factor ??= plainCholesky(p.g)), p.b), p.b),
+      prepare: async () => {
+        factor ??= plainCholesky(p.g);
+      },
+      run: async () => {
+        const x = plainSolve(factor!, p.b);
+        return () => solveResidual(p.g, x, p.b);
+      },
     },
-    { op: `gemm ${n}x${n} @ ${n}x${m}`, name, run: async () => productResidual(p, plainProduct(p.g, p.b)) },
+    {
+      op: `gemm ${n}x${n} @ ${n}x${m}`,
+      name,
+      run: async () => {
+        const c = plainProduct(p.g, p.b);
+        return async () => productResidual(p, c);
+      },
+    },
   ];
 }
 
@@ -347,13 +389,19 @@ async function libraries(p: Problems, options: Options): Promise<{ contenders: C
         op: `cholesky n=${n}`,
         name,
         once: true,
-        run: async () => choleskyResidual(p.g, toMatrix(new ml.CholeskyDecomposition(g).lowerTriangularMatrix)),
+        run: async () => {
+          const l = new ml.CholeskyDecomposition(g).lowerTriangularMatrix;
+          return () => choleskyResidual(p.g, toMatrix(l));
+        },
       },
       {
         op: `choleskySolve n=${n}, ${m} right-hand sides`,
         name: `${name} (factor included)`,
         once: true,
-        run: async () => solveResidual(p.g, toMatrix(new ml.CholeskyDecomposition(g).solve(from(p.b))), p.b),
+        run: async () => {
+          const x = new ml.CholeskyDecomposition(g).solve(from(p.b));
+          return () => solveResidual(p.g, toMatrix(x), p.b);
+        },
       },
       {
         op: `symmetricEigen n=${m} (all)`,
@@ -361,19 +409,29 @@ async function libraries(p: Problems, options: Options): Promise<{ contenders: C
         once: true,
         run: async () => {
           const e = new ml.EigenvalueDecomposition(from(p.s), { assumeSymmetric: true });
-          // ascending: reversed to largest first, with the columns
-          const order = e.realEigenvalues.map((_, i) => i).reverse();
-          const v = toMatrix(e.eigenvectorMatrix);
-          const sorted = matrix(m, m);
-          for (let i = 0; i < m; i++) order.forEach((from, to) => (sorted.data[i * m + to] = v.data[i * m + from]));
-          return eigenResidual(
-            p.s,
-            Float64Array.from(order, (i) => e.realEigenvalues[i]),
-            sorted,
-          );
+          return () => {
+            // ascending: reversed to largest first, with the columns
+            const order = e.realEigenvalues.map((_, i) => i).reverse();
+            const v = toMatrix(e.eigenvectorMatrix);
+            const sorted = matrix(m, m);
+            for (let i = 0; i < m; i++) order.forEach((from, to) => (sorted.data[i * m + to] = v.data[i * m + from]));
+            return eigenResidual(
+              p.s,
+              Float64Array.from(order, (i) => e.realEigenvalues[i]),
+              sorted,
+            );
+          };
         },
       },
-      { op: `gemm ${n}x${n} @ ${n}x${m}`, name, once: true, run: async () => productResidual(p, toMatrix(g.mmul(from(p.b)))) },
+      {
+        op: `gemm ${n}x${n} @ ${n}x${m}`,
+        name,
+        once: true,
+        run: async () => {
+          const c = g.mmul(from(p.b));
+          return async () => productResidual(p, toMatrix(c));
+        },
+      },
     );
   }
   type Dgemm = (...args: (string | number | Float64Array)[]) => void;
@@ -387,7 +445,7 @@ async function libraries(p: Problems, options: Options): Promise<{ contenders: C
       run: async () => {
         const c = new Float64Array(n * m);
         stdlib('row-major', 'no-transpose', 'no-transpose', n, m, n, 1, p.g.data, n, p.b.data, m, 0, c, m);
-        return productResidual(p, c);
+        return async () => productResidual(p, c);
       },
     });
   interface EigenJsMatrix {
@@ -451,7 +509,7 @@ async function libraries(p: Problems, options: Options): Promise<{ contenders: C
         // column-major upper = row-major lower
         const l = matrix(n, n, new Float64Array(em.HEAPF64.buffer, at[2], n * n).slice());
         for (let i = 0; i < n; i++) for (let j = i + 1; j < n; j++) l.data[i * n + j] = 0;
-        return choleskyResidual(p.g, l);
+        return () => choleskyResidual(p.g, l);
       },
     });
   return { contenders, missing };
@@ -520,10 +578,12 @@ async function main(): Promise<void> {
       const cpu = process.cpuUsage();
       const start = performance.now();
       try {
-        const check = await c.run();
+        const outcome = await c.run();
         row.samplesMs.push(performance.now() - start);
         const used = process.cpuUsage(cpu);
         row.cpuMs.push((used.user + used.system) / 1000);
+        await configureLinalg({ threads: options.threads });
+        const check = typeof outcome === 'string' ? outcome : await outcome();
         if (typeof check === 'number') row.residual = check;
         else row.note = check;
       } catch (error) {

@@ -295,16 +295,18 @@ describe('cholesky and choleskySolve', () => {
   });
 
   it('names the pivot in the recursive part (past the first block), with its index in the whole matrix', async () => {
-    const n = 200;
+    const n = 300; // the top level recurses by default (its products run in onnxruntime)
     const a = spd(n, new Rng(7));
-    // row 150 a copy of row 10 (and so column): a Gram matrix of linearly dependent features
-    for (let j = 0; j < n; j++) a.data[150 * n + j] = a.data[10 * n + j];
-    for (let i = 0; i < n; i++) a.data[i * n + 150] = a.data[i * n + 10];
-    a.data[150 * n + 150] = a.data[10 * n + 10];
+    // row 250 a copy of row 10 (and so column): a Gram matrix of linearly dependent features
+    for (let j = 0; j < n; j++) a.data[250 * n + j] = a.data[10 * n + j];
+    for (let i = 0; i < n; i++) a.data[i * n + 250] = a.data[i * n + 10];
+    a.data[250 * n + 250] = a.data[10 * n + 10];
+    const before = productCounts().ort;
     const error = (await cholesky(a).catch((e: unknown) => e)) as SingularMatrixError;
+    expect(productCounts().ort).toBeGreaterThan(before);
     expect(error).toBeInstanceOf(SingularMatrixError);
-    expect(error.pivot).toBe(150);
-    expect(error.message).toMatch(/^matrix is not positive definite: pivot 150 of 200 is \S+ \(its diagonal entry is \S+\); /);
+    expect(error.pivot).toBe(250);
+    expect(error.message).toMatch(/^matrix is not positive definite: pivot 250 of 300 is \S+ \(its diagonal entry is \S+\); /);
   });
 });
 

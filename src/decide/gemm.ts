@@ -4,7 +4,7 @@
 // - small ones run in JavaScript, in a register-blocked dot-product kernel (2 rows x 4 columns of the
 //   result at a time, over contiguous rows of op(A) and op(B)^T): about 2.5 GFlop/s on one core;
 // - large ones run as one `Gemm` node in onnxruntime (MLAS DGEMM on every intra-op thread): about
-//   15-20 GFlop/s on this project's 2-core machine. Each call costs ~0.1-0.4 ms of overhead plus copying
+//   20-30 GFlop/s on this project's 2-core machine. Each call costs ~0.1-0.4 ms of overhead plus copying
 //   the result out, so below ~100^3 multiply-adds JavaScript wins (BENCHMARKS.md, `npm run bench:linalg`).
 // The sessions (one per transpose/accumulate variant, symbolic dims) are opened on first use and kept;
 // their idle threads do not spin, so that the JavaScript work between two products keeps both cores.
@@ -121,6 +121,11 @@ export interface ProductOptions {
   transB?: boolean;
 }
 
+/** Whether a product of this many multiply-adds runs in onnxruntime under the current settings. */
+export function runsInOrt(volume: number): boolean {
+  return volume >= settings.ortMinVolume;
+}
+
 /** op(A) op(B), where op transposes when the flag is set. */
 export async function gemm(a: Matrix, b: Matrix, options: ProductOptions = {}): Promise<Matrix> {
   return product(a, b, options);
@@ -144,7 +149,7 @@ export async function product(a: Matrix, b: Matrix, options: ProductOptions = {}
   if (minus && (minus.rows !== m || minus.cols !== n))
     throw new VcompileError(`gemm: C is ${minus.rows} x ${minus.cols}, op(A) op(B) is ${m} x ${n}`);
   if (m === 0 || n === 0 || k === 0) return minus ? matrix(m, n, minus.data.slice()) : matrix(m, n);
-  if (m * n * k >= settings.ortMinVolume) {
+  if (runsInOrt(m * n * k)) {
     counts.ort++;
     return ortProduct(a, b, transA, transB, m, n, minus);
   }

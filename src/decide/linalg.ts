@@ -4,9 +4,10 @@
 // (gemm.ts has the type, the products and the settings).
 //
 // Where the time goes: every O(n^3) step is written as matrix products, which gemm.ts runs in onnxruntime
-// when they are large (15-20 GFlop/s on two cores, against 1-2.5 GFlop/s for JavaScript loops):
+// when they are large (20-30 GFlop/s on two cores, against 1-2.5 GFlop/s for JavaScript loops):
 // - Cholesky is recursive and in place (factor the top-left half; the bottom-left block by a triangular
-//   solve; the Schur complement by a product; factor it): only diagonal blocks of <= 64 are plain loops;
+//   solve; the Schur complement by a product; factor it) while those products are large enough for
+//   onnxruntime, down to blocks of 64; below, plain row-oriented loops;
 // - triangular solves with many right-hand sides are recursive the same way, on contiguous rows;
 // - the eigensolver reduces to tridiagonal form with Householder reflections, blocked as LAPACK's dsytrd
 //   (matrix-vector products in JavaScript, the trailing updates as one product per panel of 32 columns),
@@ -21,7 +22,7 @@
 // Memory: a few n x n float64 matrices at a time (33.6 MB each at n = 2049).
 import { type MessagePart, VcompileError } from '../errors.js';
 import { Rng } from '../random.js';
-import { block, dot, identity, type Matrix, matrix, product, setBlock, transpose } from './gemm.js';
+import { block, dot, identity, type Matrix, matrix, product, runsInOrt, setBlock, transpose } from './gemm.js';
 
 export {
   configureLinalg,
@@ -129,8 +130,10 @@ function gather(v: View, r0: number, c0: number, rows: number, cols: number): Ma
  * L22 from A22.
  */
 async function choleskyInPlace(w: Float64Array, n: number, r0: number, r1: number, at: PivotContext): Promise<void> {
-  if (r1 - r0 <= BASE) return choleskyBase(w, n, r0, r1, at);
   const h = (r0 + r1) >> 1;
+  // In JavaScript the plain loops beat the recursion, whose Schur complement is a full product (twice the
+  // flops of the symmetric update) on copies: recurse only while that product runs in onnxruntime.
+  if (r1 - r0 <= BASE || !runsInOrt((r1 - h) ** 2 * (h - r0))) return choleskyBase(w, n, r0, r1, at);
   await choleskyInPlace(w, n, r0, h, at);
   const width = h - r0;
   const rest = r1 - h;
@@ -792,8 +795,8 @@ export interface RidgeOptions {
   /** features not penalized (e.g. the constant) */
   unpenalized?: readonly number[];
   /**
-   * columns of the random projection of the targets that the penalty is chosen on (default 32); when it is
-   * at least m, the penalty is chosen on the targets themselves
+   * columns of the random projection of the targets that the penalty is chosen on (default 32); 0 or at
+   * least m: the penalty is chosen on the targets themselves (one solve with all m per grid point)
    */
   sketch?: number;
   /** seed of the projection (default 0) */
@@ -808,7 +811,7 @@ export interface RidgeResult {
   /** held-out error of w, exact */
   heldOutError: number;
   /**
-   * every penalty tried (absolute), with its held-out error: exact when the targets were not projected, else
+   * every penalty tried (absolute, increasing), with its held-out error: exact when the targets were not projected, else
    * the projection's unbiased estimate of it; Infinity where G + lambda D was not positive definite
    */
   grid: { lambda: number; heldOutError: number }[];
