@@ -8,6 +8,7 @@ import { compileFile, inspectFile } from './commands.js';
 import { describeFailure } from './errors.js';
 import { fitCommand } from './fit-commands.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
+import { moduleFitCommand } from './module-fit-commands.js';
 import { initPlugin } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
 import { verifyCommand } from './verify-commands.js';
@@ -31,13 +32,14 @@ function buildParser(argv: string[], out: Out): Argv {
   const parser = yargs(argv)
     .scriptName('vcompile')
     .usage(
-      '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]',
+      '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 MODEL --target-speedup R --fit-modules --data PATH -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 module fit MODEL --layers S-E[,S-E] --data PATH -o OUT\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]',
     );
   for (const command of [
     inspectCommand,
     pluginInitCommand,
     pluginFitCommand,
     extractModuleCommand,
+    moduleFitCliCommand,
     verifyModelsCommand,
     benchModelsCommand,
     compileCommand,
@@ -267,6 +269,46 @@ function extractModuleCommand(parser: Argv, out: Out): void {
   );
 }
 
+function moduleFitCliCommand(parser: Argv, out: Out): void {
+  parser.command(
+    'module fit <model>',
+    'fit a module for layers START-END in closed form from data (no training): one layer fitted to the span; several spans in sequence',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file the modules are for' })
+        .option('layers', {
+          type: 'string',
+          demandOption: true,
+          describe: 'the span START-END (0-based, inclusive), or several: 0-1,2-3 (then -o is a folder)',
+        })
+        .option('data', {
+          type: 'string',
+          demandOption: true,
+          describe: 'calibration inputs: a folder of NAME.npy files, a .jsonl file, or ONNX test data sets',
+        })
+        .option('init', {
+          choices: ['keep-first', 'average'] as const,
+          default: 'keep-first' as const,
+          describe: "the module's starting point: the span's first layer, or one layer of the span's mean weights",
+        })
+        .option('rank', { type: 'string', describe: 'rank of the fitted output map, or full (default full)' })
+        .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('batch', { type: 'number', default: 8, describe: 'samples per run' })
+        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+        .option('output', {
+          alias: 'o',
+          type: 'string',
+          demandOption: true,
+          describe: 'the module file (one span), or the folder for OUT/L{S}-{E}.onnx and OUT/fit.json (several)',
+        })
+        .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
+        .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+    async (args) => {
+      out.code = await moduleFitCommand(args.model, { ...args, init: args.init, output: args.output });
+    },
+  );
+}
+
 function verifyModelsCommand(parser: Argv, out: Out): void {
   parser.command(
     'verify <original> <rewritten>',
@@ -392,7 +434,7 @@ function compileCommand(parser: Argv, out: Out): void {
               nargs: 1,
               default: [] as string[],
               describe:
-                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE or START-END=builtin:keep-first|average (repeatable)',
+                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE, START-END=builtin:keep-first|average, or START-END=builtin:fit[:INIT] fitted from --data (repeatable)',
             })
             .option('target-speedup', {
               type: 'number',
@@ -402,6 +444,11 @@ function compileCommand(parser: Argv, out: Out): void {
               type: 'string',
               describe:
                 'folder of module files for --target-speedup (each names its start layer in metadata vcompile.start or as *L{START}-{END}.onnx)',
+            })
+            .option('fit-modules', {
+              type: 'boolean',
+              default: false,
+              describe: 'with --target-speedup: fit modules for every 2- and 3-layer span from --data and choose by data-measured fidelity',
             })
             .option('speedup-batch', {
               type: 'number',
@@ -457,8 +504,12 @@ function compileCommand(parser: Argv, out: Out): void {
         sizeThreshold: args['size-threshold'],
         overwrite: args.overwrite,
       };
+      if (args['fit-modules'] && args['target-speedup'] === undefined) throw new VcompileError('--fit-modules goes with --target-speedup');
       if (args['target-speedup'] !== undefined) {
-        if (!args.modules) throw new VcompileError('--target-speedup needs --modules DIR');
+        if (!args.modules && !args['fit-modules'])
+          throw new VcompileError('--target-speedup needs --modules DIR, or --fit-modules --data PATH');
+        if (args.modules && args['fit-modules']) throw new VcompileError('--target-speedup takes --modules DIR or --fit-modules, not both');
+        if (args['fit-modules'] && !args.data) throw new VcompileError('--fit-modules needs --data PATH (the calibration inputs)');
         if (args.plugin.length || args.module.length)
           throw new VcompileError('--target-speedup chooses the modules itself: give it no --module or --plugin');
         out.code = await assembleCommand(args.model, {
@@ -466,6 +517,7 @@ function compileCommand(parser: Argv, out: Out): void {
           verifyIr: args['verify-ir'],
           json: args.json,
           modules: args.modules,
+          fit: args['fit-modules'] ? { data: args.data!, samples: args.samples, batch: args.batch } : undefined,
           targetSpeedup: args['target-speedup'],
           batch: args['speedup-batch'],
           seq: args['speedup-seq'],
