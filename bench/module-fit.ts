@@ -184,7 +184,15 @@ async function assembleTargets(options: Options): Promise<void> {
     console.log(
       `| ${target} | ${plan} | ${r.metric} ${r.chosen.fidelity.toFixed(4)} | ${r.chosen.speedup.toFixed(3)}x | ${measured.toFixed(3)}x | ${(measured / r.chosen.speedup).toFixed(3)} |`,
     );
-    rows.push({ target, plan, metric: r.metric, fidelity: r.chosen.fidelity, predicted: r.chosen.speedup, timing: r.timing, refitted: r.refitted });
+    rows.push({
+      target,
+      plan,
+      metric: r.metric,
+      fidelity: r.chosen.fidelity,
+      predicted: r.chosen.speedup,
+      timing: r.timing,
+      refitted: r.refitted,
+    });
   }
   console.log('');
   report.assemble = rows;
@@ -199,7 +207,9 @@ async function timing(options: Options): Promise<void> {
   const specs = describeInputs(decodeModel(bytes));
   const rng = new Rng(1, 'bert-base-fit');
   const file = path.join(out, 'bert-calib.jsonl');
-  const rows = Array.from({ length: 256 }, () => JSON.stringify({ input_ids: Array.from({ length: 128 }, () => Math.floor(rng.next() * 30000)) }));
+  const rows = Array.from({ length: 256 }, () =>
+    JSON.stringify({ input_ids: Array.from({ length: 128 }, () => Math.floor(rng.next() * 30000)) }),
+  );
   fs.writeFileSync(file, `${rows.join('\n')}\n`);
   const data: DataSet = openData(file, specs);
   const started = Date.now();
@@ -220,7 +230,11 @@ async function timing(options: Options): Promise<void> {
   const seconds = (Date.now() - started) / 1000;
   const [fit] = result.spans;
   console.log('### Fitting time: layers 0-1 of a BERT-base-sized model, 256 x 128 tokens\n');
-  console.log(`total ${seconds.toFixed(1)} s; by stage: ${Object.entries(stages).map(([k, v]) => `${k} ${v.toFixed(1)} s`).join(', ')}`);
+  console.log(
+    `total ${seconds.toFixed(1)} s; by stage: ${Object.entries(stages)
+      .map(([k, v]) => `${k} ${v.toFixed(1)} s`)
+      .join(', ')}`,
+  );
   console.log(`chosen ${fit.chosen}; held-out errors ${JSON.stringify(fit.heldOut)}; ${fit.tokens} fit positions\n`);
   report.timing = { seconds, stages, fit, module: encodeModel(result.modules.get('L0-1')!).byteLength };
 }

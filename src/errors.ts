@@ -24,7 +24,10 @@ export type OptionName =
   | 'batches'
   | 'dims'
   | 'data'
-  | 'logits';
+  | 'logits'
+  | 'output'
+  | 'dataLocation'
+  | 'sizeThreshold';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

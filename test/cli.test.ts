@@ -162,12 +162,16 @@ describe('compiled models', () => {
     const r = vcompile('inspect', out, '--layers');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^compiled by vcompile \S+:\n {2}layers 0, 1, 2: ffn plugin, k=4 \(builtin:mean:4, sha256 [0-9a-f]{12}\)$/m);
-    expect(r.stdout).toMatch(/^no layer table for a compiled model \(transformer analysis stopped: .*\); inspect the model it was compiled from$/m);
+    expect(r.stdout).toMatch(
+      /^no layer table for a compiled model \(transformer analysis stopped: .*\); inspect the model it was compiled from$/m,
+    );
     const json = JSON.parse(vcompile('inspect', out, '--layers', '--json').stdout);
     expect(json.compiled.plugins[0]).toMatchObject({ source: 'builtin:mean:4', ratio: 4, scope: 'ffn', layers: [0, 1, 2] });
     expect(json.transformer).toBeNull();
     const again = vcompile(out, '--plugin', 'builtin:mean:2', '-o', path.join(tempDir(), 'again.onnx'));
     expect(again.code).toBe(2);
-    expect(again.stderr).toBe(`vcompile: ${out} was already compiled by vcompile (metadata vcompile.plugins: its layers carry plugins); compile the original model instead\n`);
+    expect(again.stderr).toBe(
+      `vcompile: ${out} was already compiled by vcompile (metadata vcompile.plugins: its layers carry plugins); compile the original model instead\n`,
+    );
   });
 });

@@ -7,7 +7,7 @@ import { msg, option, VcompileError } from '../errors.js';
 import type { Tensor } from '../ir/tensor.js';
 import { loadModel } from '../onnx/file.js';
 import { RATIO_INPUT, ratioTensor, switchableInfo, withFeedableRatio } from '../runtime/adaptive.js';
-import { bindDims, type DimBinding, describeInputs, generateFeeds, type InputSpec, shapeOf } from '../runtime/feeds.js';
+import { bindDims, checkDimNames, type DimBinding, describeInputs, generateFeeds, type InputSpec, shapeOf } from '../runtime/feeds.js';
 import { openSession, prepareFeeds, runPrepared, type Session, type SessionOptions } from '../runtime/session.js';
 
 export interface BenchOptions {
@@ -99,6 +99,15 @@ export async function benchModels(files: readonly string[], options: BenchOption
   const grid = options.batches.flatMap((batch) => options.seqs.map((seq) => ({ batch, seq })));
   const seed = options.seed ?? 0;
   const plans = files.flatMap((file) => plan(file, grid, options));
+  if (options.ratios && plans.every((p) => p.ratio === null))
+    throw new VcompileError(
+      msg`${option('ratios', options.ratios.join(','))}: ${files.length === 1 ? `${files[0]} is not a switchable model` : 'none of the models is switchable'} (no ${RATIO_INPUT} input: compile with ${option('switchable')})`,
+    );
+  checkDimNames(
+    plans.flatMap((p) => p.specs),
+    options.dims,
+    files,
+  );
   const notes = [
     ...new Set(
       plans

@@ -31,6 +31,9 @@ const FLAGS: Record<OptionName, string> = {
   dims: '--dim',
   data: '--data',
   logits: '--logits',
+  output: '-o',
+  dataLocation: '--data-location',
+  sizeThreshold: '--size-threshold',
 };
 
 function asFlag(ref: OptionRef): string {

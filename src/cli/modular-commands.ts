@@ -15,11 +15,13 @@ import { type AssembleOptions, type AssembleResult, assemble, describePlan } fro
 import { assembleFitted } from '../decide/assemble-fitted.js';
 import { VcompileError } from '../errors.js';
 import { assertValid } from '../ir/verify.js';
-import { loadModel, saveModel } from '../onnx/file.js';
+import { checkSave, externalDataFiles, loadModel, type ProtectedFile, type SaveOptions, saveModel, saveModelAsync } from '../onnx/file.js';
 import { openData } from '../runtime/data.js';
 import { ExitCode } from './errors.js';
+import { dataReads, inputReads, moduleFolderReads, moduleReads } from './files.js';
 import { fittableBytes } from './fit-commands.js';
-import { print, requireValid } from './output.js';
+import { describeRemoved, print, requireValid } from './output.js';
+import { beforeWriting } from './signals.js';
 
 /** Where and how the compiled model is written (the flags `vcompile MODEL -o OUT` already has). */
 export interface WriteFlags {
@@ -61,15 +63,22 @@ export function compileModulesCommand(file: string, modules: readonly string[], 
   const pass = modulesPassFromFlags(modules);
   const model = loadModel(file);
   if (flags.verifyIr) requireValid(model, file);
+  const inputData = externalDataFiles(model);
+  const save = saveOptions(flags, [...inputReads(file, inputData), ...moduleReads(parseModuleFlags(modules).map((m) => m.source))]);
+  checkSave(model, flags.output, save);
   const { report, ...result } = pass.run(model);
   if (flags.verifyIr) assertValid(result.model, pass.name);
-  const written = write(result.model, file, flags);
+  beforeWriting();
+  const written = saveModel(result.model, flags.output, save);
   const passes = [{ name: pass.name, modified: result.modified, report, summary: result.summary }];
   const summary = { input: file, output: flags.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes };
   print(
     flags.json
       ? JSON.stringify(summary, null, 2)
-      : [...describeModules(report), `wrote ${flags.output} (${written.bytes} bytes)`].join('\n'),
+      : [
+          ...describeModules(report),
+          `wrote ${flags.output} (${written.bytes} bytes)${describeRemoved(written.removed, file, inputData)}`,
+        ].join('\n'),
   );
   return ExitCode.ok;
 }
@@ -89,8 +98,11 @@ export function extractCommand(file: string, flags: ExtractFlags): number {
   const start = Number(match[1]);
   const end = match[2] === undefined ? start : Number(match[2]);
   const model = loadModel(file);
+  const inputData = externalDataFiles(model);
+  const save: SaveOptions = { externalData: 'auto', protect: inputReads(file, inputData), overwrite: flags.overwrite };
   const { module, bias } = extractModule(model, start, end, analyzeTransformer(model));
-  const written = saveModel(module, flags.output, { externalData: 'auto', protect: [file], overwrite: flags.overwrite });
+  beforeWriting();
+  const written = saveModel(module, flags.output, save);
   const report = {
     input: file,
     output: flags.output,
@@ -104,7 +116,7 @@ export function extractCommand(file: string, flags: ExtractFlags): number {
   print(
     flags.json
       ? JSON.stringify(report, null, 2)
-      : `wrote ${flags.output}: ${spanName(start, end)} of ${file} as a module (vcompile.span ${end - start + 1}, vcompile.start ${start}${biasNote}; ${written.bytes} bytes)`,
+      : `wrote ${flags.output}: ${spanName(start, end)} of ${file} as a module (vcompile.span ${end - start + 1}, vcompile.start ${start}${biasNote}; ${written.bytes} bytes)${describeRemoved(written.removed, file, inputData)}`,
   );
   return ExitCode.ok;
 }
@@ -135,6 +147,15 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   ] as const) {
     if (!Number.isSafeInteger(value) || value < min) throw new VcompileError(`${name} must be an integer >= ${min}, got ${value}`);
   }
+  // OUT is checked against the files the assembler will read before it spends time measuring.
+  const input = loadModel(file);
+  const inputData = externalDataFiles(input);
+  const save = saveOptions(flags, [
+    ...inputReads(file, inputData),
+    ...(flags.modules ? moduleFolderReads(flags.modules) : []),
+    ...(flags.fit ? dataReads(flags.fit.data) : []),
+  ]);
+  checkSave(input, flags.output, save);
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`vcompile: ${line}\n`);
   const options = {
     target: flags.targetSpeedup,
@@ -151,7 +172,8 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   if (flags.verifyIr) requireValid(result.model, 'the assembled model');
   const summary = planSummary(result, flags.targetSpeedup);
   if (!flags.json) print(formatPlan(summary));
-  const written = write(result.model, file, flags);
+  beforeWriting();
+  const written = await saveModelAsync(result.model, flags.output, save);
   if (flags.json)
     print(
       JSON.stringify(
@@ -166,7 +188,7 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
         2,
       ),
     );
-  else print(`wrote ${flags.output} (${written.bytes} bytes)`);
+  else print(`wrote ${flags.output} (${written.bytes} bytes)${describeRemoved(written.removed, file, inputData)}`);
   return ExitCode.ok;
 }
 
@@ -269,12 +291,13 @@ function formatPlan(s: PlanSummary): string {
   return lines.join('\n');
 }
 
-function write(model: Parameters<typeof saveModel>[0], input: string, flags: WriteFlags) {
-  return saveModel(model, flags.output, {
+/** How the write flags save, protecting `reads` (the files the command reads). */
+function saveOptions(flags: WriteFlags, reads: ProtectedFile[]): SaveOptions {
+  return {
     externalData: flags.externalData,
     location: flags.dataLocation,
     sizeThreshold: flags.sizeThreshold,
-    protect: [input],
+    protect: reads,
     overwrite: flags.overwrite,
-  });
+  };
 }

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
 import { benchModels, formatBenchReport } from '../bench/latency.js';
 import { VcompileError } from '../errors.js';
+import { fileIdentity } from '../onnx/file.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
 import { ExitCode, printNotice } from './errors.js';
 import { jsonNumbers, print } from './output.js';
@@ -37,6 +38,10 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   if (models.length === 0) throw new VcompileError('bench needs at least one model');
   const warmup = count(flags.warmup, '--warmup', 0);
   const runs = count(flags.runs, '--runs', 1);
+  const chart = flags.chart;
+  const read = chart === undefined ? undefined : models.find((m) => fileIdentity(m) === fileIdentity(chart));
+  if (read !== undefined)
+    throw new VcompileError(`--chart ${chart}: refusing to overwrite ${read}, which this run reads (write the chart elsewhere)`);
   const progress = new Progress('bench', !flags.json && process.stderr.isTTY === true);
   let report: Awaited<ReturnType<typeof benchModels>>;
   try {

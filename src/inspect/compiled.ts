@@ -22,7 +22,12 @@ export function describeCompiled(model: Model): CompiledDescription | null {
   const modules = read<CompiledDescription['modules']>('vcompile.modules');
   const switchable = read<CompiledDescription['switchable']>('vcompile.switchable');
   if (!plugins && !modules && !switchable) return null;
-  return { version: model.getMetadata('vcompile.version') ?? null, plugins: plugins ?? [], modules: modules ?? [], switchable: switchable ?? null };
+  return {
+    version: model.getMetadata('vcompile.version') ?? null,
+    plugins: plugins ?? [],
+    modules: modules ?? [],
+    switchable: switchable ?? null,
+  };
 }
 
 export function formatCompiled(c: CompiledDescription): string {
@@ -35,6 +40,7 @@ export function formatCompiled(c: CompiledDescription): string {
     const layers = p.layers.length === 1 ? `layer ${p.layers[0]}` : `layers ${p.layers.join(', ')}`;
     lines.push(`  ${layers}: ${p.scope} plugin, k=${p.ratio} (${p.source}, sha256 ${p.sha256.slice(0, 12)})`);
   }
-  if (c.switchable) lines.push(`  switchable: ${c.switchable.input} in {${c.switchable.ratios.join(', ')}} (default ${c.switchable.default})`);
+  if (c.switchable)
+    lines.push(`  switchable: ${c.switchable.input} in {${c.switchable.ratios.join(', ')}} (default ${c.switchable.default})`);
   return lines.join('\n');
 }
