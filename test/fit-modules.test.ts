@@ -451,6 +451,17 @@ describe('vcompile module fit', () => {
     });
   }
 
+  it('vcompile module without fit prints its usage; another subcommand is named', () => {
+    const bare = vcompile('module');
+    expect(bare.code).toBe(2);
+    expect(bare.stderr).toBe(
+      'usage: vcompile module fit MODEL --layers S-E[,S-E] --data PATH -o OUT\n(vcompile module fit --help lists every option)\n',
+    );
+    expect(vcompile('module', 'fitt', file).stderr).toBe(
+      "vcompile: unknown module command 'fitt' (the module command is fit: vcompile module fit MODEL --layers S-E[,S-E] --data PATH -o OUT)\n",
+    );
+  });
+
   it('refuses builtin:fit beside other modules, and without data', () => {
     const out = path.join(dir, 'never-compile.onnx');
     const mixed = vcompile(file, '--module', '0-1=builtin:fit', '--module', '2-3=builtin:average', '--data', calibration, '-o', out);

@@ -85,11 +85,12 @@ function preflight(argv: readonly string[]): number | undefined {
     return ExitCode.badInput;
   }
   if (/^[a-z][a-z-]*$/i.test(first) && !COMMANDS.includes(first) && !fs.existsSync(first)) {
-    const near = COMMANDS.find((command) => editDistance(first.toLowerCase(), command) <= 2);
+    // `module` is not suggested: a model file named `model` or `modules` is the likelier meaning
+    const near = COMMANDS.find((command) => command !== 'module' && editDistance(first.toLowerCase(), command) <= 2);
     if (near) throw new VcompileError(`unknown command '${first}' (did you mean ${near}?)`);
     if (!argv.some((a) => a === '-o' || a.startsWith('--output') || /^-o./.test(a)))
       throw new VcompileError(
-        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init, plugin fit and tune; to compile a model, give its file and -o OUT)`,
+        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init, plugin fit, tune and module fit; to compile a model, give its file and -o OUT)`,
       );
   }
   return undefined;
