@@ -50,6 +50,8 @@ describe.concurrent('usage and mistyped commands', () => {
         '       vcompile inspect MODEL [options]',
         '       vcompile verify ORIGINAL REWRITTEN [options]',
         '       vcompile bench MODEL [MODEL...] [options]',
+        '       vcompile module fit MODEL --layers S-E[,S-E] --data PATH -o OUT',
+        '       vcompile MODEL --target-speedup R --fit-modules --data PATH -o OUT',
         '(vcompile --help lists every option)',
         '',
       ].join('\n'),
@@ -75,7 +77,7 @@ describe.concurrent('usage and mistyped commands', () => {
     expect(r.stderr).toBe("vcompile: unknown command 'inpsect' (did you mean inspect?)\n");
     expect((await vcompile('bnech', BERT)).stderr).toBe("vcompile: unknown command 'bnech' (did you mean bench?)\n");
     expect((await vcompile('compile', BERT)).stderr).toBe(
-      "vcompile: unknown command 'compile' (the commands are inspect, verify, bench, extract, plugin init, plugin fit and tune; to compile a model, give its file and -o OUT)\n",
+      "vcompile: unknown command 'compile' (the commands are inspect, verify, bench, extract, plugin init, plugin fit, tune and module fit; to compile a model, give its file and -o OUT)\n",
     );
     // with -o it is a model file that does not exist
     expect((await vcompile('model', '-o', path.join(tempDir(), 'x.onnx'))).stderr).toBe('vcompile: model: no such file\n');

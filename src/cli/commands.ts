@@ -5,7 +5,7 @@ import { type Pass, runPasses } from '../../passes/pipeline.js';
 import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
 import { requiredOpset } from '../compile/load.js';
-import { pluginPass, switchablePass } from '../compile/passes.js';
+import { modularPass, pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
 import { describeCompiled, formatCompiled } from '../inspect/compiled.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
@@ -17,6 +17,7 @@ import { ExitCode } from './errors.js';
 import { dataReads, inputReads, moduleReads, pluginReads } from './files.js';
 import { type FittedPlugins, fitForCompile, fitSpecs } from './fit-commands.js';
 import { modulesPassFromFlags, parseModuleFlags } from './modular-commands.js';
+import { type FittedModules, fitModulesForCompile, isFitModule } from './module-fit-commands.js';
 import { describeRemoved, jsonNumbers, print, requireValid } from './output.js';
 import { beforeWriting } from './signals.js';
 import { type CheckFlags, checkCompiled, checkOptions, compiledFailure, describeCheck } from './verify-commands.js';
@@ -73,7 +74,7 @@ export interface CompileOptions {
   compressCausal?: string;
   switchable: boolean;
   defaultRatio?: number;
-  /** --module values: START-END=FILE or START-END=builtin:keep-first|average */
+  /** --module values: START-END=FILE, START-END=builtin:keep-first|average, or START-END=builtin:fit[:INIT] */
   modules: string[];
   /** --target-opset: upgrade the model's default-domain opset to exactly this */
   targetOpset?: number;
@@ -86,17 +87,23 @@ export interface CompileOptions {
 }
 
 /**
- * The passes a compile runs, from its flags, in order: modules, then plugins (on the layers that remain,
- * counted as the input model counts them: the modular pass passes its layer map on), then dead-code
- * elimination.
+ * The passes a compile runs, from its flags, in order: the opset upgrade, modules (fitted ones are fitted
+ * in between), then plugins (on the layers that remain, counted as the input model counts them: the modular
+ * pass passes its layer map on), then dead-code elimination.
  */
-function compilePasses(options: CompileOptions, modelOpset: number): { before: Pass[]; plugins: (fitted?: FittedPlugins) => Pass[] } {
+function compilePasses(
+  options: CompileOptions,
+  modelOpset: number,
+): { before: Pass[]; modules: (fitted?: FittedModules) => Pass[]; plugins: (fitted?: FittedPlugins) => Pass[] } {
   if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
   if (options.switchable && !options.plugins.length) throw new VcompileError('--switchable needs at least one --plugin');
   const before: Pass[] = [];
   const opset = upgradeFor(options, modelOpset);
   if (opset) before.push(opset);
-  if (options.modules.length) before.push(modulesPassFromFlags(options.modules));
+  const modules = (fitted?: FittedModules): Pass[] => {
+    if (!options.modules.length) return [];
+    return [fitted ? modularPass({ modules: fitted.requests, loaded: fitted.loaded }) : modulesPassFromFlags(options.modules)];
+  };
   const plugins = (fitted?: FittedPlugins): Pass[] => {
     const passes: Pass[] = [];
     if (options.plugins.length) {
@@ -112,7 +119,7 @@ function compilePasses(options: CompileOptions, modelOpset: number): { before: P
     if (options.eliminateDeadCode) passes.push(deadCodePass);
     return passes;
   };
-  return { before, plugins };
+  return { before, modules, plugins };
 }
 
 /**
@@ -131,7 +138,8 @@ function upgradeFor(options: CompileOptions, modelOpset: number): Pass | undefin
     ...options.plugins.map((p) => parsePluginFlag(p).source).map((source) => ({ source, label: `plugin ${source}` })),
     ...parseModuleFlags(options.modules).map((m) => ({ source: m.source, label: `module ${m.source}` })),
   ];
-  const needed = requiredOpset(files, options.plugins.length ? MIN_OPSET : 1);
+  const fits = options.plugins.length || parseModuleFlags(options.modules).some((m) => isFitModule(m.source));
+  const needed = requiredOpset(files, fits ? MIN_OPSET : 1);
   return needed > modelOpset ? opsetUpgradePass({ target: needed }) : undefined;
 }
 
@@ -183,7 +191,7 @@ export function parseLayerList(text: string, flag: string): number[] {
  */
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
   const compiled = await compileAndWrite(file, options);
-  const { check, written, passes, fitted, switchable, original, inputData } = compiled;
+  const { check, written, passes, fitted, fittedModules, switchable, original, inputData } = compiled;
   try {
     // the models the compile held are garbage now: let them go before the check opens its sessions
     releaseMemory();
@@ -197,6 +205,7 @@ export async function compileFile(file: string, options: CompileOptions): Promis
       externalData: written.externalFile ?? null,
       passes,
       ...(fitted ? { fit: fitted.summary } : {}),
+      ...(fittedModules ? { moduleFit: fittedModules.summary } : {}),
       verify: reports[0] ?? null,
       ...(reports.length > 1 ? { verifyRatios: reports } : {}),
       ...(skipped ? { verifySkipped: skipped } : {}),
@@ -240,7 +249,16 @@ async function compileAndWrite(file: string, options: CompileOptions) {
   };
   const { replacesInput } = checkSave(model, options.output, save);
   const fits = fitSpecs(options.plugins);
-  const first = runPasses(model, stages.before, { verify: options.verifyIr });
+  const upgraded = runPasses(model, stages.before, { verify: options.verifyIr });
+  // fitted modules first (on the model as it is), then fitted plugins on the layers that remain
+  let fittedModules: FittedModules | undefined;
+  const moduleRequests = parseModuleFlags(options.modules);
+  if (moduleRequests.some((m) => isFitModule(m.source))) {
+    fittedModules = await fitModulesForCompile(file, upgraded.model, moduleRequests, options);
+    if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fittedModules.fittedSamples } };
+  }
+  const modular = runPasses(upgraded.model, stages.modules(fittedModules), { verify: options.verifyIr, context: upgraded.context });
+  const first = { ...modular, modified: upgraded.modified || modular.modified, passes: [...upgraded.passes, ...modular.passes] };
   let fitted: FittedPlugins | undefined;
   if (fits.length) {
     fitted = await fitForCompile(file, first.model, first.context, fits, options);
@@ -255,6 +273,7 @@ async function compileAndWrite(file: string, options: CompileOptions) {
       check,
       written,
       fitted,
+      fittedModules,
       original,
       inputData,
       modified: first.modified || second.modified,

@@ -10,6 +10,7 @@ import { compileFile, inspectFile } from './commands.js';
 import { describeFailure, ExitCode } from './errors.js';
 import { fitCommand } from './fit-commands.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
+import { moduleFitCommand } from './module-fit-commands.js';
 import { initPlugin, MIN_PLUGIN_OPSET } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
 import { enableSignalCleanup } from './signals.js';
@@ -44,8 +45,12 @@ const USAGE = [
   '$0 inspect MODEL [options]',
   '$0 verify ORIGINAL REWRITTEN [options]',
   '$0 bench MODEL [MODEL...] [options]',
+  '$0 module fit MODEL --layers S-E[,S-E] --data PATH -o OUT',
+  '$0 MODEL --target-speedup R --fit-modules --data PATH -o OUT',
 ];
-const COMMANDS = ['inspect', 'verify', 'bench', 'extract', 'plugin', 'tune'];
+const COMMANDS = ['inspect', 'verify', 'bench', 'extract', 'plugin', 'tune', 'module'];
+/** USAGE's line of `module fit` */
+const MODULE_FIT_USAGE = 9;
 
 /** The usage lines as printed on a bare command (`vcompile`, `vcompile plugin`), on stderr. */
 function usage(lines: readonly string[], more: string): string {
@@ -71,12 +76,21 @@ function preflight(argv: readonly string[]): number | undefined {
     process.stderr.write(usage([USAGE[3], USAGE[4]], '(vcompile plugin init --help and vcompile plugin fit --help list every option)'));
     return ExitCode.badInput;
   }
+  if (first === 'module' && second !== 'fit' && second !== '--help') {
+    if (second !== undefined && !second.startsWith('-'))
+      throw new VcompileError(
+        `unknown module command '${second}' (the module command is fit: ${USAGE[MODULE_FIT_USAGE].replace('$0', 'vcompile')})`,
+      );
+    process.stderr.write(usage([USAGE[MODULE_FIT_USAGE]], '(vcompile module fit --help lists every option)'));
+    return ExitCode.badInput;
+  }
   if (/^[a-z][a-z-]*$/i.test(first) && !COMMANDS.includes(first) && !fs.existsSync(first)) {
-    const near = COMMANDS.find((command) => editDistance(first.toLowerCase(), command) <= 2);
+    // `module` is not suggested: a model file named `model` or `modules` is the likelier meaning
+    const near = COMMANDS.find((command) => command !== 'module' && editDistance(first.toLowerCase(), command) <= 2);
     if (near) throw new VcompileError(`unknown command '${first}' (did you mean ${near}?)`);
     if (!argv.some((a) => a === '-o' || a.startsWith('--output') || /^-o./.test(a)))
       throw new VcompileError(
-        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init, plugin fit and tune; to compile a model, give its file and -o OUT)`,
+        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init, plugin fit, tune and module fit; to compile a model, give its file and -o OUT)`,
       );
   }
   return undefined;
@@ -101,6 +115,7 @@ function buildParser(argv: string[], out: Out): Argv {
     inspectCommand,
     pluginCommands,
     extractModuleCommand,
+    moduleCommands,
     tuneModelCommand,
     verifyModelsCommand,
     benchModelsCommand,
@@ -405,6 +420,53 @@ function extractModuleCommand(parser: Argv, out: Out): void {
   );
 }
 
+function moduleCommands(parser: Argv, out: Out): void {
+  parser.command('module', 'fit modules (modular layers) from data', (y) => {
+    moduleFitCliCommand(y, out);
+    return y.demandCommand(1);
+  });
+}
+
+function moduleFitCliCommand(parser: Argv, out: Out): void {
+  parser.command(
+    'fit <model>',
+    'fit a module for layers START-END in closed form from data (no training): one layer fitted to the span; several spans in sequence',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file the modules are for' })
+        .option('layers', {
+          type: 'string',
+          demandOption: true,
+          describe: 'the span START-END (0-based, inclusive), or several: 0-1,2-3 (then -o is a folder)',
+        })
+        .option('data', {
+          type: 'string',
+          demandOption: true,
+          describe: 'calibration inputs: a folder of NAME.npy files, a .jsonl file, or ONNX test data sets',
+        })
+        .option('init', {
+          choices: ['keep-first', 'average'] as const,
+          default: 'keep-first' as const,
+          describe: "the module's starting point: the span's first layer, or one layer of the span's mean weights",
+        })
+        .option('rank', { type: 'string', describe: 'rank of the fitted output map, or full (default full)' })
+        .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('batch', { type: 'number', default: 8, describe: 'samples per run' })
+        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+        .option('output', {
+          alias: 'o',
+          type: 'string',
+          demandOption: true,
+          describe: 'the module file (one span), or the folder for OUT/L{S}-{E}.onnx and OUT/fit.json (several)',
+        })
+        .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
+        .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+    async (args) => {
+      out.code = await moduleFitCommand(args.model, { ...args, init: args.init, output: args.output });
+    },
+  );
+}
+
 function verifyModelsCommand(parser: Argv, out: Out): void {
   parser.command(
     'verify <original> <rewritten>',
@@ -530,7 +592,7 @@ function compileCommand(parser: Argv, out: Out): void {
               nargs: 1,
               default: [] as string[],
               describe:
-                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE or START-END=builtin:keep-first|average (repeatable)',
+                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE, START-END=builtin:keep-first|average, or START-END=builtin:fit[:INIT] fitted from --data (repeatable)',
             })
             .option('target-speedup', {
               type: 'number',
@@ -540,6 +602,11 @@ function compileCommand(parser: Argv, out: Out): void {
               type: 'string',
               describe:
                 'folder of module files for --target-speedup (each names its start layer in metadata vcompile.start or as *L{START}-{END}.onnx)',
+            })
+            .option('fit-modules', {
+              type: 'boolean',
+              default: false,
+              describe: 'with --target-speedup: fit modules for every 2- and 3-layer span from --data and choose by data-measured fidelity',
             })
             .option('speedup-batch', {
               type: 'number',
@@ -595,8 +662,12 @@ function compileCommand(parser: Argv, out: Out): void {
         sizeThreshold: byteCount(args['size-threshold'], '--size-threshold'),
         overwrite: args.overwrite,
       };
+      if (args['fit-modules'] && args['target-speedup'] === undefined) throw new VcompileError('--fit-modules goes with --target-speedup');
       if (args['target-speedup'] !== undefined) {
-        if (!args.modules) throw new VcompileError('--target-speedup needs --modules DIR');
+        if (!args.modules && !args['fit-modules'])
+          throw new VcompileError('--target-speedup needs --modules DIR, or --fit-modules --data PATH');
+        if (args.modules && args['fit-modules']) throw new VcompileError('--target-speedup takes --modules DIR or --fit-modules, not both');
+        if (args['fit-modules'] && !args.data) throw new VcompileError('--fit-modules needs --data PATH (the calibration inputs)');
         if (args.plugin.length || args.module.length)
           throw new VcompileError('--target-speedup chooses the modules itself: give it no --module or --plugin');
         out.code = await assembleCommand(args.model, {
@@ -604,6 +675,7 @@ function compileCommand(parser: Argv, out: Out): void {
           verifyIr: args['verify-ir'],
           json: args.json,
           modules: args.modules,
+          fit: args['fit-modules'] ? { data: args.data!, samples: args.samples, batch: args.batch } : undefined,
           targetSpeedup: args['target-speedup'],
           batch: args['speedup-batch'],
           seq: args['speedup-seq'],

@@ -2,19 +2,24 @@
 //   vcompile MODEL --module START-END=m.onnx [--module ...] -o OUT      compileModulesCommand
 //   vcompile extract MODEL --layers START-END -o m.onnx                 extractCommand
 //   vcompile MODEL --target-speedup R --modules DIR -o OUT              assembleCommand
+//   vcompile MODEL --target-speedup R --fit-modules --data PATH -o OUT  assembleCommand (modules fitted from data)
 // Each checks everything before writing; problems are one-line VcompileErrors (exit 2) and leave no file.
 import { extractModule } from '../../passes/modular/extract.js';
 import { BUILTIN_MODULES, describeModules, type ModularReport, type ModuleRequest } from '../../passes/modular/index.js';
 import { spanName } from '../../passes/modular/span.js';
 import type { Pass } from '../../passes/pipeline.js';
 import { analyzeTransformer, formatCount } from '../analysis/index.js';
+import { describeInputs } from '../analysis/inputs.js';
 import { modularPass } from '../compile/passes.js';
-import { assemble, describePlan } from '../decide/assemble.js';
+import { type AssembleOptions, type AssembleResult, assemble, describePlan } from '../decide/assemble.js';
+import { assembleFitted } from '../decide/assemble-fitted.js';
 import { VcompileError } from '../errors.js';
 import { assertValid } from '../ir/verify.js';
 import { checkSave, externalDataFiles, loadModel, type ProtectedFile, type SaveOptions, saveModel, saveModelAsync } from '../onnx/file.js';
+import { openData } from '../runtime/data.js';
 import { ExitCode } from './errors.js';
-import { inputReads, moduleFolderReads, moduleReads } from './files.js';
+import { dataReads, inputReads, moduleFolderReads, moduleReads } from './files.js';
+import { fittableBytes } from './fit-commands.js';
 import { describeRemoved, print, requireValid } from './output.js';
 import { beforeWriting } from './signals.js';
 
@@ -117,8 +122,10 @@ export function extractCommand(file: string, flags: ExtractFlags): number {
 }
 
 export interface AssembleFlags extends WriteFlags {
-  /** folder of module files */
-  modules: string;
+  /** folder of module files (or `fit`) */
+  modules?: string;
+  /** fit the candidate modules from data instead (--fit-modules --data PATH [--samples N] [--batch B]) */
+  fit?: { data: string; samples?: number; batch?: string };
   targetSpeedup: number;
   /** where MACs are counted and the quick timing runs */
   batch: number;
@@ -143,11 +150,14 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   // OUT is checked against the files the assembler will read before it spends time measuring.
   const input = loadModel(file);
   const inputData = externalDataFiles(input);
-  const save = saveOptions(flags, [...inputReads(file, inputData), ...moduleFolderReads(flags.modules)]);
+  const save = saveOptions(flags, [
+    ...inputReads(file, inputData),
+    ...(flags.modules ? moduleFolderReads(flags.modules) : []),
+    ...(flags.fit ? dataReads(flags.fit.data) : []),
+  ]);
   checkSave(input, flags.output, save);
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`vcompile: ${line}\n`);
-  const result = await assemble(file, {
-    modulesDir: flags.modules,
+  const options = {
     target: flags.targetSpeedup,
     batch: flags.batch,
     seq: flags.seq,
@@ -155,7 +165,10 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
     timingRuns: flags.timingRuns,
     threads: flags.threads,
     onProgress: progress,
-  });
+  };
+  const result = flags.fit
+    ? await assembleFromData(file, flags.fit, options)
+    : await assemble(file, { ...options, modulesDir: flags.modules });
   if (flags.verifyIr) requireValid(result.model, 'the assembled model');
   const summary = planSummary(result, flags.targetSpeedup);
   if (!flags.json) print(formatPlan(summary));
@@ -179,6 +192,21 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   return ExitCode.ok;
 }
 
+/** --fit-modules: the candidates fitted on the data (--samples N of it, default all), chosen on held-out samples. */
+async function assembleFromData(
+  file: string,
+  fit: NonNullable<AssembleFlags['fit']>,
+  options: Omit<AssembleOptions, 'modulesDir'>,
+): Promise<AssembleResult & { fits?: object }> {
+  const batchSize = fit.batch === undefined ? 8 : Number(fit.batch);
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new VcompileError(`--batch must be a positive integer, got ${fit.batch}`);
+  if (fit.samples !== undefined && !(Number.isSafeInteger(fit.samples) && fit.samples >= 1))
+    throw new VcompileError(`--samples must be a positive integer, got ${fit.samples}`);
+  const { bytes, model } = fittableBytes(file);
+  const data = openData(fit.data, describeInputs(model), { samples: fit.samples });
+  return assembleFitted(file, bytes, data, { ...options, batchSize });
+}
+
 interface PlanSummary {
   target: number;
   batch: number;
@@ -191,11 +219,15 @@ interface PlanSummary {
   measuredSpeedup: number | null;
   timing: { runs: number; originalMs: number; compiledMs: number } | null;
   cosine: number;
-  tiedPlans: { plan: string; cosine: number; predictedSpeedup: number }[];
+  tiedPlans: { plan: string; cosine: number; fidelity: number; predictedSpeedup: number }[];
   tiedTruncated: boolean;
+  /** what tied plans were ranked by */
+  fidelity: { metric: string; value: number };
+  refitted?: { before: number; after: number };
+  fits?: object;
 }
 
-function planSummary(r: Awaited<ReturnType<typeof assemble>>, target: number): PlanSummary {
+function planSummary(r: AssembleResult & { fits?: object }, target: number): PlanSummary {
   return {
     target,
     batch: r.at.batch,
@@ -216,8 +248,16 @@ function planSummary(r: Awaited<ReturnType<typeof assemble>>, target: number): P
     measuredSpeedup: r.timing?.speedup ?? null,
     timing: r.timing ? { runs: r.timing.runs, originalMs: r.timing.originalMs, compiledMs: r.timing.compiledMs } : null,
     cosine: r.chosen.cosine,
-    tiedPlans: r.tied.map((t) => ({ plan: describePlan(t.candidates), cosine: t.cosine, predictedSpeedup: t.speedup })),
+    tiedPlans: r.tied.map((t) => ({
+      plan: describePlan(t.candidates),
+      cosine: t.cosine,
+      fidelity: t.fidelity,
+      predictedSpeedup: t.speedup,
+    })),
     tiedTruncated: r.tiedTruncated,
+    fidelity: { metric: r.metric, value: r.chosen.fidelity },
+    ...(r.refitted ? { refitted: r.refitted } : {}),
+    ...(r.fits ? { fits: r.fits } : {}),
   };
 }
 
@@ -237,10 +277,16 @@ function formatPlan(s: PlanSummary): string {
       `measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (medians of ${s.timing.runs} interleaved runs: ${s.timing.originalMs.toFixed(1)} ms -> ${s.timing.compiledMs.toFixed(1)} ms)`,
     );
   }
-  lines.push(`output cosine vs the original: ${s.cosine.toFixed(6)} (smallest over the seeded inputs, batch 1, seq ${s.seq})`);
+  if (s.fidelity.metric === 'cosine') {
+    lines.push(`output cosine vs the original: ${s.cosine.toFixed(6)} (smallest over the seeded inputs, batch 1, seq ${s.seq})`);
+  } else {
+    lines.push(`${s.fidelity.metric} with the original: ${s.fidelity.value.toFixed(6)} (output cosine ${s.cosine.toFixed(6)})`);
+  }
+  if (s.refitted) lines.push(`the chosen spans refitted in sequence: ${s.refitted.before.toFixed(6)} -> ${s.refitted.after.toFixed(6)}`);
   if (s.tiedPlans.length > 1) {
-    lines.push(`${s.tiedPlans.length}${s.tiedTruncated ? '+' : ''} plans tie on ${s.layersReplaced} layers; the highest cosine wins:`);
-    for (const t of s.tiedPlans) lines.push(`  ${t.plan}: cosine ${t.cosine.toFixed(6)}, predicted ${t.predictedSpeedup.toFixed(3)}x`);
+    const what = s.fidelity.metric === 'cosine' ? 'cosine' : s.fidelity.metric.replace(/ on .*/, '');
+    lines.push(`${s.tiedPlans.length}${s.tiedTruncated ? '+' : ''} plans tie on ${s.layersReplaced} layers; the highest ${what} wins:`);
+    for (const t of s.tiedPlans) lines.push(`  ${t.plan}: ${what} ${t.fidelity.toFixed(6)}, predicted ${t.predictedSpeedup.toFixed(3)}x`);
   }
   return lines.join('\n');
 }

@@ -111,7 +111,7 @@ export interface VariantFitOptions {
   onProgress?: (event: FitProgress) => void;
 }
 
-const STREAM = 'vcompile_stream';
+export const STREAM = 'vcompile_stream';
 
 /**
  * Fit plugins for `file` (a model at opset >= 11) on `data`, sequentially: each layer on the stream its
@@ -298,19 +298,19 @@ function rankFor(options: PluginSetting, layer: Layer, model: Model, d: number):
 
 // ------------------------------------------------------------------------------------------ streams
 
-interface Splits {
+export interface Splits {
   fit: DataBatch[];
   held: DataBatch[];
 }
 
 /** The residual stream entering each batch's current layer. */
-interface Streams {
+export interface Streams {
   fit: Tensor[];
   held: Tensor[];
 }
 
 /** The stream entering `layer` (the first layer), for every batch. */
-async function streamsInto(model: Model, layer: Layer, splits: Splits, options: SessionFlags): Promise<Streams> {
+export async function streamsInto(model: Model, layer: Layer, splits: Splits, options: SessionFlags): Promise<Streams> {
   const value = model.graph.lookup(layer.input.name);
   if (!value) throw new Error(`internal: no value ${layer.input.name}`);
   model.graph.outputs = [value];
@@ -318,13 +318,13 @@ async function streamsInto(model: Model, layer: Layer, splits: Splits, options: 
   return runSplits(model, splits, undefined, options, value.name);
 }
 
-interface SessionFlags {
+export interface SessionFlags {
   threads?: number;
   spinning: boolean;
 }
 
 /** `model` sliced to start at `layer`'s input (a graph input named vcompile_stream) and end at `end`. */
-function sliceAt(model: Model, layer: Layer, end: string[], d: number): Model {
+export function sliceAt(model: Model, layer: Layer, end: string[], d: number): Model {
   const names = NameAuthority.forModel(model);
   const input = model.graph.lookup(layer.input.name);
   if (!input) throw new Error(`internal: no value ${layer.input.name}`);
@@ -392,7 +392,7 @@ async function propagate(
   return outputs;
 }
 
-async function runSplits(
+export async function runSplits(
   model: Model,
   splits: Splits,
   streams: Streams | undefined,
@@ -418,7 +418,7 @@ async function runSplits(
   return out;
 }
 
-function feedsFor(session: Session, batch: DataBatch, stream: Tensor | undefined): Record<string, Tensor> {
+export function feedsFor(session: Session, batch: DataBatch, stream: Tensor | undefined): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
   for (const name of session.inputNames) {
     if (name === STREAM) feeds[name] = stream!;
