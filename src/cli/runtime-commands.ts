@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
-import { benchModels, formatBenchReport } from '../bench/latency.js';
+import { benchModels, benchWarning, formatBenchReport } from '../bench/latency.js';
 import { CheckFailedError, VcompileError } from '../errors.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
 import { failureLine, formatVerifyReport, type VerifyReport, verifyModels } from '../verify/numeric.js';
@@ -57,6 +57,8 @@ export interface BenchFlags extends RuntimeFlags, GridFlags {
   runs: number;
   json: boolean;
   chart?: string;
+  /** --control (default on): time the first model a second time each round, against itself */
+  control: boolean;
   /** --ratios: comma-separated ratios of a switchable model */
   ratios?: string;
 }
@@ -73,6 +75,7 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
       ratios: flags.ratios === undefined ? undefined : parseList(flags.ratios, '--ratios'),
       warmup,
       runs,
+      control: flags.control,
       session: { ...sessionOptions(flags), spinning: flags.spin },
       onProgress: (done, total) => progress.update(done, total),
     });
@@ -81,6 +84,8 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   }
   if (flags.chart) writeChart(flags.chart, latencyChart(report));
   print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatBenchReport(report) + (flags.chart ? `\nchart: ${flags.chart}` : ''));
+  const warning = benchWarning(report);
+  if (warning) process.stderr.write(`vcompile: warning: ${warning}\n`);
   return ExitCode.ok;
 }
 
