@@ -30,13 +30,36 @@ function fakeClock(): Clock & { spend(wallMs: number, cpuMs: number): void } {
 }
 
 describe('paired rounds', () => {
-  it('rotate the order every round, the control included, after warm-up calls in order', async () => {
-    expect([0, 1, 2, 3].map((r) => rotation(3, r))).toEqual([
+  it('rotate the order every round, every entry after every other equally often, the control included', async () => {
+    // Williams sequences: each row a rotation of the first; every ordered pair adjacent once per cycle
+    expect([0, 1, 2, 3, 4].map((r) => rotation(4, r))).toEqual([
+      [0, 1, 3, 2],
+      [1, 2, 0, 3],
+      [2, 3, 1, 0],
+      [3, 0, 2, 1],
+      [0, 1, 3, 2],
+    ]);
+    // an odd count mirrors every other cycle
+    expect([0, 1, 2, 3, 4, 5].map((r) => rotation(3, r))).toEqual([
       [0, 1, 2],
       [1, 2, 0],
       [2, 0, 1],
-      [0, 1, 2],
+      [2, 1, 0],
+      [0, 2, 1],
+      [1, 0, 2],
     ]);
+    for (const n of [2, 3, 4, 5, 6, 7]) {
+      const rows = Array.from({ length: n % 2 ? 2 * n : n }, (_, r) => rotation(n, r));
+      const after = new Map<string, number>();
+      for (const row of rows)
+        for (let i = 1; i < n; i++) after.set(`${row[i - 1]}>${row[i]}`, (after.get(`${row[i - 1]}>${row[i]}`) ?? 0) + 1);
+      expect({ n, pairs: after.size, counts: new Set(after.values()) }).toEqual({
+        n,
+        pairs: n * (n - 1),
+        counts: new Set([n % 2 ? 2 : 1]),
+      });
+      for (const row of rows) expect([...row].sort((a, b) => a - b)).toEqual([...Array(n).keys()]);
+    }
     const calls: number[] = [];
     const timing = await timePaired(
       3,
@@ -45,14 +68,9 @@ describe('paired rounds', () => {
       },
       { warmup: 1, rounds: 4, control: true, clock: fakeClock() },
     );
-    // the control (slot 3) runs entry 0 again
-    expect(timing.orders).toEqual([
-      [0, 1, 2, 3],
-      [1, 2, 3, 0],
-      [2, 3, 0, 1],
-      [3, 0, 1, 2],
-    ]);
-    expect(calls).toEqual([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 2, 0, 0, 1, 0, 0, 1, 2]);
+    // the control is entry 3 (the caller runs the first model on a session of its own)
+    expect(timing.orders).toEqual([0, 1, 2, 3].map((r) => rotation(4, r)));
+    expect(calls).toEqual([0, 1, 2, 3, ...timing.orders.flat()]);
     expect(timing.entries.map((e) => e.wallMs.length)).toEqual([4, 4, 4]);
     expect(timing.control?.wallMs).toHaveLength(4);
   });

@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { macsAt } from '../src/analysis/macs.js';
 import { niceTicks } from '../src/bench/chart.js';
 import { benchModels, benchWarning, formatBenchReport, median, percentile } from '../src/bench/latency.js';
-import { pairedRatios } from '../src/bench/paired.js';
+import { pairedRatios, rotation } from '../src/bench/paired.js';
 import { loadModel } from '../src/onnx/file.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
@@ -123,7 +123,7 @@ describe('vcompile bench', () => {
                   w,
                 ),
               ),
-              control: (c, w) => conforms(c, { ...spreadShape, medianMs: 'number', samplesMs: numbers }, w),
+              control: (c, w) => conforms(c, { ...spreadShape, medianMs: 'number', samplesMs: numbers, cpuSamplesMs: numbers }, w),
             },
             where,
           ),
@@ -162,7 +162,7 @@ describe('vcompile bench', () => {
 
   it('warns when the control or a spread says the machine is too noisy (fake clock)', async () => {
     // The wall clock is read before and after every timed call; the read after adds the call's scripted
-    // time. The slot a call is in follows from the rotation: round r runs slots r, r+1, r+2 (mod 3).
+    // time. The slot a call is in follows from the order of its round (rotation(slots, round)).
     // A (slot 0) takes 10 ms, B (slot 1) 8 ms, and A's control (slot 2) 20 ms every other round.
     let wall = 0;
     let reads = 0;
@@ -170,7 +170,7 @@ describe('vcompile bench', () => {
       if (reads++ % 2 === 1) {
         const call = (reads - 2) / 2;
         const round = Math.floor(call / slots);
-        wall += time((round + (call % slots)) % slots, round);
+        wall += time(rotation(slots, round)[call % slots], round);
       }
       return wall;
     };
@@ -198,7 +198,9 @@ describe('vcompile bench', () => {
       'timing too noisy for the differences reported: batch 1, seq 8: the first model against itself gave 0.75x (IQR 0.50-1.00), off by 25.0%; rerun with more rounds or on a quieter machine',
     );
     const text = formatBenchReport(report);
-    expect(text).toContain("each round runs every model once (and A again, as A', its control), in an order that rotates each round");
+    expect(text).toContain(
+      "each round runs every model once (and A again on a session of its own, as A', its control), in an order that rotates each round",
+    );
     expect(text).toContain("\n    1    8  A'          15.0    20.0                    0.75x  0.50-1.00         0.75x");
     expect(report.memoryNote).toBe('memory: not measured');
 

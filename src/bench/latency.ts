@@ -2,7 +2,8 @@
 // grid point the models run in paired rounds (src/bench/paired.ts): each round runs every model once, in an
 // order that rotates from round to round, so that drift on the machine (frequency, other load) hits all
 // models alike, and a model's speed-up is the median of its per-round ratios against the first model,
-// with their spread. The first model also runs a second time each round, as a control. The arithmetic
+// with their spread. The first model also runs a second time each round, on a session of its own, as a
+// control. The arithmetic
 // (MACs) each model needs is reported next to its measured time; its memory is measured in a process of
 // its own (src/bench/memory.ts).
 import { macsAt } from '../analysis/macs.js';
@@ -26,7 +27,7 @@ export interface BenchOptions {
   warmup: number;
   /** timed rounds per grid point: every model runs once per round */
   runs: number;
-  /** time the first model a second time each round, against itself (default true) */
+  /** time the first model a second time each round, on a second session, against itself (default true) */
   control?: boolean;
   /** measure each model's memory in a process of its own (default true) */
   memory?: boolean;
@@ -82,7 +83,7 @@ export interface BenchResult {
   cpuSamplesMs: number[];
 }
 
-/** The first model timed a second time in every round, against itself. */
+/** The first model timed a second time in every round, on a session of its own, against itself. */
 export interface BenchControl {
   speedup: number;
   speedupIqr: [number, number];
@@ -90,6 +91,7 @@ export interface BenchControl {
   cpuSpeedupIqr: [number, number];
   medianMs: number;
   samplesMs: number[];
+  cpuSamplesMs: number[];
 }
 
 export interface BenchPoint {
@@ -111,7 +113,7 @@ export interface BenchReport {
   warmup: number;
   /** timed rounds per point: every model runs once per round, in an order that rotates each round */
   runs: number;
-  /** whether the first model was timed a second time each round as its own control */
+  /** whether the first model was timed a second time each round, on a session of its own, as a control */
   control: boolean;
   seed: number;
   memoryNote: string;
@@ -151,8 +153,8 @@ export async function benchModels(files: readonly string[], options: BenchOption
   const control = options.control ?? true;
   const measureMemory = options.memory ?? true;
   const distinct = new Set(plans.map((p) => p.file)).size;
-  const perPoint = plans.length * options.warmup + (plans.length + (control ? 1 : 0)) * options.runs;
-  const total = distinct * (measureMemory ? 2 : 1) + grid.length * perPoint;
+  const entries = plans.length + (control ? 1 : 0);
+  const total = distinct * (measureMemory ? 2 : 1) + (control ? 1 : 0) + grid.length * entries * (options.warmup + options.runs);
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
   const sessions: Session[] = [];
@@ -174,6 +176,10 @@ export async function benchModels(files: readonly string[], options: BenchOption
       });
       if (shared === i) tick();
     }
+    if (control) {
+      sessions.push((await open(plans[0], sessionOptions)).session);
+      tick();
+    }
     if (measureMemory) {
       const largest = grid.reduce((a, b) => (b.batch * b.seq > a.batch * a.seq ? b : a));
       const byFile = new Map<string, number | null>();
@@ -189,6 +195,7 @@ export async function benchModels(files: readonly string[], options: BenchOption
     const warnings: string[] = [];
     for (const [index, at] of grid.entries()) {
       const feeds = plans.map((p) => prepareFeeds(feedsFor(p, { ...at, dims: options.dims }, seed)));
+      if (control) feeds.push(feeds[0]);
       const timing = await timePaired(plans.length, (m) => runPrepared(sessions[m], feeds[m]).then(() => undefined), {
         warmup: options.warmup,
         rounds: options.runs,
@@ -305,6 +312,7 @@ function controlOf(t: EntryTiming): BenchControl {
     cpuSpeedupIqr: t.cpuSpeedup.iqr,
     medianMs: median(t.wallMs),
     samplesMs: t.wallMs,
+    cpuSamplesMs: t.cpuMs,
   };
 }
 
@@ -330,7 +338,7 @@ export function formatBenchReport(r: BenchReport): string {
   const letter = (i: number) => String.fromCharCode(65 + (i % 26)) + (i >= 26 ? String(Math.floor(i / 26)) : '');
   const lines = [
     `bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed rounds per point; ` +
-      `each round runs every model once${r.control ? ` (and ${letter(0)} again, as ${letter(0)}', its control)` : ''}, in an order that rotates each round`,
+      `each round runs every model once${r.control ? ` (and ${letter(0)} again on a session of its own, as ${letter(0)}', its control)` : ''}, in an order that rotates each round`,
   ];
   for (const [i, m] of r.models.entries()) {
     lines.push(

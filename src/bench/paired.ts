@@ -5,8 +5,9 @@
 // samples), given with its interquartile range. Every call's process CPU time (user + system, every
 // thread of the process, so ONNX Runtime's intra-op threads too) is kept beside its wall time: on a
 // machine whose cores are shared it moves less than wall time. Optionally the first model runs a second
-// time in every round as a control: timed against itself it should give 1.00x, and how far it strays is
-// the noise no reported difference can be trusted below.
+// time in every round as a control (on a session of its own: two sessions of one model can differ by
+// 20% and more on a loaded machine, where one session timed twice would not): timed against itself it
+// should give 1.00x, and how far it strays is the noise no reported difference can be trusted below.
 
 /** Where the time comes from; a fake one in tests. */
 export interface Clock {
@@ -29,7 +30,7 @@ export interface PairedOptions {
   warmup: number;
   /** timed rounds: every entry runs once per round */
   rounds: number;
-  /** run entry 0 a second time in every round, as its own control */
+  /** one more entry in every round, the control: `call(count)` runs the first model again */
   control?: boolean;
   clock?: Clock;
   /** called after every call, warm-up included */
@@ -62,17 +63,16 @@ export interface PairedTiming {
 }
 
 /**
- * Time `count` entries in paired rounds; `call(i)` runs entry i once (the control calls entry 0). Round r
- * runs the entries (control included) rotated by r: 0 1 2 | 1 2 0 | 2 0 1 | ...
+ * Time `count` entries in paired rounds; `call(i)` runs entry i once, `call(count)` the control. Round r
+ * runs the entries (control included) in the order `rotation(entries, r)`; warm-up calls the control too.
  */
 export async function timePaired(count: number, call: (entry: number) => Promise<void>, options: PairedOptions): Promise<PairedTiming> {
   if (count < 1) throw new Error('internal: timePaired needs at least one entry');
   const clock = options.clock ?? processClock;
   const slots = count + (options.control ? 1 : 0);
-  const model = (slot: number) => (slot === count ? 0 : slot);
   for (let w = 0; w < options.warmup; w++) {
-    for (let entry = 0; entry < count; entry++) {
-      await call(entry);
+    for (let slot = 0; slot < slots; slot++) {
+      await call(slot);
       options.onCall?.();
     }
   }
@@ -85,7 +85,7 @@ export async function timePaired(count: number, call: (entry: number) => Promise
     for (const slot of order) {
       const cpuStart = clock.cpuMs();
       const start = clock.wallMs();
-      await call(model(slot));
+      await call(slot);
       const end = clock.wallMs();
       wall[slot].push(end - start);
       cpu[slot].push(clock.cpuMs() - cpuStart);
@@ -105,9 +105,21 @@ export async function timePaired(count: number, call: (entry: number) => Promise
   };
 }
 
-/** The order of round `round` over `n` entries: 0..n-1 rotated left by `round`. */
+/**
+ * The order of round `round` over `n` entries: a rotation of a Williams sequence (0, 1, n-1, 2, n-2, ...),
+ * mirrored every other cycle when n is odd. Every entry takes every position once per cycle, as with a
+ * plain rotation, and, unlike a plain rotation (where entry i always runs right after entry i-1), every
+ * entry also runs right after every other entry equally often, so what a call leaves behind (caches,
+ * clock frequency) does not favour one model.
+ */
 export function rotation(n: number, round: number): number[] {
-  return Array.from({ length: n }, (_, i) => (round + i) % n);
+  const base: number[] = [];
+  for (let lo = 0, hi = n - 1, i = 0; i < n; i++) base.push(i % 2 === 0 ? lo++ : hi--);
+  // base: 0, n-1, 1, n-2, ...; the Williams sequence 0, 1, n-1, 2, n-2, ... is the same shape shifted
+  const williams = base.map((b) => (n - b) % n);
+  const cycle = Math.floor(round / n);
+  const shifted = williams.map((w) => (w + round) % n);
+  return n % 2 === 1 && cycle % 2 === 1 ? shifted.reverse() : shifted;
 }
 
 /** base[r] / other[r] for every round r. */
