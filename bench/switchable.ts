@@ -7,7 +7,8 @@
 //
 //   /usr/bin/python3 bench/models/bert_base.py bench/out/bert_base.onnx
 //   npm run build && node dist/bench/switchable.js [bench/out/bert_base.onnx] [--kind variator|mean]
-//       [--batch 1,8] [--seq 16,128] [--runs 21] [--warmup 2] [--switchable FILE] [--threads N] [--json FILE]
+//       [--batch 1,8] [--seq 16,128] [--runs 21] [--warmup 1] [--sessions 3] [--switchable FILE] [--threads N]
+//       [--json FILE]
 //
 // The single-ratio models and the switchable one are written next to the model (bench/out is not
 // committed) unless they exist; --switchable FILE times that switchable file instead (e.g. one written by
@@ -34,7 +35,8 @@ async function main(): Promise<void> {
     .option('batch', { type: 'string', default: '1,8' })
     .option('seq', { type: 'string', default: '16,128' })
     .option('runs', { type: 'number', default: 21 })
-    .option('warmup', { type: 'number', default: 2 })
+    .option('warmup', { type: 'number', default: 1, describe: 'warm-up calls per session and point' })
+    .option('sessions', { type: 'number', default: 3, describe: 'sessions per model, used in turn (see vcompile bench --sessions)' })
     .option('switchable', { type: 'string', describe: 'time this switchable model (ratios 1, 2, 4) instead of writing one' })
     .option('threads', { type: 'number' })
     .option('json', { type: 'string', describe: 'also write the bench report as JSON here' })
@@ -59,6 +61,7 @@ async function main(): Promise<void> {
     seqs: list(args.seq),
     warmup: args.warmup,
     runs: args.runs,
+    sessions: args.sessions,
     ratios: [1, 2, 4],
     memory: false,
     session: { threads: args.threads },
@@ -68,7 +71,7 @@ async function main(): Promise<void> {
   const loadAfter = os.loadavg();
   console.log(`models: A ${model}, B ${single2}, C ${single4}, D/E/F ${switchable} at k=1/2/4`);
   console.log(
-    `${args.runs} paired rounds after ${args.warmup} warm-up runs per point, ${((Date.now() - started) / 1000).toFixed(0)} s; ` +
+    `${args.runs} paired rounds per point, ${args.sessions} sessions per model, ${args.warmup} warm-up call(s) per session; ${((Date.now() - started) / 1000).toFixed(0)} s; ` +
       `load average (1/5/15 min) ${loadBefore.map((l) => l.toFixed(2)).join('/')} before, ${loadAfter.map((l) => l.toFixed(2)).join('/')} after; ${os.cpus().length} cores`,
   );
   console.log('');

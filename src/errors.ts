@@ -19,7 +19,8 @@ export type OptionName =
   | 'switchable'
   | 'defaultRatio'
   | 'targetSpeedup'
-  | 'ratios';
+  | 'ratios'
+  | 'sessions';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

@@ -11,6 +11,7 @@ import { niceTicks } from '../src/bench/chart.js';
 import { benchModels, benchWarning, formatBenchReport, median, percentile } from '../src/bench/latency.js';
 import { pairedRatios, rotation } from '../src/bench/paired.js';
 import { loadModel } from '../src/onnx/file.js';
+import { asCommandLineAsync } from './helpers/cli-message.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const fixture = (name: string) => path.join(repo, 'fixtures', name);
@@ -93,6 +94,7 @@ describe('vcompile bench', () => {
         warmup: 'number',
         runs: 'number',
         control: 'boolean',
+        sessions: 'number',
         seed: 'number',
         memoryNote: 'string',
         warnings: strings,
@@ -260,6 +262,27 @@ describe('vcompile bench', () => {
     const report = JSON.parse(r.stdout);
     expect(report.control).toBe(false);
     expect(report.points[0].control).toBeNull();
+  });
+
+  it('--sessions N opens every model N times and uses them in turn', async () => {
+    const progress: [number, number][] = [];
+    const report = await benchModels([fixture('bert_opset14.onnx'), fixture('bert_fused_qkv.onnx')], {
+      batches: [1],
+      seqs: [8],
+      warmup: 1,
+      runs: 3,
+      sessions: 2,
+      memory: false,
+      onProgress: (done, total) => progress.push([done, total]),
+    });
+    expect(report).toMatchObject({ sessions: 2, control: true });
+    expect(report.points[0].results.map((r) => r.samplesMs.length)).toEqual([3, 3]);
+    // 3 entries (2 models, the control) x 2 sessions opened, then 3 x (1 warm-up call per session + 3 rounds)
+    expect(progress.at(-1)).toEqual([3 * 2 + 3 * (2 + 3), 3 * 2 + 3 * (2 + 3)]);
+    expect(formatBenchReport(report)).toContain('; 2 sessions per model, used in turn');
+    await expect(
+      asCommandLineAsync(() => benchModels([fixture('bert_opset14.onnx')], { batches: [1], seqs: [8], warmup: 0, runs: 1, sessions: 0 })),
+    ).rejects.toThrow('--sessions 0 must be an integer >= 1');
   });
 
   it('bad flags are one-line errors with exit code 2', () => {

@@ -29,6 +29,12 @@ export interface BenchOptions {
   runs: number;
   /** time the first model a second time each round, on a second session, against itself (default true) */
   control?: boolean;
+  /**
+   * sessions per model (default 1), used in turn, round r on session r mod `sessions`: on a loaded machine
+   * two sessions of one model can differ by 20% and more for as long as they live, and a median over
+   * rounds that mix several sessions leans less on one of them
+   */
+  sessions?: number;
   /** measure each model's memory in a process of its own (default true) */
   memory?: boolean;
   /** the clock of the timed calls (tests) */
@@ -115,6 +121,8 @@ export interface BenchReport {
   runs: number;
   /** whether the first model was timed a second time each round, on a session of its own, as a control */
   control: boolean;
+  /** sessions per model, round r on session r mod sessions */
+  sessions: number;
   seed: number;
   memoryNote: string;
   points: BenchPoint[];
@@ -152,34 +160,51 @@ export async function benchModels(files: readonly string[], options: BenchOption
   ];
   const control = options.control ?? true;
   const measureMemory = options.memory ?? true;
+  const copies = options.sessions ?? 1;
+  if (!Number.isSafeInteger(copies) || copies < 1) throw new VcompileError(msg`${option('sessions', copies)} must be an integer >= 1`);
   const distinct = new Set(plans.map((p) => p.file)).size;
   const entries = plans.length + (control ? 1 : 0);
-  const total = distinct * (measureMemory ? 2 : 1) + (control ? 1 : 0) + grid.length * entries * (options.warmup + options.runs);
+  const total =
+    (distinct + (control ? 1 : 0)) * copies +
+    (measureMemory ? distinct : 0) +
+    grid.length * entries * (options.warmup * copies + options.runs);
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
-  const sessions: Session[] = [];
+  // per entry (the models, then the control), its sessions; round r runs session r mod `copies`
+  const sessions: Session[][] = [];
   const sessionOptions: SessionOptions = { ...options.session, spinning: options.session?.spinning ?? false };
+  const openCopies = async (p: Plan): Promise<{ sessions: Session[]; loadSeconds: number }> => {
+    const opened: Session[] = [];
+    let loadSeconds = 0;
+    try {
+      for (let c = 0; c < copies; c++) {
+        const one = await open(p, sessionOptions);
+        opened.push(one.session);
+        if (c === 0) loadSeconds = one.loadSeconds;
+        tick();
+      }
+    } finally {
+      sessions.push(opened);
+    }
+    return { sessions: opened, loadSeconds };
+  };
   try {
     const models: BenchModel[] = [];
     for (const [i, p] of plans.entries()) {
-      // The ratios of one switchable file share its session: switching is a fed value, not a reload.
+      // The ratios of one switchable file share its sessions: switching is a fed value, not a reload.
       const shared = plans.findIndex((q) => q.file === p.file);
-      const opened = shared < i ? { session: sessions[shared], loadSeconds: models[shared].loadSeconds } : await open(p, sessionOptions);
-      sessions.push(opened.session);
+      const opened = shared < i ? { sessions: sessions[shared], loadSeconds: models[shared].loadSeconds } : await openCopies(p);
+      if (shared < i) sessions.push(opened.sessions);
       models.push({
         file: p.file,
         label: p.label,
         ratio: p.ratio,
-        ep: opened.session.ep,
+        ep: opened.sessions[0].ep,
         loadSeconds: opened.loadSeconds,
         memoryMiB: null,
       });
-      if (shared === i) tick();
     }
-    if (control) {
-      sessions.push((await open(plans[0], sessionOptions)).session);
-      tick();
-    }
+    if (control) await openCopies(plans[0]);
     if (measureMemory) {
       const largest = grid.reduce((a, b) => (b.batch * b.seq > a.batch * a.seq ? b : a));
       const byFile = new Map<string, number | null>();
@@ -196,8 +221,12 @@ export async function benchModels(files: readonly string[], options: BenchOption
     for (const [index, at] of grid.entries()) {
       const feeds = plans.map((p) => prepareFeeds(feedsFor(p, { ...at, dims: options.dims }, seed)));
       if (control) feeds.push(feeds[0]);
-      const timing = await timePaired(plans.length, (m) => runPrepared(sessions[m], feeds[m]).then(() => undefined), {
-        warmup: options.warmup,
+      // every entry's k-th call runs its session k mod `copies`: each session gets `warmup` warm-up
+      // calls, and timed round r runs session r mod `copies` of every entry
+      const calls = feeds.map(() => 0);
+      const call = (m: number) => runPrepared(sessions[m][calls[m]++ % copies], feeds[m]).then(() => undefined);
+      const timing = await timePaired(plans.length, call, {
+        warmup: options.warmup * copies,
         rounds: options.runs,
         control,
         clock: options.clock,
@@ -215,12 +244,13 @@ export async function benchModels(files: readonly string[], options: BenchOption
     }
     return {
       models,
-      ep: sessions[0].ep,
+      ep: sessions[0][0].ep,
       threads: options.session?.threads ?? null,
       spinning: sessionOptions.spinning !== false,
       warmup: options.warmup,
       runs: options.runs,
       control,
+      sessions: copies,
       seed,
       memoryNote: measureMemory ? MEMORY_NOTE : 'memory: not measured',
       points,
@@ -228,7 +258,7 @@ export async function benchModels(files: readonly string[], options: BenchOption
       warnings,
     };
   } finally {
-    for (const s of new Set(sessions)) await s.release();
+    for (const s of new Set(sessions.flat())) await s.release();
   }
 }
 
@@ -338,7 +368,8 @@ export function formatBenchReport(r: BenchReport): string {
   const letter = (i: number) => String.fromCharCode(65 + (i % 26)) + (i >= 26 ? String(Math.floor(i / 26)) : '');
   const lines = [
     `bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed rounds per point; ` +
-      `each round runs every model once${r.control ? ` (and ${letter(0)} again on a session of its own, as ${letter(0)}', its control)` : ''}, in an order that rotates each round`,
+      `each round runs every model once${r.control ? ` (and ${letter(0)} again on a session of its own, as ${letter(0)}', its control)` : ''}, in an order that rotates each round` +
+      (r.sessions > 1 ? `; ${r.sessions} sessions per model, used in turn` : ''),
   ];
   for (const [i, m] of r.models.entries()) {
     lines.push(

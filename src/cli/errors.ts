@@ -26,6 +26,7 @@ const FLAGS: Record<OptionName, string> = {
   defaultRatio: '--default-ratio',
   targetSpeedup: '--target-speedup',
   ratios: '--ratios',
+  sessions: '--sessions',
 };
 
 function asFlag(ref: OptionRef): string {

@@ -219,6 +219,11 @@ function benchModelsCommand(parser: Argv, out: Out): void {
           default: 10,
           describe: 'timed rounds at each batch/seq point (each runs every model once, order rotated)',
         })
+        .option('sessions', {
+          type: 'number',
+          default: 1,
+          describe: 'sessions per model, used in turn over the rounds (sessions of one model can differ on a loaded machine)',
+        })
         .option('control', {
           type: 'boolean',
           default: true,
@@ -244,6 +249,7 @@ function benchModelsCommand(parser: Argv, out: Out): void {
         warmup: args.warmup,
         runs: args.runs,
         control: args.control,
+        sessions: args.sessions,
         chart: args.chart,
         json: args.json,
       });

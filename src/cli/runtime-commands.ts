@@ -59,6 +59,8 @@ export interface BenchFlags extends RuntimeFlags, GridFlags {
   chart?: string;
   /** --control (default on): time the first model a second time each round, against itself */
   control: boolean;
+  /** --sessions: sessions per model, used in turn */
+  sessions: number;
   /** --ratios: comma-separated ratios of a switchable model */
   ratios?: string;
 }
@@ -76,6 +78,7 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
       warmup,
       runs,
       control: flags.control,
+      sessions: count(flags.sessions, '--sessions', 1),
       session: { ...sessionOptions(flags), spinning: flags.spin },
       onProgress: (done, total) => progress.update(done, total),
     });
