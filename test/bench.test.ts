@@ -73,7 +73,7 @@ describe('vcompile bench', () => {
     );
     // timings on a shared machine may be too noisy: then one warning line, and nothing else
     expect(r.stderr).toMatch(
-      /^(vcompile: warning: timing too noisy for the differences reported: .*; rerun with more rounds or on a quieter machine\n)?$/,
+      /^(vcompile: warning: timing too noisy for the differences reported: .*; rerun with more rounds or sessions per model, or on a quieter machine\n)?$/,
     );
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
@@ -197,7 +197,7 @@ describe('vcompile bench', () => {
     expect(point.control).toMatchObject({ speedup: 0.75, speedupIqr: [0.5, 1], samplesMs: [10, 20, 10, 20] });
     expect(report.warnings).toEqual(['batch 1, seq 8: the first model against itself gave 0.75x (IQR 0.50-1.00), off by 25.0%']);
     expect(benchWarning(report)).toBe(
-      'timing too noisy for the differences reported: batch 1, seq 8: the first model against itself gave 0.75x (IQR 0.50-1.00), off by 25.0%; rerun with more rounds or on a quieter machine',
+      'timing too noisy for the differences reported: batch 1, seq 8: the first model against itself gave 0.75x (IQR 0.50-1.00), off by 25.0%; rerun with more rounds or sessions per model, or on a quieter machine',
     );
     const text = formatBenchReport(report);
     expect(text).toContain(

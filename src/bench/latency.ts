@@ -145,6 +145,8 @@ interface Plan {
 
 /** Time `files` side by side at every batch x seq of the grid. */
 export async function benchModels(files: readonly string[], options: BenchOptions): Promise<BenchReport> {
+  const copies = options.sessions ?? 1;
+  if (!Number.isSafeInteger(copies) || copies < 1) throw new VcompileError(msg`${option('sessions', copies)} must be an integer >= 1`);
   const grid = options.batches.flatMap((batch) => options.seqs.map((seq) => ({ batch, seq })));
   const seed = options.seed ?? 0;
   const plans = files.flatMap((file) => plan(file, grid, options));
@@ -160,8 +162,6 @@ export async function benchModels(files: readonly string[], options: BenchOption
   ];
   const control = options.control ?? true;
   const measureMemory = options.memory ?? true;
-  const copies = options.sessions ?? 1;
-  if (!Number.isSafeInteger(copies) || copies < 1) throw new VcompileError(msg`${option('sessions', copies)} must be an integer >= 1`);
   const distinct = new Set(plans.map((p) => p.file)).size;
   const entries = plans.length + (control ? 1 : 0);
   const total =
@@ -170,41 +170,32 @@ export async function benchModels(files: readonly string[], options: BenchOption
     grid.length * entries * (options.warmup * copies + options.runs);
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
-  // per entry (the models, then the control), its sessions; round r runs session r mod `copies`
-  const sessions: Session[][] = [];
+  const owned: Session[] = [];
   const sessionOptions: SessionOptions = { ...options.session, spinning: options.session?.spinning ?? false };
-  const openCopies = async (p: Plan): Promise<{ sessions: Session[]; loadSeconds: number }> => {
-    const opened: Session[] = [];
-    let loadSeconds = 0;
-    try {
-      for (let c = 0; c < copies; c++) {
+  try {
+    // One set of sessions per file (the ratios of a switchable file share them: switching is a fed value,
+    // not a reload), and the control's. They are opened in turns, A B C A' A B C A' ..., not A A B B ...:
+    // on a loaded machine the sessions opened first ran up to 2-3x slower than later ones for as long as
+    // they lived, and each model should get early and late ones alike.
+    const files = [...new Set(plans.map((p) => p.file))];
+    const toOpen = [...files.map((file) => plans.find((p) => p.file === file)!), ...(control ? [plans[0]] : [])];
+    const opened = toOpen.map(() => [] as Session[]);
+    const loadSeconds = toOpen.map(() => 0);
+    for (let copy = 0; copy < copies; copy++) {
+      for (const [i, p] of toOpen.entries()) {
         const one = await open(p, sessionOptions);
-        opened.push(one.session);
-        if (c === 0) loadSeconds = one.loadSeconds;
+        owned.push(one.session);
+        opened[i].push(one.session);
+        if (copy === 0) loadSeconds[i] = one.loadSeconds;
         tick();
       }
-    } finally {
-      sessions.push(opened);
     }
-    return { sessions: opened, loadSeconds };
-  };
-  try {
-    const models: BenchModel[] = [];
-    for (const [i, p] of plans.entries()) {
-      // The ratios of one switchable file share its sessions: switching is a fed value, not a reload.
-      const shared = plans.findIndex((q) => q.file === p.file);
-      const opened = shared < i ? { sessions: sessions[shared], loadSeconds: models[shared].loadSeconds } : await openCopies(p);
-      if (shared < i) sessions.push(opened.sessions);
-      models.push({
-        file: p.file,
-        label: p.label,
-        ratio: p.ratio,
-        ep: opened.sessions[0].ep,
-        loadSeconds: opened.loadSeconds,
-        memoryMiB: null,
-      });
-    }
-    if (control) await openCopies(plans[0]);
+    // per entry (the models, then the control), its sessions; round r runs session r mod `copies`
+    const sessions = [...plans.map((p) => opened[files.indexOf(p.file)]), ...(control ? [opened[files.length]] : [])];
+    const models: BenchModel[] = plans.map((p) => {
+      const i = files.indexOf(p.file);
+      return { file: p.file, label: p.label, ratio: p.ratio, ep: opened[i][0].ep, loadSeconds: loadSeconds[i], memoryMiB: null };
+    });
     if (measureMemory) {
       const largest = grid.reduce((a, b) => (b.batch * b.seq > a.batch * a.seq ? b : a));
       const byFile = new Map<string, number | null>();
@@ -244,7 +235,7 @@ export async function benchModels(files: readonly string[], options: BenchOption
     }
     return {
       models,
-      ep: sessions[0][0].ep,
+      ep: models[0].ep,
       threads: options.session?.threads ?? null,
       spinning: sessionOptions.spinning !== false,
       warmup: options.warmup,
@@ -258,7 +249,7 @@ export async function benchModels(files: readonly string[], options: BenchOption
       warnings,
     };
   } finally {
-    for (const s of new Set(sessions.flat())) await s.release();
+    for (const s of owned) await s.release();
   }
 }
 
@@ -429,5 +420,5 @@ export function formatBenchReport(r: BenchReport): string {
 /** One line for stderr when the timings cannot resolve what they report, or undefined. */
 export function benchWarning(r: BenchReport): string | undefined {
   if (r.warnings.length === 0) return undefined;
-  return `timing too noisy for the differences reported: ${r.warnings.join('; ')}; rerun with more rounds or on a quieter machine`;
+  return `timing too noisy for the differences reported: ${r.warnings.join('; ')}; rerun with more rounds or sessions per model, or on a quieter machine`;
 }
