@@ -27,7 +27,8 @@ export type OptionName =
   | 'logits'
   | 'output'
   | 'dataLocation'
-  | 'sizeThreshold';
+  | 'sizeThreshold'
+  | 'sessions';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

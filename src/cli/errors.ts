@@ -34,6 +34,7 @@ const FLAGS: Record<OptionName, string> = {
   output: '-o',
   dataLocation: '--data-location',
   sizeThreshold: '--size-threshold',
+  sessions: '--sessions',
 };
 
 function asFlag(ref: OptionRef): string {

@@ -513,7 +513,7 @@ function verifyModelsCommand(parser: Argv, out: Out): void {
 function benchModelsCommand(parser: Argv, out: Out): void {
   parser.command(
     'bench <models..>',
-    'time models side by side on ONNX Runtime (interleaved runs) with their MACs',
+    'time models side by side on ONNX Runtime (paired rounds, order rotated each round) with their MACs',
     (y) =>
       withRuntime(withGrid(y, '1', '128'))
         .positional('models', {
@@ -523,7 +523,21 @@ function benchModelsCommand(parser: Argv, out: Out): void {
           describe: 'the .onnx files; speed-ups are against the first',
         })
         .option('warmup', { type: 'number', default: 2, describe: 'untimed runs per model before each batch/seq point' })
-        .option('runs', { type: 'number', default: 10, describe: 'timed runs per model at each batch/seq point' })
+        .option('runs', {
+          type: 'number',
+          default: 10,
+          describe: 'timed rounds at each batch/seq point (each runs every model once, order rotated)',
+        })
+        .option('sessions', {
+          type: 'number',
+          default: 1,
+          describe: 'sessions per model, used in turn over the rounds (sessions of one model can differ on a loaded machine)',
+        })
+        .option('control', {
+          type: 'boolean',
+          default: true,
+          describe: 'time the first model a second time each round, against itself (--no-control: off)',
+        })
         .option('ratios', { type: 'string', describe: 'time these ratios of a switchable model, each as its own entry, e.g. 1,2,4' })
         .option('spin', {
           type: 'boolean',
@@ -543,6 +557,8 @@ function benchModelsCommand(parser: Argv, out: Out): void {
         ratios: args.ratios,
         warmup: args.warmup,
         runs: args.runs,
+        control: args.control,
+        sessions: args.sessions,
         chart: args.chart,
         json: args.json,
       });
@@ -680,7 +696,7 @@ function compileCommand(parser: Argv, out: Out): void {
           batch: args['speedup-batch'],
           seq: args['speedup-seq'],
           seeds: 3,
-          timingRuns: 3,
+          timingRuns: 5,
         });
         return;
       }

@@ -217,7 +217,14 @@ interface PlanSummary {
   macsAfter: number;
   predictedSpeedup: number;
   measuredSpeedup: number | null;
-  timing: { runs: number; originalMs: number; compiledMs: number } | null;
+  timing: {
+    runs: number;
+    originalMs: number;
+    compiledMs: number;
+    speedupIqr: [number, number];
+    cpuSpeedup: number;
+    unreliable: string | null;
+  } | null;
   cosine: number;
   tiedPlans: { plan: string; cosine: number; fidelity: number; predictedSpeedup: number }[];
   tiedTruncated: boolean;
@@ -246,7 +253,16 @@ function planSummary(r: AssembleResult & { fits?: object }, target: number): Pla
     macsAfter: r.macsMeasured,
     predictedSpeedup: r.chosen.speedup,
     measuredSpeedup: r.timing?.speedup ?? null,
-    timing: r.timing ? { runs: r.timing.runs, originalMs: r.timing.originalMs, compiledMs: r.timing.compiledMs } : null,
+    timing: r.timing
+      ? {
+          runs: r.timing.runs,
+          originalMs: r.timing.originalMs,
+          compiledMs: r.timing.compiledMs,
+          speedupIqr: r.timing.speedupIqr,
+          cpuSpeedup: r.timing.cpuSpeedup,
+          unreliable: r.timing.unreliable,
+        }
+      : null,
     cosine: r.chosen.cosine,
     tiedPlans: r.tied.map((t) => ({
       plan: describePlan(t.candidates),
@@ -273,8 +289,10 @@ function formatPlan(s: PlanSummary): string {
   }
   lines.push(`MACs ${g(s.macsBefore)} -> ${g(s.macsAfter)}: predicted speed-up ${s.predictedSpeedup.toFixed(3)}x`);
   if (s.timing) {
+    const t = s.timing;
     lines.push(
-      `measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (medians of ${s.timing.runs} interleaved runs: ${s.timing.originalMs.toFixed(1)} ms -> ${s.timing.compiledMs.toFixed(1)} ms)`,
+      `measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (median of ${t.runs} paired round${t.runs === 1 ? '' : 's'}, IQR ${t.speedupIqr[0].toFixed(3)}-${t.speedupIqr[1].toFixed(3)}, ` +
+        `CPU ${t.cpuSpeedup.toFixed(3)}x; ${t.originalMs.toFixed(1)} ms -> ${t.compiledMs.toFixed(1)} ms)${t.unreliable ? `: unreliable, ${t.unreliable}` : ''}`,
     );
   }
   if (s.fidelity.metric === 'cosine') {

@@ -1,7 +1,8 @@
 // Assembling to a target speed-up: from a folder of modules, each made for one run of layers, choose the
 // placement that reaches a MACs speed-up with the fewest original layers replaced (search.ts); among
 // plans that tie, keep the one whose output is closest to the original's (cosine, on seeded generated
-// inputs, in onnxruntime). The chosen model is timed against the original in a quick interleaved run.
+// inputs, in onnxruntime). The chosen model is timed against the original in a few paired rounds
+// (src/bench/paired.ts), and the measured speed-up says when its spread leaves it unreliable.
 // Which layers a module was made for: its metadata vcompile.start when present, else its file name
 // `...L{START}-{END}.onnx`; a module with neither is refused.
 // A caller may hand the modules in instead of a folder (modules fitted from data: assemble-fitted.ts), with
@@ -13,6 +14,7 @@ import { type ModularReport, type ModuleRequest, planModules } from '../../passe
 import { fewestLayers, mostSaved, type Option, speedup } from '../../passes/modular/search.js';
 import { spanName } from '../../passes/modular/span.js';
 import { analyzeTransformer, concreteShape, type DimBinding, macsOf, shapesAt, shapesWithInputs } from '../analysis/index.js';
+import { median, timePaired, unreliableBecause } from '../bench/paired.js';
 import { discoverModules, type FoundModule, loadModule } from '../compile/load.js';
 import { modularPass } from '../compile/passes.js';
 import { msg, option, VcompileError } from '../errors.js';
@@ -44,7 +46,7 @@ export interface AssembleOptions extends Point {
   target: number;
   /** seeded generated inputs the cosine is measured on (batch 1, length `seq`); default 3 */
   seeds?: number;
-  /** timed runs per model in the quick timing at batch x seq; default 5, 0 skips the timing */
+  /** paired rounds of the quick timing at batch x seq (each runs both models once); default 5, 0 skips it */
   timingRuns?: number;
   threads?: number;
   /** most tied plans compared by cosine; default 16 */
@@ -76,10 +78,19 @@ export interface Fidelity {
 }
 
 export interface Timing {
+  /** paired rounds */
   runs: number;
+  /** median wall times */
   originalMs: number;
   compiledMs: number;
+  /** median over rounds of the original's time over the compiled model's, in the same round */
   speedup: number;
+  /** the quartiles of those per-round ratios */
+  speedupIqr: [number, number];
+  /** the same with process CPU time */
+  cpuSpeedup: number;
+  /** why the measurement cannot be read (the IQR contains 1, or is wide), or null */
+  unreliable: string | null;
 }
 
 export interface AssembleResult {
@@ -267,23 +278,23 @@ class Measurer {
     }
   }
 
-  /** Interleaved runs at `at` after two warm-up runs each: medians. */
+  /** Paired rounds at `at` (order rotated each round) after two warm-up runs each. */
   async time(compiled: Model, at: Point, runs: number): Promise<Timing> {
     const session = await openSession(encodeModel(compiled), { threads: this.threads, spinning: false });
     try {
       const feeds = prepareFeeds(generateFeeds(describeInputs(this.model), at, 0));
       const sessions = [this.original, session];
-      const samples: number[][] = [[], []];
-      for (let w = 0; w < 2; w++) for (const s of sessions) await runPrepared(s, feeds);
-      for (let r = 0; r < runs; r++) {
-        for (const [i, s] of sessions.entries()) {
-          const start = process.hrtime.bigint();
-          await runPrepared(s, feeds);
-          samples[i].push(Number(process.hrtime.bigint() - start) / 1e6);
-        }
-      }
-      const [originalMs, compiledMs] = samples.map(median);
-      return { runs, originalMs, compiledMs, speedup: originalMs / compiledMs };
+      const timing = await timePaired(2, (i) => runPrepared(sessions[i], feeds).then(() => undefined), { warmup: 2, rounds: runs });
+      const [original, measured] = timing.entries;
+      return {
+        runs,
+        originalMs: median(original.wallMs),
+        compiledMs: median(measured.wallMs),
+        speedup: measured.speedup.median,
+        speedupIqr: measured.speedup.iqr,
+        cpuSpeedup: measured.cpuSpeedup.median,
+        unreliable: unreliableBecause(measured.speedup, runs) ?? null,
+      };
     } finally {
       await session.release();
     }
@@ -292,10 +303,4 @@ class Measurer {
   async release(): Promise<void> {
     await this.original.release();
   }
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }

@@ -488,13 +488,15 @@ class Tuner {
         seqs: [this.seq],
         warmup: 1,
         runs,
+        // the tuner compares its candidates with each other as much as with the original: no control
+        control: false,
         session: { threads: this.options.threads },
       });
       const results = report.points[0].results;
       points.forEach((p, i) => {
         const r = results.find((x) => x.model === i + 1)!;
         p.measuredSpeedup = r.speedup;
-        p.measuredIqr = iqrOf(results[0].samplesMs, r.samplesMs);
+        p.measuredIqr = r.speedupIqr;
         this.cache.write(this.timingKey(p), { speedup: p.measuredSpeedup, iqr: p.measuredIqr });
       });
     } finally {
@@ -569,12 +571,6 @@ function fidelityOf(report: VerifyReport, samples: number, budget: Budget): Fide
     accuracy: scored.task ? { original: scored.task.accuracy.original, rewritten: scored.task.accuracy.rewritten } : null,
     cosine: scored.cosinePerPosition.mean,
   };
-}
-
-function iqrOf(base: readonly number[], other: readonly number[]): [number, number] {
-  const ratios = base.map((b, i) => b / other[i]).sort((a, b) => a - b);
-  const q = (f: number) => ratios[Math.min(ratios.length - 1, Math.max(0, Math.round(f * (ratios.length - 1))))];
-  return [q(0.25), q(0.75)];
 }
 
 // ------------------------------------------------------------------------------------------ knapsack
