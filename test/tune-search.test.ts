@@ -3,7 +3,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { type Fidelity, lossOf, meets, nonDominated, parseBudget } from '../src/decide/frontier.js';
-import { bestWithin, describeConfiguration, knapsackFrontier, type LayerProfile } from '../src/decide/tune.js';
+import { bestWithin, describeConfiguration, estimateShares, knapsackFrontier, type LayerProfile } from '../src/decide/tune.js';
 
 const fidelity = (f: Partial<Fidelity>): Fidelity => ({
   output: 'logits',
@@ -102,5 +102,14 @@ describe('configurations', () => {
     expect(
       describeConfiguration({ 0: { scope: 'ffn', ratio: 4 }, 1: { scope: 'ffn', ratio: 4 }, 3: { scope: 'layer', ratio: 2 } }, layers),
     ).toBe('L0-1 ffn k=4, L3 layer k=2');
+  });
+});
+
+describe('estimated profiles', () => {
+  it('share a loss in proportion to the weights, equally when none is positive', () => {
+    expect(estimateShares([1, 3])).toEqual([0.25, 0.75]);
+    expect(estimateShares([0, 0, 0, 0])).toEqual([0.25, 0.25, 0.25, 0.25]);
+    // a failed fit (NaN) or a negative estimate is charged nothing
+    expect(estimateShares([Number.NaN, -1, 2])).toEqual([0, 0, 1]);
   });
 });

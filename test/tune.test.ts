@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { describeInputs } from '../src/analysis/inputs.js';
 import { lossOf, parseBudget } from '../src/decide/frontier.js';
-import { speedOf, type TuneResult, tune } from '../src/decide/tune.js';
+import { speedOf, type TuneOptions, type TuneResult, tune } from '../src/decide/tune.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
 import { openData } from '../src/runtime/data.js';
@@ -52,7 +52,7 @@ const dataFile = path.join(dir, 'data.jsonl');
 }
 const timing = ['--batch', '2', '--seq', '40', '--runs', '3', '--scopes', 'ffn,layer'];
 
-async function tuneWith(budget: string): Promise<TuneResult> {
+async function tuneWith(budget: string, options: Partial<TuneOptions> = {}): Promise<TuneResult> {
   const data = openData(dataFile, describeInputs(loadModel(modelFile)));
   return tune(modelFile, fs.readFileSync(modelFile), data, {
     budget: parseBudget(budget),
@@ -61,6 +61,7 @@ async function tuneWith(budget: string): Promise<TuneResult> {
     runs: 3,
     scopes: ['ffn', 'layer'],
     verifyIr: true,
+    ...options,
   });
 }
 
@@ -82,6 +83,23 @@ describe('vcompile tune', () => {
     expect(r.chosen!.test).not.toBeNull();
     expect(r.model!.getMetadata('vcompile.plugins')).toBeDefined();
     expect(r.splits).toEqual({ fit: 30, validation: 10, test: 10 });
+  }, 240_000);
+
+  it("with estimated profiles (as for a large model), the loss of each variant's uniform point is shared among the layers and the choice still meets the budget", async () => {
+    const losses = loose.points.map((p) => lossOf(p.validation, 'kl')).sort((a, b) => a - b);
+    const bound = (losses[0] + losses[losses.length - 1]) / 2;
+    const r = await tuneWith(`kl<=${bound}`, { profiles: 'estimated' });
+    expect(r.profiles.length).toBe(3 * 4);
+    expect(r.profiles.every((p) => p.validation === null)).toBe(true);
+    for (const uniform of r.points.filter((p) => p.kind === 'uniform')) {
+      const [{ scope, ratio }] = Object.values(uniform.configuration);
+      const shared = r.profiles.filter((p) => p.scope === scope && p.ratio === ratio).reduce((sum, p) => sum + p.loss, 0);
+      expect(shared).toBeCloseTo(uniform.validation.kl, 9);
+    }
+    // fewer evaluations than measuring every layer in every variant
+    expect(r.cache.evaluated).toBeLessThan(loose.cache.evaluated);
+    expect(r.chosen).not.toBeNull();
+    expect(r.chosen!.validation.kl).toBeLessThanOrEqual(bound);
   }, 240_000);
 
   it('keeps a non-dominated frontier of evaluated points', () => {

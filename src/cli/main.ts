@@ -14,7 +14,7 @@ import { moduleFitCommand } from './module-fit-commands.js';
 import { initPlugin, MIN_PLUGIN_OPSET } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
 import { enableSignalCleanup } from './signals.js';
-import { tuneCommand } from './tune-commands.js';
+import { type TuneFlags, tuneCommand } from './tune-commands.js';
 import { verifyCommand } from './verify-commands.js';
 
 export async function main(argv: string[]): Promise<number> {
@@ -369,6 +369,13 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         .option('scopes', { type: 'string', describe: 'plugin scopes to try (default ffn,attention,layer)' })
         .option('ratios', { type: 'string', describe: 'compression ratios to try per layer (default 2,4)' })
         .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('profiles', {
+          type: 'string',
+          choices: ['auto', 'measured', 'estimated'] as const,
+          default: 'auto',
+          describe:
+            'per-layer profiles: each evaluated, or estimated from the fits (auto: estimated when evaluating would take over 5 min)',
+        })
         .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
         .option('run-batch', { type: 'number', describe: 'samples per run while fitting and evaluating (default 8)' })
         .option('runs', { type: 'number', describe: 'timed rounds per candidate (default 5)' })
@@ -389,6 +396,7 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         scopes: args.scopes,
         ratios: args.ratios,
         rank: args.rank,
+        profiles: args.profiles as TuneFlags['profiles'],
         samples: args.samples,
         runBatch: args['run-batch'],
         runs: args.runs,

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
 import { benchModels, benchWarning, formatBenchReport } from '../bench/latency.js';
-import { CheckFailedError, VcompileError } from '../errors.js';
+import { VcompileError } from '../errors.js';
 import { fileIdentity } from '../onnx/file.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
 import { ExitCode, printNotice } from './errors.js';

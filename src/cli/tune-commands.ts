@@ -29,6 +29,7 @@ export interface TuneFlags {
   scopes?: string;
   ratios?: string;
   rank?: string;
+  profiles?: 'auto' | 'measured' | 'estimated';
   samples?: number;
   runBatch?: number;
   runs?: number;
@@ -151,6 +152,7 @@ async function searchWithProgress(
       scopes: settings.scopes,
       ratios: settings.ratios,
       rank: settings.rank,
+      profiles: flags.profiles,
       batchSize: flags.runBatch,
       threads: flags.threads,
       runs: flags.runs,

@@ -10,7 +10,11 @@
 //   2. Uniform points: one variant on every layer.
 //   3. Profiles: each layer compressed alone in each variant; its loss (the budget's metric, or for an
 //      accuracy budget the top-1 disagreement in points, which does not drown in label noise) and the MACs
-//      it saves at the timing shape.
+//      it saves at the timing shape. Measured (one evaluation each) where that is cheap; for a large model,
+//      where the layers x variants evaluations would take longer than PROFILE_SECONDS, estimated instead:
+//      the variant's uniform-point loss shared among the layers in proportion to their fits' held-out
+//      unexplained variance (a layer its plugin restores worse is charged more). The knapsack's real
+//      evaluations in step 4 correct what the estimate gets wrong.
 //   4. Knapsack: per layer at most one variant, the most MACs saved for a summed profile loss within the
 //      budget times a multiplier. Losses do not add up exactly, so each choice is compiled and evaluated,
 //      and the multiplier grows while the real model meets the budget and shrinks when it does not
@@ -57,6 +61,8 @@ export interface TuneOptions {
   /** samples per run (default 8) */
   batchSize?: number;
   threads?: number;
+  /** per-layer profiles: each evaluated, estimated from the fits and uniform points, or 'auto' (default: see the header) */
+  profiles?: 'measured' | 'estimated' | 'auto';
   /** timed rounds per candidate (default 5) */
   runs?: number;
   /** fitted plugins and evaluations are kept here and reused */
@@ -71,7 +77,7 @@ export interface TuneOptions {
 }
 
 export interface TuneProgress {
-  stage: 'fit' | 'uniform' | 'profile' | 'search' | 'time' | 'test';
+  stage: 'fit' | 'uniform' | 'profile' | 'search' | 'time' | 'confirm' | 'test';
   done: number;
   total: number;
   /** the fastest point within the budget so far (predicted speed-up until timed) */
@@ -108,7 +114,8 @@ export interface LayerProfile {
   /** the profile loss of this layer alone (see the header) and the MACs it saves at the timing shape */
   loss: number;
   macsSaved: number;
-  validation: Fidelity;
+  /** the layer compressed alone, evaluated; null where the loss is estimated */
+  validation: Fidelity | null;
   fit: LayerFit;
 }
 
@@ -138,6 +145,16 @@ const TEST_SPLIT = (i: number) => i % 5 === 4;
 /** bump when what a cached entry means changes */
 const CACHE_VERSION = 1;
 const MAX_SEARCH_STEPS = 8;
+/** 'auto' profiles are estimated when evaluating them all would take longer than this */
+const PROFILE_SECONDS = 300;
+/** candidates timed again, side by side, before the choice */
+const FINALISTS = 4;
+
+/** a speed-up against the original: median of per-round ratios and their interquartile range */
+interface Timing {
+  speedup: number;
+  iqr: [number, number];
+}
 
 /** Find the fastest model within `options.budget` for `file` (its bytes at an opset plugins fit: >= 11). */
 export async function tune(file: string, bytes: Uint8Array, data: DataSet, options: TuneOptions): Promise<TuneResult> {
@@ -172,6 +189,8 @@ class Tuner {
   private readonly counts = { hits: 0, evaluated: 0, fitted: 0 };
   private stopped: string | null = null;
   private readonly stages: Partial<Record<TuneProgress['stage'], number>> = {};
+  /** evaluations and the seconds they took when they ran, to project the cost of profiles */
+  private readonly evaluations = { count: 0, seconds: 0 };
 
   constructor(
     private readonly file: string,
@@ -214,6 +233,7 @@ class Tuner {
       await this.timed('profile', () => this.layerProfiles());
       await this.timed('search', () => this.search());
       await this.timed('time', () => this.timeCandidates());
+      await this.timed('confirm', () => this.confirmFastest());
       const chosen = this.choose();
       await this.timed('test', () => this.testPoints(chosen));
       this.markFrontier();
@@ -304,13 +324,21 @@ class Tuner {
   private async uniformPoints(): Promise<void> {
     for (const [i, v] of this.variants.entries()) {
       if (this.shouldStop()) return;
-      const configuration = Object.fromEntries(this.layers.map((l) => [l, { scope: v.scope, ratio: v.ratio }]));
-      await this.addPoint('uniform', configuration);
+      await this.addPoint('uniform', this.uniform(v));
       this.progress('uniform', i + 1, this.variants.length);
     }
   }
 
   private async layerProfiles(): Promise<void> {
+    const mode = this.options.profiles ?? 'auto';
+    const projected = this.layers.length * this.variants.length * this.secondsPerEvaluation();
+    if (mode === 'estimated' || (mode === 'auto' && projected > PROFILE_SECONDS)) {
+      if (mode === 'auto')
+        this.notes.push(
+          `profiles estimated from the fits and the uniform points (evaluating ${this.layers.length * this.variants.length} would take about ${Math.round(projected)} s)`,
+        );
+      return this.estimateProfiles();
+    }
     const total = this.layers.length * this.variants.length;
     let done = 0;
     for (const layer of this.layers) {
@@ -330,6 +358,43 @@ class Tuner {
         this.progress('profile', ++done, total);
       }
     }
+  }
+
+  /** Each variant's uniform-point loss shared among the layers by their fits' held-out unexplained variance. */
+  private estimateProfiles(): void {
+    for (const v of this.variants) {
+      const uniform = this.points.find((p) => p.kind === 'uniform' && p.id === configurationId(this.uniform(v)));
+      if (!uniform) return; // stopped before the uniform points: no search
+      const fits = this.layers.map((layer) => this.plugins.get(`${layer}/${v.key}`)!.fit);
+      const shares = estimateShares(fits.map((f) => f.unexplained.fitted));
+      const loss = this.profileLoss(uniform.validation);
+      for (const [i, layer] of this.layers.entries()) {
+        const model = this.compile({ [layer]: { scope: v.scope, ratio: v.ratio } });
+        this.profiles.push({
+          layer,
+          scope: v.scope,
+          ratio: v.ratio,
+          loss: loss * shares[i],
+          macsSaved: this.originalMacs - this.macsOf(model),
+          validation: null,
+          fit: fits[i],
+        });
+      }
+    }
+  }
+
+  private uniform(v: Variant): Configuration {
+    return Object.fromEntries(this.layers.map((l) => [l, { scope: v.scope, ratio: v.ratio }]));
+  }
+
+  private countEvaluation(seconds: number): void {
+    this.evaluations.count++;
+    this.evaluations.seconds += seconds;
+  }
+
+  /** Seconds an evaluation has taken so far (when it ran, also for those read from the cache). */
+  private secondsPerEvaluation(): number {
+    return this.evaluations.count ? this.evaluations.seconds / this.evaluations.count : 0;
   }
 
   /** The additive stand-in for the budget's metric (see the header). */
@@ -392,8 +457,11 @@ class Tuner {
     const cached = this.cache.read(key);
     if (cached) {
       this.counts.hits++;
-      return cached.value as { fidelity: Fidelity; macs: number };
+      const value = cached.value as { fidelity: Fidelity; macs: number; seconds?: number };
+      if (value.seconds !== undefined) this.countEvaluation(value.seconds);
+      return value;
     }
+    const started = Date.now();
     const model = this.compile(configuration);
     const macs = this.macsOf(model);
     const candidate = path.join(this.workDir, 'candidate.onnx');
@@ -405,9 +473,11 @@ class Tuner {
         reference: this.reference[split],
         session: { threads: this.options.threads },
       });
-      const result = { fidelity: fidelityOf(report, this.splits[split].size, this.options.budget), macs };
+      const seconds = (Date.now() - started) / 1000;
+      const result = { fidelity: fidelityOf(report, this.splits[split].size, this.options.budget), macs, seconds };
       this.cache.write(key, result);
       this.counts.evaluated++;
+      this.countEvaluation(seconds);
       return result;
     } finally {
       fs.rmSync(candidate, { force: true });
@@ -454,7 +524,14 @@ class Tuner {
     for (let start = 0; start < untimed.length; start += group) {
       const batch = untimed.slice(start, start + group);
       const pending = batch.filter((p) => !this.timingFromCache(p));
-      if (pending.length && !this.shouldStop()) await this.time(pending, runs);
+      if (pending.length && !this.shouldStop()) {
+        const timings = await this.measure(pending, runs);
+        pending.forEach((p, i) => {
+          p.measuredSpeedup = timings[i].speedup;
+          p.measuredIqr = timings[i].iqr;
+          this.cache.write(this.timingKey(p), timings[i]);
+        });
+      }
       done += batch.length;
       this.progress('time', done, untimed.length);
     }
@@ -467,14 +544,39 @@ class Tuner {
   private timingFromCache(p: TunePoint): boolean {
     const cached = this.cache.read(this.timingKey(p));
     if (!cached) return false;
-    const value = cached.value as { speedup: number; iqr: [number, number] };
+    const value = cached.value as Timing;
     p.measuredSpeedup = value.speedup;
     p.measuredIqr = value.iqr;
     this.counts.hits++;
     return true;
   }
 
-  private async time(points: TunePoint[], runs: number): Promise<void> {
+  /**
+   * The fastest few within the budget timed again side by side with three times the runs, replacing their
+   * figures: groups timed at different moments of a shared machine differ by more than candidates do, and
+   * the choice should rest on one comparison.
+   */
+  private async confirmFastest(): Promise<void> {
+    const finalists = this.points
+      .filter((p) => p.meetsBudget && p.measuredSpeedup !== null)
+      .sort((a, b) => speedOf(b) - speedOf(a))
+      .slice(0, FINALISTS);
+    if (finalists.length < 2 || this.shouldStop()) return;
+    const runs = 3 * (this.options.runs ?? 5);
+    const key = `confirm|${finalists.map((p) => p.id).join(',')}|${this.batch}x${this.seq}|${runs}|${this.options.threads ?? 'default'}`;
+    const cached = this.cache.read(key);
+    if (cached) this.counts.hits++;
+    const timings = (cached?.value as Timing[] | undefined) ?? (await this.measure(finalists, runs));
+    if (!cached) this.cache.write(key, timings);
+    finalists.forEach((p, i) => {
+      p.measuredSpeedup = timings[i].speedup;
+      p.measuredIqr = timings[i].iqr;
+    });
+    this.progress('confirm', finalists.length, finalists.length);
+  }
+
+  /** The points' speed-ups against the original at the timing shape, measured in one paired bench. */
+  private async measure(points: TunePoint[], runs: number): Promise<Timing[]> {
     const files = points.map((p, i) => {
       const file = path.join(this.workDir, `timed-${i}.onnx`);
       saveModel(this.compile(p.configuration), file);
@@ -493,11 +595,9 @@ class Tuner {
         session: { threads: this.options.threads },
       });
       const results = report.points[0].results;
-      points.forEach((p, i) => {
+      return points.map((_, i) => {
         const r = results.find((x) => x.model === i + 1)!;
-        p.measuredSpeedup = r.speedup;
-        p.measuredIqr = r.speedupIqr;
-        this.cache.write(this.timingKey(p), { speedup: p.measuredSpeedup, iqr: p.measuredIqr });
+        return { speedup: r.speedup, iqr: r.speedupIqr };
       });
     } finally {
       for (const f of [originalFile, ...files]) fs.rmSync(f, { force: true });
@@ -574,6 +674,13 @@ function fidelityOf(report: VerifyReport, samples: number, budget: Budget): Fide
 }
 
 // ------------------------------------------------------------------------------------------ knapsack
+
+/** Shares summing to 1, proportional to the (non-negative) weights; equal shares when all are 0. */
+export function estimateShares(weights: readonly number[]): number[] {
+  const clean = weights.map((w) => (Number.isFinite(w) && w > 0 ? w : 0));
+  const total = clean.reduce((a, b) => a + b, 0);
+  return total > 0 ? clean.map((w) => w / total) : clean.map(() => 1 / clean.length);
+}
 
 interface Choice {
   configuration: Configuration;
