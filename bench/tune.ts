@@ -4,7 +4,7 @@
 //
 //   /usr/bin/python3 bench/models/bert_base.py bench/out/bert_base.onnx
 //   npm run bench:tune [-- --model PATH --samples 256 --seq 128 --budget 'top1-agreement>=0.9'
-//                        --time-limit 20m --report bench/out/tune-report]
+//                        --time-limit 20m --report bench/out/tune-report --fit-samples N]
 //
 // Prints the tune's table, the seconds per stage, the wall time and the process's peak RSS.
 import * as fs from 'node:fs';
@@ -34,6 +34,7 @@ const { values } = parseArgs({
     'time-limit': { type: 'string', default: '20m' },
     report: { type: 'string', default: path.join(REPO_ROOT, 'bench/out/tune-report') },
     scopes: { type: 'string', default: 'ffn,attention,layer' },
+    'fit-samples': { type: 'string' },
   },
 });
 
@@ -77,6 +78,7 @@ const result = await tune(tagger, bytes, data, {
   seq: Number(values.seq),
   scopes: values.scopes!.split(',') as ('ffn' | 'attention' | 'layer')[],
   cacheDir: path.join(values.report!, 'cache'),
+  fitSamples: values['fit-samples'] === undefined ? undefined : Number(values['fit-samples']),
   timeLimit: Number.parseFloat(values['time-limit']!) * (values['time-limit']!.endsWith('m') ? 60 : 1),
   onProgress: (e) => {
     const line = `${e.stage} ${e.done}/${e.total}`;
@@ -96,6 +98,7 @@ console.log(
       model: tagger,
       bytes: bytes.length,
       samples: data.size,
+      splits: result.splits,
       wallSeconds: (Date.now() - started) / 1000,
       stages: result.stages,
       stopped: result.stopped,

@@ -71,6 +71,15 @@ describe.concurrent('usage and mistyped commands', () => {
     );
   });
 
+  it('a value outside the choices of a flag is named with the choices, on one line', async ({ expect }) => {
+    const r = await vcompile('verify', BERT, BERT, '--ep', 'gpu');
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('vcompile: --ep gpu: expected one of cpu, cuda, auto\n');
+    expect((await vcompile('plugin', 'init', '--kind', 'avg', '--ratio', '2', '--hidden', '8', '-o', 'x.onnx')).stderr).toBe(
+      'vcompile: --kind avg: expected one of mean, variator, identity\n',
+    );
+  });
+
   it('a mistyped command is named as one, not read as a model file', async ({ expect }) => {
     const r = await vcompile('inpsect', BERT);
     expect(r.code).toBe(2);

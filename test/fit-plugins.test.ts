@@ -115,7 +115,7 @@ describe('fitted plugins', () => {
     const result = await fitOn(nonlinear, calibration, { ratio: 2, scope: 'ffn', rank: 'full' });
     for (const l of result.layers) {
       expect(l.unexplained.fitted).toBeLessThan(l.unexplained.mean);
-      expect(l.unexplained.fitted).toBeLessThan(l.unexplained.linearControl);
+      expect(l.unexplained.fitted).toBeLessThan(l.unexplained.linearControl!);
     }
     // and on data the fit never saw, the compiled model is closer to the original than with mean plugins
     const fitted = compiled(nonlinear, result.plugins, 'nonlinear-fitted');

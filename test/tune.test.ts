@@ -85,10 +85,11 @@ describe('vcompile tune', () => {
     expect(r.splits).toEqual({ fit: 30, validation: 10, test: 10 });
   }, 240_000);
 
-  it("with estimated profiles (as for a large model), the loss of each variant's uniform point is shared among the layers and the choice still meets the budget", async () => {
+  it("with estimated profiles and fewer fitting samples (as for a large model), the loss of each variant's uniform point is shared among the layers and the choice still meets the budget", async () => {
     const losses = loose.points.map((p) => lossOf(p.validation, 'kl')).sort((a, b) => a - b);
     const bound = (losses[0] + losses[losses.length - 1]) / 2;
-    const r = await tuneWith(`kl<=${bound}`, { profiles: 'estimated' });
+    const r = await tuneWith(`kl<=${bound}`, { profiles: 'estimated', fitSamples: 20 });
+    expect(r.splits).toEqual({ fit: 20, validation: 10, test: 10 });
     expect(r.profiles.length).toBe(3 * 4);
     expect(r.profiles.every((p) => p.validation === null)).toBe(true);
     for (const uniform of r.points.filter((p) => p.kind === 'uniform')) {
@@ -228,6 +229,8 @@ describe('vcompile tune', () => {
       [['--time-limit', 'soon'], /--time-limit: expected a duration/],
       [['--scopes', 'ffn,mlp'], /--scopes: 'mlp' is not a scope/],
       [['--target-speedup', '0.5'], /--target-speedup must be a number above 1/],
+      [['--fit-samples', '0'], /--fit-samples must be a positive integer, got 0/],
+      [['--profiles', 'guessed'], /--profiles guessed: expected one of auto, measured, estimated/],
     ] as const) {
       const r = vcompile('tune', modelFile, '--data', dataFile, ...flags, '-o', out);
       expect(r.code).toBe(2);

@@ -163,7 +163,7 @@ function formatFit(r: PluginFitResult, written: string[]): string {
     String(l.layer),
     l.unexplained.mean.toFixed(4),
     l.unexplained.fitted.toFixed(4),
-    l.unexplained.linearControl.toFixed(4),
+    l.unexplained.linearControl?.toFixed(4) ?? '-',
     String(l.rank),
     l.lambda.toExponential(1),
     String(l.tokens),

@@ -128,7 +128,7 @@ function buildParser(argv: string[], out: Out): Argv {
     .help()
     .exitProcess(false)
     .fail((message, error) => {
-      throw error ?? new VcompileError(message.split('\n')[0]);
+      throw error ?? new VcompileError(oneLine(message));
     });
 }
 
@@ -377,6 +377,10 @@ function tuneModelCommand(parser: Argv, out: Out): void {
             'per-layer profiles: each evaluated, or estimated from the fits (auto: estimated when evaluating would take over 5 min)',
         })
         .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('fit-samples', {
+          type: 'number',
+          describe: 'fit the plugins on N of the fitting samples (default: all 3 in 5); the fits take time in proportion',
+        })
         .option('run-batch', { type: 'number', describe: 'samples per run while fitting and evaluating (default 8)' })
         .option('runs', { type: 'number', describe: 'timed rounds per candidate (default 5)' })
         .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
@@ -398,6 +402,7 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         rank: args.rank,
         profiles: args.profiles as TuneFlags['profiles'],
         samples: args.samples,
+        fitSamples: args['fit-samples'],
         runBatch: args['run-batch'],
         runs: args.runs,
         threads: args.threads,
@@ -738,4 +743,15 @@ function byteCount(text: string, flag: string): number {
   if (text.trim() === '' || !Number.isSafeInteger(n) || n < 0)
     throw new VcompileError(`${flag} ${text}: must be a whole number of bytes >= 0`);
   return n;
+}
+
+/**
+ * A yargs message on one line: 'Invalid values:\n  Argument: ep, Given: "gpu", Choices: "cpu", ...' becomes
+ * '--ep gpu: expected one of cpu, cuda, auto'; others keep their first line.
+ */
+function oneLine(message: string): string {
+  const choice = /Argument: (\S+), Given: (.+?), Choices: (.+)/.exec(message);
+  if (!choice) return message.split('\n')[0];
+  const unquote = (s: string) => s.trim().replace(/^"(.*)"$/, '$1');
+  return `--${choice[1]} ${unquote(choice[2])}: expected one of ${choice[3].split(',').map(unquote).join(', ')}`;
 }

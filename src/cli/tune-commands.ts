@@ -31,6 +31,7 @@ export interface TuneFlags {
   rank?: string;
   profiles?: 'auto' | 'measured' | 'estimated';
   samples?: number;
+  fitSamples?: number;
   runBatch?: number;
   runs?: number;
   threads?: number;
@@ -108,6 +109,7 @@ function tuneSettings(flags: TuneFlags): Settings {
     ['--batch', flags.batch],
     ['--seq', flags.seq],
     ['--samples', flags.samples],
+    ['--fit-samples', flags.fitSamples],
     ['--run-batch', flags.runBatch],
     ['--runs', flags.runs],
   ];
@@ -153,6 +155,7 @@ async function searchWithProgress(
       ratios: settings.ratios,
       rank: settings.rank,
       profiles: flags.profiles,
+      fitSamples: flags.fitSamples,
       batchSize: flags.runBatch,
       threads: flags.threads,
       runs: flags.runs,

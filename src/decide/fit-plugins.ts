@@ -73,8 +73,8 @@ export interface LayerFit {
   heldOutTokens: number;
   lambda: number;
   rank: number | 'full';
-  /** held-out unexplained variance of the block's output: the mean restore's, the fit's, and x-only linear control's */
-  unexplained: { mean: number; fitted: number; linearControl: number };
+  /** held-out unexplained variance of the block's output: the mean restore's, the fit's, and x-only linear control's (null: not fitted) */
+  unexplained: { mean: number; fitted: number; linearControl: number | null };
   /** 'mean': the fit did worse than the mean restore on held-out positions and was not used */
   restore: 'fitted' | 'mean';
   seconds: number;
@@ -109,6 +109,8 @@ export interface VariantFitOptions {
   batchSize?: number;
   threads?: number;
   onProgress?: (event: FitProgress) => void;
+  /** fit the x-only linear control too (default true): a diagnostic a search can do without */
+  control?: boolean;
 }
 
 export const STREAM = 'vcompile_stream';
@@ -199,7 +201,11 @@ async function fitLayers(
   context: FitContext,
   plan: ReadonlyMap<number, readonly (PluginSetting | undefined)[]>,
   sequential: boolean,
-  options: { onProgress?: (event: FitProgress) => void; onStream?: (layer: number, batch: DataBatch, stream: Tensor) => void },
+  options: {
+    onProgress?: (event: FitProgress) => void;
+    onStream?: (layer: number, batch: DataBatch, stream: Tensor) => void;
+    control?: boolean;
+  },
 ): Promise<Fitted[]> {
   const { fresh, original, analysis, d, splits, session } = context;
   const fitted: Fitted[] = [];
@@ -219,7 +225,7 @@ async function fitLayers(
       checkTokens(stats.fit, d, layer.index);
       const { rank, note } = rankFor(setting, layer, original, d);
       options.onProgress?.({ layer: layer.index, stage: 'solve', done: 0, total: 1 });
-      const solved = await solve(stats, rank, d);
+      const solved = await solve(stats, rank, d, options.control ?? true);
       const model = buildFittedPlugin(
         { ratio: setting.ratio, hidden: d, scope: setting.scope, opset: original.opsetVersion('') ?? 17 },
         solved.weights,
@@ -446,11 +452,12 @@ function checkTokens(stats: NormalEquations, d: number, layer: number): void {
   }
 }
 
-/** Ridge on [u ; x ; 1], then the reduced rank; the x-only control; the mean restore when the fit is worse. */
+/** Ridge on [u ; x ; 1], then the reduced rank; the x-only control if asked; the mean restore when the fit is worse. */
 async function solve(
   stats: { fit: NormalEquations; held: NormalEquations; shifts: { shift: Float32Array; shiftX: Float32Array } },
   rank: number | 'full',
   d: number,
+  withControl: boolean,
 ) {
   const n = 2 * d + 1;
   const { fit, held } = stats;
@@ -474,14 +481,18 @@ async function solve(
     unshift(reduced.a.data, rank, d, shift, shiftX);
     weights = split(reduced.a, d, reduced.b);
   }
-  const control = await linearControl(fit, held, d);
+  const control = withControl ? await linearControl(fit, held, d) : null;
   const restore: 'fitted' | 'mean' = error < meanError ? 'fitted' : 'mean';
   if (restore === 'mean') weights = zeroWeights(d, rank === 'full' ? d : rank);
   return {
     weights,
     lambda: full.lambda,
     restore,
-    unexplained: { mean: meanError / variance, fitted: Math.min(error, meanError) / variance, linearControl: control / variance },
+    unexplained: {
+      mean: meanError / variance,
+      fitted: Math.min(error, meanError) / variance,
+      linearControl: control === null ? null : control / variance,
+    },
   };
 }
 
