@@ -590,10 +590,8 @@ class Tuner {
       saveModel(this.compile(p.configuration), file);
       return file;
     });
-    const originalFile = path.join(this.workDir, 'original.onnx');
-    fs.writeFileSync(originalFile, this.bytes);
     try {
-      const report = await benchModels([originalFile, ...files], {
+      const report = await benchModels([this.file, ...files], {
         batches: [this.batch],
         seqs: [this.seq],
         warmup: 1,
@@ -608,7 +606,7 @@ class Tuner {
         return { speedup: r.speedup, iqr: r.speedupIqr };
       });
     } finally {
-      for (const f of [originalFile, ...files]) fs.rmSync(f, { force: true });
+      for (const f of files) fs.rmSync(f, { force: true });
     }
   }
 
