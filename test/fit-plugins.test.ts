@@ -225,6 +225,41 @@ describe('vcompile plugin fit', () => {
     expect(report.verify.inputs).toMatchObject({ kind: 'data', samples: 8 });
   });
 
+  it('in one step: every sample fits when there is no check (--no-verify); with the check, one must be left', () => {
+    const nonlinear = path.join(dir, 'cli-model.onnx');
+    const out = path.join(dir, 'one-step-all.onnx');
+    const unchecked = vcompile(
+      nonlinear,
+      '--plugin',
+      'builtin:fit:2',
+      '--data',
+      calibration,
+      '--rank',
+      '4',
+      '--no-verify',
+      '-o',
+      out,
+      '--json',
+    );
+    expect(unchecked.code).toBe(0);
+    expect(JSON.parse(unchecked.stdout).fit[0]).toMatchObject({ samples: 40 });
+    const all = vcompile(
+      nonlinear,
+      '--plugin',
+      'builtin:fit:2',
+      '--data',
+      calibration,
+      '--samples',
+      '40',
+      '-o',
+      path.join(dir, 'never.onnx'),
+    );
+    expect(all.code).toBe(2);
+    expect(all.stderr).toMatch(
+      /: 40 samples leave none for the check after the fit \(--samples 40\): give more data or a smaller --samples, or --no-verify\n$/,
+    );
+  });
+
   const refusals: [string, string[], RegExp | string][] = [
     [
       'too few samples to hold some out',

@@ -191,6 +191,25 @@ describe('vcompile tune', () => {
     expect(c.cache.fitted).toBe(0);
     expect(c.cache.hits).toBeGreaterThanOrEqual(c.profiles.length + 4);
     expect(c.budget).toEqual({ metric: 'top1-agreement', bound: 0.8 });
+    // a plugin file gone from the cache is fitted again, not a crash
+    const cached = fs.readdirSync(path.join(report, 'cache')).filter((f) => f.endsWith('.onnx'));
+    fs.rmSync(path.join(report, 'cache', cached[0]));
+    const again = vcompile(
+      'tune',
+      modelFile,
+      '--data',
+      dataFile,
+      '--budget',
+      'top1-agreement>=0.8',
+      ...timing,
+      '-o',
+      out,
+      '--report',
+      report,
+      '--json',
+    );
+    expect(again.stderr).toBe('');
+    expect(JSON.parse(again.stdout).cache.fitted).toBe(1);
   }, 240_000);
 
   it('an impossible budget writes the original and says so in one line, or exits 1 with --require', () => {
@@ -230,6 +249,11 @@ describe('vcompile tune', () => {
       [['--scopes', 'ffn,mlp'], /--scopes: 'mlp' is not a scope/],
       [['--target-speedup', '0.5'], /--target-speedup must be a number above 1/],
       [['--fit-samples', '0'], /--fit-samples must be a positive integer, got 0/],
+      [
+        ['--budget', 'accuracy-drop<=1'],
+        /--budget accuracy-drop<=1: .*data\.jsonl has no labels; give labelled data or a top1-agreement or kl budget/,
+      ],
+      [['--samples', '7'], /.*data\.jsonl: 7 samples are too few to tune: .*; give at least 10/],
       [['--profiles', 'guessed'], /--profiles guessed: expected one of auto, measured, estimated/],
     ] as const) {
       const r = vcompile('tune', modelFile, '--data', dataFile, ...flags, '-o', out);

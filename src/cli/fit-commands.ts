@@ -229,12 +229,14 @@ export interface CompileFitFlags {
   rank?: string;
   layers?: string;
   json: boolean;
+  /** the check after the compile (undefined with --no-verify: then the fit may use every sample) */
+  verify?: unknown;
 }
 
 /**
  * Fit each builtin:fit request on `model` (the model as the compile has it when plugins go in: after modules)
- * from the first samples of the data: --samples N of them, or 80%, so that the check after the compile runs
- * on samples the fit has not seen.
+ * from the first samples of the data: --samples N of them, or 80% (all with --no-verify), so that the check
+ * after the compile runs on samples the fit has not seen.
  */
 export async function fitForCompile(
   file: string,
@@ -246,9 +248,10 @@ export async function fitForCompile(
   if (!flags.data) throw new VcompileError('--plugin builtin:fit needs --data PATH (the calibration inputs)');
   const specsOfInputs = describeInputs(model);
   const all = openData(flags.data, specsOfInputs).size;
-  const fitted = flags.samples ?? Math.floor(all * 0.8);
+  const checked = flags.verify !== undefined;
+  const fitted = flags.samples ?? (checked ? Math.floor(all * 0.8) : all);
   if (!Number.isSafeInteger(fitted) || fitted < 1) throw new VcompileError(`--samples must be a positive integer, got ${flags.samples}`);
-  if (fitted >= all)
+  if (checked && fitted >= all)
     throw new VcompileError(
       `${flags.data}: ${all} samples leave none for the check after the fit (--samples ${fitted}): give more data or a smaller --samples, or --no-verify`,
     );

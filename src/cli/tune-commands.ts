@@ -48,6 +48,10 @@ export async function tuneCommand(file: string, flags: TuneFlags): Promise<numbe
   const model = loadModel(file);
   const data = openData(flags.data, describeInputs(model), { samples: flags.samples });
   const budget = flags.budget ? settings.budget! : data.hasLabels ? parseBudget('accuracy-drop<=0.5') : parseBudget('top1-agreement>=0.99');
+  if (budget.metric === 'accuracy-drop' && !data.hasLabels)
+    throw new VcompileError(
+      `--budget ${describeBudget(budget)}: ${flags.data} has no labels; give labelled data or a top1-agreement or kl budget`,
+    );
   const save: SaveOptions = { protect: [...inputReads(file, externalDataFiles(model)), ...dataReads(flags.data)] };
   checkSave(model, flags.output, save);
   if (flags.report) refuseReportOverlap(flags.report, [file, flags.data]);

@@ -298,8 +298,8 @@ class Tuner {
       for (const v of this.variants) {
         const key = `${layer}/${v.key}`;
         const cached = this.cache.read(`plugin|${key}`);
-        if (cached) {
-          this.plugins.set(key, { bytes: fs.readFileSync(cached.file!), fit: cached.value as LayerFit });
+        if (cached?.file) {
+          this.plugins.set(key, { bytes: fs.readFileSync(cached.file), fit: cached.value as LayerFit });
           this.counts.hits++;
         } else missing.add(key);
       }
@@ -658,7 +658,7 @@ function splitData(data: DataSet, fitSamples: number | undefined): { fit: DataSe
     validation: data.subset(pick(VALIDATION_SPLIT)),
     test: data.subset(pick(TEST_SPLIT)),
   };
-  if (splits.test.size === 0 || splits.fit.size < 5)
+  if (data.size < 10)
     throw new VcompileError(
       `${data.source}: ${data.size} samples are too few to tune: 3 in 5 fit the plugins, 1 in 5 choose, 1 in 5 test; give at least 10`,
     );
