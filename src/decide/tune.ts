@@ -535,8 +535,7 @@ class Tuner {
       if (pending.length && !this.shouldStop()) {
         const timings = await this.measure(pending, runs);
         pending.forEach((p, i) => {
-          p.measuredSpeedup = timings[i].speedup;
-          p.measuredIqr = timings[i].iqr;
+          applyTiming(p, timings[i]);
           this.cache.write(this.timingKey(p), timings[i]);
         });
       }
@@ -552,9 +551,7 @@ class Tuner {
   private timingFromCache(p: TunePoint): boolean {
     const cached = this.cache.read(this.timingKey(p));
     if (!cached) return false;
-    const value = cached.value as Timing;
-    p.measuredSpeedup = value.speedup;
-    p.measuredIqr = value.iqr;
+    applyTiming(p, cached.value as Timing);
     this.counts.hits++;
     return true;
   }
@@ -576,10 +573,7 @@ class Tuner {
     if (cached) this.counts.hits++;
     const timings = (cached?.value as Timing[] | undefined) ?? (await this.measure(finalists, runs));
     if (!cached) this.cache.write(key, timings);
-    finalists.forEach((p, i) => {
-      p.measuredSpeedup = timings[i].speedup;
-      p.measuredIqr = timings[i].iqr;
-    });
+    finalists.forEach((p, i) => applyTiming(p, timings[i]));
     this.progress('confirm', finalists.length, finalists.length);
   }
 
@@ -643,6 +637,11 @@ class Tuner {
     const keep = nonDominated(this.points.map((p) => ({ speedup: speedOf(p), loss: lossOf(p.validation, metric) })));
     for (const i of keep) this.points[i].frontier = true;
   }
+}
+
+function applyTiming(p: TunePoint, t: Timing): void {
+  p.measuredSpeedup = t.speedup;
+  p.measuredIqr = t.iqr;
 }
 
 /** The measured speed-up where there is one, else the predicted. */
