@@ -4,7 +4,7 @@
 // comes from real latencies. Reports p50/p95 end-to-end latency and the share served uncompressed.
 //   node dist/bench/adaptive.js --model SWITCHABLE.onnx [--requests 120] [--batch 1] [--seq 128] [--budget MS]
 import { parseArgs } from 'node:util';
-import { median, percentile } from '../src/bench/latency.js';
+import { median, percentile, timePaired } from '../src/bench/paired.js';
 import { loadModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
 import { AdaptiveSession, fixed, latencyBudget, type Policy } from '../src/runtime/adaptive.js';
@@ -71,12 +71,10 @@ async function main(): Promise<void> {
     0,
   );
   const session = await AdaptiveSession.create(model, fixed(1), { threads: values.threads ? Number(values.threads) : undefined });
-  const service: Record<number, number> = {};
-  for (const ratio of session.info.ratios) {
-    const samples: number[] = [];
-    for (let i = 0; i < 4; i++) samples.push((await session.runAt(ratio, feeds)).ms);
-    service[ratio] = median(samples.slice(1));
-  }
+  // service time per ratio: 5 paired rounds (order rotated each round) after one warm-up call each
+  const ratios = session.info.ratios;
+  const timing = await timePaired(ratios.length, (i) => session.runAt(ratios[i], feeds).then(() => undefined), { warmup: 1, rounds: 5 });
+  const service: Record<number, number> = Object.fromEntries(ratios.map((r, i) => [r, median(timing.entries[i].wallMs)]));
   const budget = values.budget ? Number(values.budget) : 2 * service[1];
   const arrivals = burstyArrivals(Number(values.requests), service[1], Number(values.seed));
   const top = Math.max(...session.info.ratios);
@@ -98,8 +96,11 @@ async function main(): Promise<void> {
   await session.release();
   const fmt = (n: number) => n.toFixed(1);
   console.log(
-    `service time per call (median of 3): ${Object.entries(service)
-      .map(([r, ms]) => `k=${r} ${fmt(ms)} ms`)
+    `service time per call (median of 5 paired rounds): ${ratios
+      .map(
+        (r, i) =>
+          `k=${r} ${fmt(service[r])} ms (${timing.entries[i].speedup.median.toFixed(2)}x over k=${ratios[0]}, IQR ${timing.entries[i].speedup.iqr.map((q) => q.toFixed(2)).join('-')})`,
+      )
       .join(', ')}`,
   );
   console.log(

@@ -1,6 +1,7 @@
 // Benchmark of the modular pass (not a test): a BERT-base-shaped model with 2, 4 and 6 pairs of layers
-// replaced by one module each (builtin:average by default), timed against the original in one process,
-// runs interleaved, medians; the measured speed-up is set against the MACs ratio.
+// replaced by one module each (builtin:average by default), timed against the original in one process in
+// paired rounds (order rotated each round; speed-up = median of per-round ratios, with its IQR); the
+// measured speed-up is set against the MACs ratio.
 //
 //   /usr/bin/python3 bench/models/bert_base.py bench/out/bert_base.onnx
 //   npm run build && node dist/bench/modular.js [bench/out/bert_base.onnx] [--batch 8] [--seq 256]
@@ -13,7 +14,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { benchModels, formatBenchReport, median } from '../src/bench/latency.js';
+import { benchModels, benchWarning, formatBenchReport } from '../src/bench/latency.js';
 import { modularPass } from '../src/compile/passes.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
 
@@ -60,19 +61,21 @@ async function main(): Promise<void> {
   process.stderr.write('\n');
   console.log(formatBenchReport(report));
   console.log(`load average (1 min): ${loadBefore.toFixed(2)} before, ${os.loadavg()[0].toFixed(2)} after; ${os.cpus().length} cores`);
+  const warning = benchWarning(report);
+  if (warning) console.log(`warning: ${warning}`);
   console.log('');
-  // paired: the original's time over this model's in the same round of the interleaved runs, median over
-  // rounds; on a shared machine load that comes and goes hits both runs of a round alike
-  const results = report.points[0].results;
-  const base = results[0].samplesMs;
-  console.log('| layers replaced | modules | GMACs | ideal (MACs ratio) | speed-up (medians) | paired speed-up | paired / ideal |');
-  console.log('|---|---|---|---|---|---|---|');
-  for (const [i, result] of results.entries()) {
+  // paired: the original's time over this model's in the same round, median over rounds (what `speedup`
+  // is); load that comes and goes on a shared machine hits both runs of a round alike
+  console.log(
+    '| layers replaced | modules | GMACs | ideal (MACs ratio) | median ms | paired speed-up (IQR) | CPU speed-up | paired / ideal |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const [i, result] of report.points[0].results.entries()) {
     const pairs = i === 0 ? 0 : options.pairs[i - 1];
-    const paired = median(result.samplesMs.map((ms, round) => base[round] / ms));
-    const ratio = result.idealSpeedup ? paired / result.idealSpeedup : NaN;
+    const ratio = result.idealSpeedup ? result.speedup / result.idealSpeedup : NaN;
+    const [q1, q3] = result.speedupIqr;
     console.log(
-      `| ${2 * pairs} | ${pairs} | ${result.macs === null ? '?' : (result.macs / 1e9).toFixed(1)} | ${result.idealSpeedup?.toFixed(3) ?? '?'}x | ${result.speedup.toFixed(3)}x (${result.medianMs.toFixed(0)} ms) | ${paired.toFixed(3)}x | ${ratio.toFixed(3)} |`,
+      `| ${2 * pairs} | ${pairs} | ${result.macs === null ? '?' : (result.macs / 1e9).toFixed(1)} | ${result.idealSpeedup?.toFixed(3) ?? '?'}x | ${result.medianMs.toFixed(0)} | ${result.speedup.toFixed(3)}x (${q1.toFixed(3)}-${q3.toFixed(3)}) | ${result.cpuSpeedup.toFixed(3)}x | ${ratio.toFixed(3)} |`,
     );
   }
   if (options.json) fs.writeFileSync(options.json, `${JSON.stringify(report, null, 2)}\n`);

@@ -24,7 +24,11 @@ export type OptionName =
   | 'batches'
   | 'dims'
   | 'data'
-  | 'logits';
+  | 'logits'
+  | 'output'
+  | 'dataLocation'
+  | 'sizeThreshold'
+  | 'sessions';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

@@ -45,7 +45,16 @@ export { Tensor } from './ir/tensor.js';
 export { eliminateDeadCode, spliceGraph, toposort } from './ir/transforms.js';
 export { DataType, type Dim, type IrType, tensorType } from './ir/types.js';
 export { assertValid, type Problem, verifyModel } from './ir/verify.js';
-export { decodeModel, encodeModel, loadModel, type SaveOptions, saveModel } from './onnx/file.js';
+export {
+  decodeModel,
+  encodeModel,
+  loadModel,
+  type ProtectedFile,
+  type SaveOptions,
+  type SaveResult,
+  saveModel,
+  saveModelAsync,
+} from './onnx/file.js';
 export {
   AdaptiveSession,
   type CallContext,

@@ -154,3 +154,24 @@ describe('modules and plugins in one compile', () => {
     expect(fs.existsSync(path.join(dir, 'b.onnx'))).toBe(false);
   });
 });
+
+describe('compiled models', () => {
+  it('inspect --layers describes what vcompile did; compiling one again is refused plainly', () => {
+    const out = path.join(tempDir(), 'm4.onnx');
+    expect(vcompile(bert, '--plugin', 'builtin:mean:4', '-o', out, '--no-verify').code).toBe(0);
+    const r = vcompile('inspect', out, '--layers');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^compiled by vcompile \S+:\n {2}layers 0, 1, 2: ffn plugin, k=4 \(builtin:mean:4, sha256 [0-9a-f]{12}\)$/m);
+    expect(r.stdout).toMatch(
+      /^no layer table for a compiled model \(transformer analysis stopped: .*\); inspect the model it was compiled from$/m,
+    );
+    const json = JSON.parse(vcompile('inspect', out, '--layers', '--json').stdout);
+    expect(json.compiled.plugins[0]).toMatchObject({ source: 'builtin:mean:4', ratio: 4, scope: 'ffn', layers: [0, 1, 2] });
+    expect(json.transformer).toBeNull();
+    const again = vcompile(out, '--plugin', 'builtin:mean:2', '-o', path.join(tempDir(), 'again.onnx'));
+    expect(again.code).toBe(2);
+    expect(again.stderr).toBe(
+      `vcompile: ${out} was already compiled by vcompile (metadata vcompile.plugins: its layers carry plugins); compile the original model instead\n`,
+    );
+  });
+});

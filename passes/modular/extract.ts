@@ -4,7 +4,7 @@
 // data. The module keeps the model's opset imports, so it can be spliced back unchanged, or trained
 // in any framework as the starting point of a modular layer.
 import { analyzeTransformer, type TransformerAnalysis } from '../../src/analysis/index.js';
-import { msg, VcompileError } from '../../src/errors.js';
+import { type Label, msg, VcompileError } from '../../src/errors.js';
 import { ModelBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
@@ -18,6 +18,17 @@ export interface Extracted {
   module: Model;
   span: Span;
   bias?: Value;
+  /** each value of the model the module computes or reads, with its counterpart in the module */
+  values: Map<Value, Value>;
+}
+
+export interface ExtractOptions {
+  /** weights of the span to write with other values (e.g. builtin:average's means; same type and shape) */
+  weights?: ReadonlyMap<Value, Tensor>;
+  /** vcompile.span to record (default: the extracted layers' count): a module of one layer made to replace more */
+  replaces?: number;
+  /** how refusals name the request (default: `extract layers START-END`) */
+  label?: Label;
 }
 
 /** Layers `start..end` of `model` as a module (the model is not changed). */
@@ -26,8 +37,9 @@ export function extractModule(
   start: number,
   end: number,
   analysis: TransformerAnalysis = analyzeTransformer(model),
+  options: ExtractOptions = {},
 ): Extracted {
-  const what = `extract ${spanName(start, end)}`;
+  const what = options.label ?? `extract ${spanName(start, end)}`;
   if (analysis.error) throw new VcompileError(msg`${what}: transformer analysis stopped: ${analysis.error.message}`);
   const hiddenSize = analysis.hidden;
   if (hiddenSize === undefined) throw new VcompileError(msg`${what}: the hidden size of the model is not fixed`);
@@ -52,7 +64,8 @@ export function extractModule(
   const stream = tensorType(DataType.FLOAT, ['batch', 'seq', hiddenSize]);
   const mapping = new Map<Value, Value>([[span.hidden, b.input(HIDDEN, stream)]]);
   if (bias) mapping.set(bias, b.input(ATTENTION_BIAS, biasType(bias, span, analysis)));
-  for (const weight of span.constants) mapping.set(weight, b.initializer(weight.name, tensorCopy(weight.constTensor()!)));
+  for (const weight of span.constants)
+    mapping.set(weight, b.initializer(weight.name, tensorCopy(options.weights?.get(weight) ?? weight.constTensor()!)));
   const nodes = new Set([...span.cone, ...span.region]);
   cloneNodes(
     model.graph.nodes.filter((n) => nodes.has(n)),
@@ -64,10 +77,10 @@ export function extractModule(
   b.output(out, HIDDEN_OUT, stream);
   module.docString = `${spanName(start, end)} of a ${model.graph.name ?? 'model'} graph, extracted by vcompile`;
   module.metadataProps = [
-    [SPAN_KEY, String(end - start + 1)],
+    [SPAN_KEY, String(options.replaces ?? end - start + 1)],
     [START_KEY, String(start)],
   ];
-  return { module, span, bias };
+  return { module, span, bias, values: mapping };
 }
 
 /** A tensor object of its own over the same data (a module's weights share the model's bytes). */

@@ -159,7 +159,8 @@ export function planModules(model: Model, analysis: TransformerAnalysis, options
   const loaded = new Map(options.loaded ?? []);
   return requests.map((request, i) => {
     const span = spans[i];
-    const kind = builtinKind(request.source, request);
+    // a module handed in already loaded (e.g. fitted from data) is placed like a file, whatever its name
+    const kind = loaded.has(request.source) ? undefined : builtinKind(request.source, request);
     const what = flag(request);
     if (kind === 'keep-first') {
       const dropped = span.start === span.end ? [] : describeSpan(analysis, span.start + 1, span.end, constantValues, what).region;

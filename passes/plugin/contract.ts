@@ -31,21 +31,24 @@ export interface Plugin {
   restored: Value;
 }
 
+/**
+ * The largest compression ratio a built-in plugin takes: far beyond any useful one (Variator uses 2 to
+ * 16), small enough that the generated subgraphs and their shapes stay sane.
+ */
+export const MAX_BUILTIN_RATIO = 1024;
+
 /** `builtin:mean:4`, `builtin:variator:2:layer`, `builtin:identity:1`: kind, ratio, scope (default ffn). */
 export function parseBuiltin(spec: string): { kind: BuiltinKind; ratio: number; scope: Scope } | undefined {
   if (!spec.startsWith('builtin:')) return undefined;
   const [kind, ratioText, scopeText = 'ffn', ...rest] = spec.slice('builtin:'.length).split(':');
   const usage = `plugin ${spec}: expected builtin:KIND:K[:SCOPE] with KIND ${BUILTIN_KINDS.join('|')} and SCOPE ${SCOPES.join('|')}`;
-  const ratio = Number(ratioText);
-  if (
-    !BUILTIN_KINDS.includes(kind as BuiltinKind) ||
-    !Number.isInteger(ratio) ||
-    ratio < 1 ||
-    !SCOPES.includes(scopeText as Scope) ||
-    rest.length
-  ) {
+  if (!BUILTIN_KINDS.includes(kind as BuiltinKind) || ratioText === undefined || !SCOPES.includes(scopeText as Scope) || rest.length) {
     throw new VcompileError(usage);
   }
+  const ratio = Number(ratioText);
+  if (ratioText.trim() === '' || Number.isNaN(ratio)) throw new VcompileError(usage);
+  if (!/^\d+$/.test(ratioText) || ratio < 1 || ratio > MAX_BUILTIN_RATIO)
+    throw new VcompileError(`plugin ${spec}: the ratio K must be a whole number from 1 to ${MAX_BUILTIN_RATIO}, got '${ratioText}'`);
   if (kind === 'identity' && ratio !== 1) throw new VcompileError(`plugin ${spec}: the identity plugin has ratio 1`);
   return { kind: kind as BuiltinKind, ratio, scope: scopeText as Scope };
 }

@@ -1,15 +1,27 @@
-// One model, many speeds: every wrapped block becomes a chain of If nodes that picks, from the graph input
-// `vcompile_ratio` (int64 scalar, with a default), the block wrapped in the plugin of that ratio, or the
-// block as it is (ratio 1). Branches read the backbone's weights from the enclosing graph, so they are
-// stored once; plugin weights and pooled masks live in the main graph too. An unknown ratio fails at run
-// time in a node whose name says which ratios the model has.
+// One model, many speeds: every wrapped block becomes one If node per ratio, side by side in the main
+// graph, each computing, when the graph input `vcompile_ratio` (int64 scalar, with a default) equals its
+// ratio, the block wrapped in the plugin of that ratio, or the block as it is (ratio 1). Branches read the
+// backbone's weights from the main graph, so they are stored once; plugin weights and pooled masks live in
+// the main graph too. Every weight is read exactly one If level deep: ONNX Runtime (1.30) prepacks the
+// MatMul weights a branch reads from the main graph, but not those read two or more levels deep, which at
+// batch 1 cost 13-20 ms per call on a BERT-base model. An unknown ratio fails at run time in a node whose
+// name says which ratios the model has.
+//
+// For ratios r1 < ... < rN, per layer:
+//   part_ri = If(ratio == ri, then: block at ri, else: an empty [batch, 0, d] slice)   for i < N
+//   result  = If(ratio == rN, then: block at rN,
+//                else: If(ratio in {r1..rN-1}, then: Concat(part_r1, ..., part_rN-1) on the sequence axis,
+//                                              else: a Reshape that fails, named for the error))
+// so an untaken ratio costs an If and an empty slice, and every ratio but the last one copy of the block's
+// result. Every If output and branch output is typed (symbolic dims kept), so ONNX Runtime has no shapes
+// to merge and prints no warning.
 import type { ShapeTable, TransformerAnalysis } from '../../src/analysis/index.js';
 import { msg, option, VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
 import type { Graph, Value } from '../../src/ir/graph.js';
 import type { Model } from '../../src/ir/model.js';
 import { Tensor } from '../../src/ir/tensor.js';
-import { DataType, type IrType, tensorType } from '../../src/ir/types.js';
+import { DataType, type Dim, type IrType, tensorType } from '../../src/ir/types.js';
 import { analyzeFor } from '../common/blocks.js';
 import type { Pass } from '../pipeline.js';
 import type { Plugin } from './contract.js';
@@ -126,6 +138,7 @@ class SwitchBuilder {
   private readonly main: GraphBuilder;
   private readonly ratio: Value;
   private readonly conditions = new Map<number, Value>();
+  private anyOfOthers: Value | undefined;
 
   constructor(
     model: Model,
@@ -141,34 +154,68 @@ class SwitchBuilder {
     if ((model.irVersion ?? 0) < 4) model.irVersion = 4;
   }
 
-  /** Replace one layer's block by If(ratio == r1, [r1], If(ratio == r2, [r2], ... [unknown ratio error])). */
+  /** Replace one layer's block by one If per ratio (see the header). */
   switchLayer(placements: Map<number, Placement>): void {
     const any = placements.values().next().value as Placement;
-    let fallback = this.unknownRatioBranch(any);
-    for (const ratio of [...this.ratios].reverse()) {
-      const p = placements.get(ratio);
-      const b = this.main.subgraph(`vcompile/L${any.layer.index}/ratio_${ratio}`, { prefix: `vcompile/plugin/L${any.layer.index}/` });
-      const type = this.blockType(any);
-      b.output(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), undefined, type);
-      const chosen = b.graph;
-      if (ratio === this.ratios[0]) {
-        const node = this.main.node('If', [this.condition(ratio)], { then_branch: chosen, else_branch: fallback });
-        // Typed in value_info, so that ORT knows the rank after the If and keeps fusing what follows it.
-        const result = typed(node.outputs[0]!, type);
-        this.main.graph.valueInfos.push(result);
-        this.rewriter.replace(any.output, result);
-        return;
-      }
-      fallback = this.nest(ratio, chosen, fallback, any);
-    }
+    const type = this.blockType(any);
+    const last = this.ratios[this.ratios.length - 1];
+    const parts = this.ratios.slice(0, -1).map((ratio) => {
+      const node = this.main.node('If', [this.condition(ratio)], {
+        then_branch: this.ratioBranch(ratio, placements, any, type),
+        else_branch: this.emptyBranch(ratio, any, type),
+      });
+      return this.declare(this.main.graph, node.outputs[0]!, withSeq(type, {}));
+    });
+    const node = this.main.node('If', [this.condition(last)], {
+      then_branch: this.ratioBranch(last, placements, any, type),
+      else_branch: this.otherRatiosBranch(parts, any, type),
+    });
+    // Typed in value_info, so that ORT knows the rank after the If and keeps fusing what follows it.
+    this.rewriter.replace(any.output, this.declare(this.main.graph, node.outputs[0]!, type));
   }
 
-  /** A graph holding If(ratio == r, then, else), to be the else branch of the next check out. */
-  private nest(ratio: number, then: Graph, otherwise: Graph, p: Placement): Graph {
-    const b = this.main.subgraph(`vcompile/L${p.layer.index}/not_ratio_${ratio}`, { prefix: `vcompile/L${p.layer.index}/` });
-    const node = b.node('If', [this.condition(ratio)], { then_branch: then, else_branch: otherwise });
-    b.output(node.outputs[0]!, undefined, this.blockType(p));
+  /** The block at `ratio`: wrapped in that ratio's plugin, or as it is where the layer has none (ratio 1). */
+  private ratioBranch(ratio: number, placements: Map<number, Placement>, any: Placement, type: IrType): Graph {
+    const p = placements.get(ratio);
+    const b = this.main.subgraph(`vcompile/L${any.layer.index}/ratio_${ratio}`, { prefix: `vcompile/plugin/L${any.layer.index}/` });
+    b.output(p ? this.rewriter.compressedRun(p, b, this.main) : this.rewriter.uncompressedRun(any, b), undefined, type);
     return b.graph;
+  }
+
+  /** What an untaken ratio gives: the block's input sliced to length 0 on the sequence axis, no copy. */
+  private emptyBranch(ratio: number, p: Placement, type: IrType): Graph {
+    const b = this.main.subgraph(`vcompile/L${p.layer.index}/not_ratio_${ratio}`, { prefix: `vcompile/L${p.layer.index}/` });
+    const zero = b.int64s('zero', [0]);
+    const empty = b.op.Slice(this.rewriter.current(p.hidden), zero, zero, b.int64s('axis', [SEQ_AXIS]));
+    b.output(empty, undefined, withSeq(type, { value: 0 }));
+    return b.graph;
+  }
+
+  /** The result of the ratio that was taken among the others, or the unknown-ratio failure. */
+  private otherRatiosBranch(parts: Value[], p: Placement, type: IrType): Graph {
+    const b = this.main.subgraph(`vcompile/L${p.layer.index}/other_ratios`, { prefix: `vcompile/L${p.layer.index}/` });
+    const taken = b.subgraph(`vcompile/L${p.layer.index}/taken_ratio`);
+    // Exactly one part is not empty.
+    taken.output(parts.length === 1 ? taken.op.Identity(parts[0]) : taken.op.Concat(...parts, { axis: SEQ_AXIS }), undefined, type);
+    const node = b.node('If', [this.knownOthers()], { then_branch: taken.graph, else_branch: this.unknownRatioBranch(b, p, type) });
+    b.output(this.declare(b.graph, node.outputs[0]!, type), undefined, type);
+    return b.graph;
+  }
+
+  /** `ratio` equals one of the ratios but the last (computed once, in the main graph). */
+  private knownOthers(): Value {
+    if (!this.anyOfOthers) {
+      const conditions = this.ratios.slice(0, -1).map((r) => this.condition(r));
+      this.anyOfOthers = conditions.slice(1).reduce((a, c) => this.main.op.Or(a, c), conditions[0]);
+    }
+    return this.anyOfOthers;
+  }
+
+  /** A value of the main graph or a branch, typed there (value_info) as it is declared. */
+  private declare(graph: Graph, value: Value, type: IrType): Value {
+    value.type = type;
+    graph.valueInfos.push(value);
+    return value;
   }
 
   /** The wrapped block's result type: declared, else inferred ([batch, seq, d] with symbolic dims kept). */
@@ -194,23 +241,29 @@ class SwitchBuilder {
 
   /**
    * ONNX has no assertion op: this branch reshapes to a shape that cannot exist, computed from the ratio
-   * at run time (so no optimizer folds it), in a node whose name ONNX Runtime prints in its error.
+   * at run time (so no optimizer folds it), in a node whose name ONNX Runtime prints in its error. The
+   * shape has the block's rank, so the Reshape's inferred type agrees with the declared one.
    */
-  private unknownRatioBranch(p: Placement): Graph {
-    const b = this.main.subgraph(`vcompile/L${p.layer.index}/unknown_ratio`, { prefix: `vcompile/L${p.layer.index}/` });
+  private unknownRatioBranch(outer: GraphBuilder, p: Placement, type: IrType): Graph {
+    const b = outer.subgraph(`vcompile/L${p.layer.index}/unknown_ratio`, { prefix: `vcompile/L${p.layer.index}/` });
     const impossible = b.op.Unsqueeze(
       b.op.Sub(b.op.Mul(this.ratio, b.int64s('zero', [0], [])), b.int64s('two', [2], [])),
       b.int64s('axes', [0]),
     );
-    const failing = b.node('Reshape', [this.rewriter.current(p.hidden), impossible]);
+    const rank = type.kind === 'tensor' && type.shape ? type.shape.length : 3;
+    const shape = b.op.Concat(...Array.from({ length: rank }, () => impossible), { axis: 0 });
+    const failing = b.node('Reshape', [this.rewriter.current(p.hidden), shape]);
     failing.name = this.rewriter.names.fresh(`${RATIO_INPUT} must be one of ${this.ratios.join(', ')} (layer ${p.layer.index})`);
-    b.output(failing.outputs[0]!, undefined, this.blockType(p));
+    b.output(failing.outputs[0]!, undefined, type);
     return b.graph;
   }
 }
 
-/** Branch outputs carry the block result's type, as If requires. */
-function typed(value: Value, type: IrType): Value {
-  value.type = type;
-  return value;
+/** The sequence axis of a block's [batch, seq, d] result, where parts of untaken ratios are empty. */
+const SEQ_AXIS = 1;
+
+/** `type` with its sequence dim replaced (an unknown dim, or 0); a type without a shape stays as it is. */
+function withSeq(type: IrType, dim: Dim): IrType {
+  if (type.kind !== 'tensor' || !type.shape || type.shape.length <= SEQ_AXIS) return type;
+  return { ...type, shape: type.shape.map((d, i) => (i === SEQ_AXIS ? dim : d)) };
 }

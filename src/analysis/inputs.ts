@@ -124,6 +124,29 @@ export function dimKey(input: string, axis: number, dim: Dim): string {
   return dim.param ?? `${input}.${axis}`;
 }
 
+/** The names symbolic input dims are bound by (what `dims` can name), each once, in input order. */
+export function symbolicDimNames(specs: readonly InputSpec[]): string[] {
+  const names = new Set<string>();
+  for (const spec of specs) spec.dims.forEach((dim, axis) => dim.value === undefined && names.add(dimKey(spec.name, axis, dim)));
+  return [...names];
+}
+
+/** Refuses a binding in `dims` that names no symbolic dim of the inputs of `models` (it would bind nothing). */
+export function checkDimNames(
+  specs: readonly InputSpec[],
+  dims: Readonly<Record<string, number>> | undefined,
+  models: readonly string[],
+): void {
+  const known = symbolicDimNames(specs);
+  for (const [name, value] of Object.entries(dims ?? {})) {
+    if (known.includes(name)) continue;
+    const what =
+      models.length === 1 ? `${models[0]} has no input dim named ${name}` : `none of ${models.join(', ')} has an input dim named ${name}`;
+    const which = known.length ? `the symbolic input dims are ${known.join(', ')}` : 'there are no symbolic input dims';
+    throw new VcompileError(msg`${option('dims', `${name}=${value}`, `dims.${name}`)}: ${what} (${which})`);
+  }
+}
+
 /**
  * Every symbolic dim of the inputs with its value. Dims sharing a name share a value; the first input
  * that names a dim decides whether it is a batch or a sequence dim.

@@ -1,24 +1,44 @@
-// Side-by-side latency of several models in one process: every model gets the same feeds, runs are
-// interleaved (A B A B ...) after warm-up so drift on the machine (frequency, other load) hits all
-// models alike, and the arithmetic (MACs) each model needs is reported next to its measured time.
-import type * as ort from 'onnxruntime-node';
+// Side-by-side latency of several models in one process: every model gets the same feeds, and at every
+// grid point the models run in paired rounds (src/bench/paired.ts): each round runs every model once, in an
+// order that rotates from round to round, so that drift on the machine (frequency, other load) hits all
+// models alike, and a model's speed-up is the median of its per-round ratios against the first model,
+// with their spread. The first model also runs a second time each round, on a session of its own, as a
+// control. The arithmetic
+// (MACs) each model needs is reported next to its measured time; its memory is measured in a process of
+// its own (src/bench/memory.ts).
 import { macsAt } from '../analysis/macs.js';
 import { msg, option, VcompileError } from '../errors.js';
 import type { Tensor } from '../ir/tensor.js';
 import { loadModel } from '../onnx/file.js';
 import { RATIO_INPUT, ratioTensor, switchableInfo, withFeedableRatio } from '../runtime/adaptive.js';
-import { bindDims, type DimBinding, describeInputs, generateFeeds, type InputSpec, shapeOf } from '../runtime/feeds.js';
+import { bindDims, checkDimNames, type DimBinding, describeInputs, generateFeeds, type InputSpec, shapeOf } from '../runtime/feeds.js';
 import { openSession, prepareFeeds, runPrepared, type Session, type SessionOptions } from '../runtime/session.js';
+import { MEMORY_NOTE, type MemoryJob, measureInChild } from './memory.js';
+import { type Clock, controlFinding, type EntryTiming, formatSpread, median, percentile, spreadFinding, timePaired } from './paired.js';
+
+export { median, percentile };
 
 export interface BenchOptions {
   batches: readonly number[];
   seqs: readonly number[];
   dims?: Readonly<Record<string, number>>;
   seed?: number;
-  /** untimed runs per model before each grid point's timed runs */
+  /** untimed runs per model before each grid point's timed rounds */
   warmup: number;
-  /** timed runs per model per grid point */
+  /** timed rounds per grid point: every model runs once per round */
   runs: number;
+  /** time the first model a second time each round, on a second session, against itself (default true) */
+  control?: boolean;
+  /**
+   * sessions per model (default 1), used in turn, round r on session r mod `sessions`: on a loaded machine
+   * two sessions of one model can differ by 20% and more for as long as they live, and a median over
+   * rounds that mix several sessions leans less on one of them
+   */
+  sessions?: number;
+  /** measure each model's memory in a process of its own (default true) */
+  memory?: boolean;
+  /** the clock of the timed calls (tests) */
+  clock?: Clock;
   session?: Omit<SessionOptions, 'extraOutputs'>;
   /** time each of these ratios of a switchable model (one with a vcompile_ratio input) as its own entry */
   ratios?: readonly number[];
@@ -34,7 +54,7 @@ export interface BenchModel {
   ep: 'cpu' | 'cuda';
   /** seconds to create the ORT session */
   loadSeconds: number;
-  /** MiB; see MEMORY_NOTE */
+  /** MiB; see MEMORY_NOTE. null: not measured (not Linux, turned off, or the child failed: see notes) */
   memoryMiB: number | null;
 }
 
@@ -45,15 +65,39 @@ export interface BenchResult {
   p90Ms: number;
   meanMs: number;
   minMs: number;
+  /** median CPU time per call (user + system, every thread of the process), ms */
+  cpuMedianMs: number;
   /** sequences (batch rows) per second at the median latency */
   throughput: number;
-  /** the first model's median over this model's median */
+  /**
+   * median over rounds of the first model's time over this model's time in the same round (not a
+   * ratio of medians: see src/bench/paired.ts)
+   */
   speedup: number;
+  /** interquartile range of those per-round ratios: [q1, q3] */
+  speedupIqr: [number, number];
+  /** the same with CPU times */
+  cpuSpeedup: number;
+  cpuSpeedupIqr: [number, number];
   /** whole-graph MACs at this point, or null when shape inference could not count them */
   macs: number | null;
   /** the first model's MACs over this model's: the speed-up the arithmetic predicts */
   idealSpeedup: number | null;
+  /** wall ms per round, in round order (round r of every model is one pair) */
   samplesMs: number[];
+  /** CPU ms per round */
+  cpuSamplesMs: number[];
+}
+
+/** The first model timed a second time in every round, on a session of its own, against itself. */
+export interface BenchControl {
+  speedup: number;
+  speedupIqr: [number, number];
+  cpuSpeedup: number;
+  cpuSpeedupIqr: [number, number];
+  medianMs: number;
+  samplesMs: number[];
+  cpuSamplesMs: number[];
 }
 
 export interface BenchPoint {
@@ -62,6 +106,8 @@ export interface BenchPoint {
   /** every symbolic input dim's value at this point (of the first model) */
   dims: Record<string, number>;
   results: BenchResult[];
+  /** null when the control is off */
+  control: BenchControl | null;
 }
 
 export interface BenchReport {
@@ -71,18 +117,21 @@ export interface BenchReport {
   /** whether ORT's idle threads spin (off unless --spin: see SessionOptions.spinning) */
   spinning: boolean;
   warmup: number;
+  /** timed rounds per point: every model runs once per round, in an order that rotates each round */
   runs: number;
+  /** whether the first model was timed a second time each round, on a session of its own, as a control */
+  control: boolean;
+  /** sessions per model, round r on session r mod sessions */
+  sessions: number;
   seed: number;
   memoryNote: string;
   points: BenchPoint[];
   notes: string[];
+  /** why the timings cannot resolve a reported difference (the control strays, or a spread contains 1.00x) */
+  warnings: string[];
 }
 
-export const MEMORY_NOTE =
-  'memory: peak resident set size while the session is created and warmed up at the largest batch x seq, ' +
-  'minus the resident size just before (Linux getrusage maxrss; when that window did not raise the ' +
-  "process's peak, the resident size after warm-up is used, a lower bound). Sessions are created one " +
-  'after another, so each figure is that model alone: weights, ORT arena and activations.';
+export { MEMORY_NOTE };
 
 interface Plan {
   file: string;
@@ -96,9 +145,20 @@ interface Plan {
 
 /** Time `files` side by side at every batch x seq of the grid. */
 export async function benchModels(files: readonly string[], options: BenchOptions): Promise<BenchReport> {
+  const copies = options.sessions ?? 1;
+  if (!Number.isSafeInteger(copies) || copies < 1) throw new VcompileError(msg`${option('sessions', copies)} must be an integer >= 1`);
   const grid = options.batches.flatMap((batch) => options.seqs.map((seq) => ({ batch, seq })));
   const seed = options.seed ?? 0;
   const plans = files.flatMap((file) => plan(file, grid, options));
+  if (options.ratios && plans.every((p) => p.ratio === null))
+    throw new VcompileError(
+      msg`${option('ratios', options.ratios.join(','))}: ${files.length === 1 ? `${files[0]} is not a switchable model` : 'none of the models is switchable'} (no ${RATIO_INPUT} input: compile with ${option('switchable')})`,
+    );
+  checkDimNames(
+    plans.flatMap((p) => p.specs),
+    options.dims,
+    files,
+  );
   const notes = [
     ...new Set(
       plans
@@ -109,46 +169,96 @@ export async function benchModels(files: readonly string[], options: BenchOption
         ),
     ),
   ];
-  const total = files.length * grid.length * (options.warmup + options.runs) + files.length;
+  const control = options.control ?? true;
+  const measureMemory = options.memory ?? true;
+  const distinct = new Set(plans.map((p) => p.file)).size;
+  const entries = plans.length + (control ? 1 : 0);
+  const total =
+    (distinct + (control ? 1 : 0)) * copies +
+    (measureMemory ? distinct : 0) +
+    grid.length * entries * (options.warmup * copies + options.runs);
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);
-  const sessions: Session[] = [];
+  const owned: Session[] = [];
   const sessionOptions: SessionOptions = { ...options.session, spinning: options.session?.spinning ?? false };
   try {
-    const largest = grid.reduce((a, b) => (b.batch * b.seq > a.batch * a.seq ? b : a));
-    const models: BenchModel[] = [];
-    for (const [i, p] of plans.entries()) {
-      // The ratios of one switchable file share its session: switching is a fed value, not a reload.
-      const shared = plans.findIndex((q) => q.file === p.file);
-      const measured =
-        shared < i
-          ? { session: sessions[shared], model: { ...models[shared], label: p.label, ratio: p.ratio } }
-          : await openMeasured(p, largest, { ...options, session: sessionOptions }, seed);
-      sessions.push(measured.session);
-      models.push(measured.model);
-      tick();
+    // One set of sessions per file (the ratios of a switchable file share them: switching is a fed value,
+    // not a reload), and the control's. They are opened in turns, A B C A' A B C A' ..., not A A B B ...:
+    // on a loaded machine the sessions opened first ran up to 2-3x slower than later ones for as long as
+    // they lived, and each model should get early and late ones alike.
+    const files = [...new Set(plans.map((p) => p.file))];
+    const toOpen = [...files.map((file) => plans.find((p) => p.file === file)!), ...(control ? [plans[0]] : [])];
+    const opened = toOpen.map(() => [] as Session[]);
+    const loadSeconds = toOpen.map(() => 0);
+    for (let copy = 0; copy < copies; copy++) {
+      for (const [i, p] of toOpen.entries()) {
+        const one = await open(p, sessionOptions);
+        owned.push(one.session);
+        opened[i].push(one.session);
+        if (copy === 0) loadSeconds[i] = one.loadSeconds;
+        tick();
+      }
+    }
+    // per entry (the models, then the control), its sessions; round r runs session r mod `copies`
+    const sessions = [...plans.map((p) => opened[files.indexOf(p.file)]), ...(control ? [opened[files.length]] : [])];
+    const models: BenchModel[] = plans.map((p) => {
+      const i = files.indexOf(p.file);
+      return { file: p.file, label: p.label, ratio: p.ratio, ep: opened[i][0].ep, loadSeconds: loadSeconds[i], memoryMiB: null };
+    });
+    if (measureMemory) {
+      const largest = grid.reduce((a, b) => (b.batch * b.seq > a.batch * a.seq ? b : a));
+      const byFile = new Map<string, number | null>();
+      for (const p of plans) {
+        if (!byFile.has(p.file)) {
+          byFile.set(p.file, await memoryOf(p, { ...largest, dims: options.dims }, seed, sessionOptions, notes));
+          tick();
+        }
+      }
+      for (const m of models) m.memoryMiB = byFile.get(m.file) ?? null;
     }
     const points: BenchPoint[] = [];
+    const warnings: string[] = [];
     for (const [index, at] of grid.entries()) {
       const feeds = plans.map((p) => prepareFeeds(feedsFor(p, { ...at, dims: options.dims }, seed)));
-      const samples = await interleaved(sessions, feeds, options, tick);
+      if (control) feeds.push(feeds[0]);
+      // every entry's k-th call runs its session k mod `copies`: each session gets `warmup` warm-up
+      // calls, and timed round r runs session r mod `copies` of every entry
+      const calls = feeds.map(() => 0);
+      const call = (m: number) => runPrepared(sessions[m][calls[m]++ % copies], feeds[m]).then(() => undefined);
+      const timing = await timePaired(plans.length, call, {
+        warmup: options.warmup * copies,
+        rounds: options.runs,
+        control,
+        clock: options.clock,
+        onCall: tick,
+      });
       const dims = Object.fromEntries(bindDims(plans[0].specs, { ...at, dims: options.dims }));
-      points.push({ ...at, dims, results: summarize(samples, plans, index, at.batch) });
+      const point: BenchPoint = {
+        ...at,
+        dims,
+        results: timing.entries.map((t, model) => summarize(t, model, plans, index, at.batch)),
+        control: timing.control && controlOf(timing.control),
+      };
+      points.push(point);
+      warnings.push(...findings(point, models));
     }
     return {
       models,
-      ep: sessions[0].ep,
+      ep: models[0].ep,
       threads: options.session?.threads ?? null,
       spinning: sessionOptions.spinning !== false,
       warmup: options.warmup,
       runs: options.runs,
+      control,
+      sessions: copies,
       seed,
-      memoryNote: MEMORY_NOTE,
+      memoryNote: measureMemory ? MEMORY_NOTE : 'memory: not measured',
       points,
       notes,
+      warnings,
     };
   } finally {
-    for (const s of new Set(sessions)) await s.release();
+    for (const s of owned) await s.release();
   }
 }
 
@@ -182,88 +292,84 @@ function feedsFor(p: Plan, binding: DimBinding, seed: number): Record<string, Te
   return p.ratio === null ? feeds : { ...feeds, [RATIO_INPUT]: ratioTensor(p.ratio) };
 }
 
-async function openMeasured(
-  p: Plan,
-  largest: { batch: number; seq: number },
-  options: BenchOptions,
-  seed: number,
-): Promise<{ session: Session; model: BenchModel }> {
-  const rssBefore = process.memoryUsage.rss();
-  const peakBefore = process.resourceUsage().maxRSS * 1024;
+async function open(p: Plan, options: SessionOptions): Promise<{ session: Session; loadSeconds: number }> {
   const start = process.hrtime.bigint();
-  const session = await openSession(p.ratio === null ? p.file : withFeedableRatio(loadModel(p.file)), options.session);
-  const loadSeconds = Number(process.hrtime.bigint() - start) / 1e9;
-  await runPrepared(session, prepareFeeds(feedsFor(p, { ...largest, dims: options.dims }, seed)));
-  const rssAfter = process.memoryUsage.rss();
-  const peakAfter = process.resourceUsage().maxRSS * 1024;
-  const peak = peakAfter > peakBefore ? peakAfter : rssAfter;
-  const memoryMiB = process.platform === 'linux' ? Math.max(0, peak - rssBefore) / 2 ** 20 : null;
-  return { session, model: { file: p.file, label: p.label, ratio: p.ratio, ep: session.ep, loadSeconds, memoryMiB } };
+  const session = await openSession(p.ratio === null ? p.file : withFeedableRatio(loadModel(p.file)), options);
+  return { session, loadSeconds: Number(process.hrtime.bigint() - start) / 1e9 };
 }
 
-/** Warm-up, then the timed runs, alternating between the models; returns milliseconds per model. */
-async function interleaved(
-  sessions: Session[],
-  feeds: Record<string, ort.Tensor>[],
-  options: BenchOptions,
-  tick: () => void,
-): Promise<number[][]> {
-  for (let w = 0; w < options.warmup; w++) {
-    for (const [m, s] of sessions.entries()) {
-      await runPrepared(s, feeds[m]);
-      tick();
-    }
+/** The model's memory at `at`, measured in a child process; null with a note when the child failed. */
+async function memoryOf(p: Plan, at: DimBinding, seed: number, options: SessionOptions, notes: string[]): Promise<number | null> {
+  const { notify: _, externalData: __, ...session } = options;
+  const job: MemoryJob = { file: p.file, ratio: p.ratio, specs: p.specs, at, seed, session };
+  try {
+    return (await measureInChild(job)).memoryMiB;
+  } catch (error) {
+    notes.push(`${p.file}: memory not measured: ${(error as Error).message}`);
+    return null;
   }
-  const samples = sessions.map(() => [] as number[]);
-  for (let r = 0; r < options.runs; r++) {
-    for (const [m, s] of sessions.entries()) {
-      const start = process.hrtime.bigint();
-      await runPrepared(s, feeds[m]);
-      samples[m].push(Number(process.hrtime.bigint() - start) / 1e6);
-      tick();
-    }
-  }
-  return samples;
 }
 
-function summarize(samples: number[][], plans: Plan[], point: number, batch: number): BenchResult[] {
-  const base = median(samples[0]);
+function summarize(t: EntryTiming, model: number, plans: Plan[], point: number, batch: number): BenchResult {
+  const ms = t.wallMs;
+  const med = median(ms);
+  const macs = plans[model].macs[point];
   const baseMacs = plans[0].macs[point];
-  return samples.map((ms, model) => {
-    const med = median(ms);
-    const macs = plans[model].macs[point];
-    return {
-      model,
-      medianMs: med,
-      p90Ms: percentile(ms, 0.9),
-      meanMs: ms.reduce((a, b) => a + b, 0) / ms.length,
-      minMs: Math.min(...ms),
-      throughput: batch / (med / 1000),
-      speedup: base / med,
-      macs,
-      idealSpeedup: baseMacs !== null && macs ? baseMacs / macs : null,
-      samplesMs: ms,
-    };
-  });
+  return {
+    model,
+    medianMs: med,
+    p90Ms: percentile(ms, 0.9),
+    meanMs: ms.reduce((a, b) => a + b, 0) / ms.length,
+    minMs: Math.min(...ms),
+    cpuMedianMs: median(t.cpuMs),
+    throughput: batch / (med / 1000),
+    speedup: t.speedup.median,
+    speedupIqr: t.speedup.iqr,
+    cpuSpeedup: t.cpuSpeedup.median,
+    cpuSpeedupIqr: t.cpuSpeedup.iqr,
+    macs,
+    idealSpeedup: baseMacs !== null && macs ? baseMacs / macs : null,
+    samplesMs: ms,
+    cpuSamplesMs: t.cpuMs,
+  };
 }
 
-export function median(values: readonly number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+function controlOf(t: EntryTiming): BenchControl {
+  return {
+    speedup: t.speedup.median,
+    speedupIqr: t.speedup.iqr,
+    cpuSpeedup: t.cpuSpeedup.median,
+    cpuSpeedupIqr: t.cpuSpeedup.iqr,
+    medianMs: median(t.wallMs),
+    samplesMs: t.wallMs,
+    cpuSamplesMs: t.cpuMs,
+  };
 }
 
-/** Nearest-rank percentile: the smallest sample with at least `q` of the samples at or below it. */
-export function percentile(values: readonly number[], q: number): number {
-  const s = [...values].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))];
+/** What at this point says the machine was too noisy for the differences reported. */
+function findings(point: BenchPoint, models: BenchModel[]): string[] {
+  const where = `batch ${point.batch}, seq ${point.seq}`;
+  const out: string[] = [];
+  if (point.control) {
+    const spread = { median: point.control.speedup, iqr: point.control.speedupIqr };
+    const why = controlFinding(spread);
+    if (why) out.push(`${where}: the first model against itself gave ${formatSpread(spread)}, ${why}`);
+  }
+  for (const r of point.results.slice(1)) {
+    const spread = { median: r.speedup, iqr: r.speedupIqr };
+    const why = spreadFinding(spread);
+    if (why) out.push(`${where}: ${models[r.model].label} at ${formatSpread(spread)}: ${why}`);
+  }
+  return out;
 }
 
 /** The report as text: models with load time and memory, then one row per point and model. */
 export function formatBenchReport(r: BenchReport): string {
   const letter = (i: number) => String.fromCharCode(65 + (i % 26)) + (i >= 26 ? String(Math.floor(i / 26)) : '');
   const lines = [
-    `bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed runs per model and point, interleaved`,
+    `bench on ${r.ep}${r.threads ? `, ${r.threads} threads` : ''}: ${r.warmup} warm-up + ${r.runs} timed rounds per point; ` +
+      `each round runs every model once${r.control ? ` (and ${letter(0)} again on a session of its own, as ${letter(0)}', its control)` : ''}, in an order that rotates each round` +
+      (r.sessions > 1 ? `; ${r.sessions} sessions per model, used in turn` : ''),
   ];
   for (const [i, m] of r.models.entries()) {
     lines.push(
@@ -271,24 +377,57 @@ export function formatBenchReport(r: BenchReport): string {
     );
   }
   lines.push('');
-  const header = ['batch', 'seq', 'model', 'median ms', 'p90 ms', 'seq/s', 'speed-up', 'GMACs', 'ideal'];
-  const rows = r.points.flatMap((p) =>
-    p.results.map((x) => [
-      String(p.batch),
-      String(p.seq),
+  const x2 = (n: number) => `${n.toFixed(2)}x`;
+  const iqr = (q: [number, number]) => `${q[0].toFixed(2)}-${q[1].toFixed(2)}`;
+  const header = ['batch', 'seq', 'model', 'median ms', 'p90 ms', 'CPU ms', 'seq/s', 'speed-up', 'IQR', 'CPU speed-up', 'GMACs', 'ideal'];
+  const rows = r.points.flatMap((p) => {
+    const at = [String(p.batch), String(p.seq)];
+    const rows = p.results.map((x) => [
+      ...at,
       letter(x.model),
       x.medianMs.toFixed(1),
       x.p90Ms.toFixed(1),
+      x.cpuMedianMs.toFixed(1),
       x.throughput.toFixed(1),
-      `${x.speedup.toFixed(2)}x`,
+      x2(x.speedup),
+      iqr(x.speedupIqr),
+      x2(x.cpuSpeedup),
       x.macs === null ? '?' : (x.macs / 1e9).toFixed(2),
-      x.idealSpeedup === null ? '?' : `${x.idealSpeedup.toFixed(2)}x`,
-    ]),
-  );
+      x.idealSpeedup === null ? '?' : x2(x.idealSpeedup),
+    ]);
+    const c = p.control;
+    if (c)
+      rows.push([
+        ...at,
+        `${letter(0)}'`,
+        c.medianMs.toFixed(1),
+        percentile(c.samplesMs, 0.9).toFixed(1),
+        '',
+        '',
+        x2(c.speedup),
+        iqr(c.speedupIqr),
+        x2(c.cpuSpeedup),
+        '',
+        '',
+      ]);
+    return rows;
+  });
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
   const align = (cell: string, i: number) => (i === 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]));
   for (const row of [header, ...rows]) lines.push(row.map(align).join('  '));
-  lines.push('', "speed-up: the first model's median over this one's; ideal: the first model's MACs over this one's.");
+  lines.push(
+    '',
+    "speed-up: median over rounds of the first model's time over this one's in the same round; IQR: the quartiles of those ratios;",
+    "CPU: process CPU time (all threads) per call; ideal: the first model's MACs over this one's.",
+  );
+  if (r.control)
+    lines.push(`${letter(0)}': the first model timed again each round; its speed-up should be 1.00x, and how far it strays is noise.`);
   for (const n of r.notes) lines.push(`note: ${n}`);
   return lines.join('\n');
+}
+
+/** One line for stderr when the timings cannot resolve what they report, or undefined. */
+export function benchWarning(r: BenchReport): string | undefined {
+  if (r.warnings.length === 0) return undefined;
+  return `timing too noisy for the differences reported: ${r.warnings.join('; ')}; rerun with more rounds or sessions per model, or on a quieter machine`;
 }

@@ -5,28 +5,47 @@ import { type Pass, runPasses } from '../../passes/pipeline.js';
 import type { PluginPassOptions, PluginRequest } from '../../passes/plugin/index.js';
 import { describeLayers, formatLayerTable } from '../analysis/index.js';
 import { requiredOpset } from '../compile/load.js';
-import { pluginPass, switchablePass } from '../compile/passes.js';
+import { modularPass, pluginPass, switchablePass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
+import { describeCompiled, formatCompiled } from '../inspect/compiled.js';
 import { formatSummary, summarize } from '../inspect/summary.js';
 import type { Model } from '../ir/model.js';
 import { MIN_OPSET } from '../ir/ops.js';
-import { loadModel, saveModel } from '../onnx/file.js';
+import { checkSave, externalDataFiles, keepOriginal, loadModel, type SaveOptions, saveModelAsync } from '../onnx/file.js';
+import { releaseMemory } from '../runtime/memory.js';
 import { ExitCode } from './errors.js';
+import { dataReads, inputReads, moduleReads, pluginReads } from './files.js';
 import { type FittedPlugins, fitForCompile, fitSpecs } from './fit-commands.js';
 import { modulesPassFromFlags, parseModuleFlags } from './modular-commands.js';
-import { jsonNumbers, print, requireValid } from './output.js';
+import { type FittedModules, fitModulesForCompile, isFitModule } from './module-fit-commands.js';
+import { describeRemoved, jsonNumbers, print, requireValid } from './output.js';
+import { beforeWriting } from './signals.js';
 import { type CheckFlags, checkCompiled, checkOptions, compiledFailure, describeCheck } from './verify-commands.js';
 
 export function inspectFile(file: string, options: { json: boolean; layers: boolean; seq: number; batch: number }): number {
   const model = loadModel(file);
   const summary = summarize(model);
-  const layers = options.layers
-    ? describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') })
-    : undefined;
+  const compiled = describeCompiled(model);
+  let layers: ReturnType<typeof describeLayers> | undefined;
+  let layersNote: string | undefined;
+  if (options.layers) {
+    try {
+      layers = describeLayers(model, { seq: positive(options.seq, '--seq'), batch: positive(options.batch, '--batch') });
+    } catch (error) {
+      // a compiled model's wrapped blocks are not what the analysis looks for: describe the compilation instead
+      if (!compiled || !(error instanceof VcompileError)) throw error;
+      layersNote = `no layer table for a compiled model (${error.message}); inspect the model it was compiled from`;
+    }
+  }
   if (options.json) {
-    print(JSON.stringify({ file, ...summary, ...(layers ? { transformer: layers } : {}) }, null, 2));
+    const transformer = options.layers ? { transformer: layers ?? null, ...(layersNote ? { transformerNote: layersNote } : {}) } : {};
+    print(JSON.stringify({ file, ...summary, ...(compiled ? { compiled } : {}), ...transformer }, null, 2));
   } else {
-    print(formatSummary(summary, file) + (layers ? `\n\n${formatLayerTable(layers)}` : ''));
+    const parts = [formatSummary(summary, file)];
+    if (compiled) parts.push(formatCompiled(compiled));
+    if (layers) parts.push(formatLayerTable(layers));
+    if (layersNote) parts.push(layersNote);
+    print(parts.join('\n\n'));
   }
   return ExitCode.ok;
 }
@@ -55,7 +74,7 @@ export interface CompileOptions {
   compressCausal?: string;
   switchable: boolean;
   defaultRatio?: number;
-  /** --module values: START-END=FILE or START-END=builtin:keep-first|average */
+  /** --module values: START-END=FILE, START-END=builtin:keep-first|average, or START-END=builtin:fit[:INIT] */
   modules: string[];
   /** --target-opset: upgrade the model's default-domain opset to exactly this */
   targetOpset?: number;
@@ -68,17 +87,23 @@ export interface CompileOptions {
 }
 
 /**
- * The passes a compile runs, from its flags, in order: modules, then plugins (on the layers that remain,
- * counted as the input model counts them: the modular pass passes its layer map on), then dead-code
- * elimination.
+ * The passes a compile runs, from its flags, in order: the opset upgrade, modules (fitted ones are fitted
+ * in between), then plugins (on the layers that remain, counted as the input model counts them: the modular
+ * pass passes its layer map on), then dead-code elimination.
  */
-function compilePasses(options: CompileOptions, modelOpset: number): { before: Pass[]; plugins: (fitted?: FittedPlugins) => Pass[] } {
+function compilePasses(
+  options: CompileOptions,
+  modelOpset: number,
+): { before: Pass[]; modules: (fitted?: FittedModules) => Pass[]; plugins: (fitted?: FittedPlugins) => Pass[] } {
   if (options.defaultRatio !== undefined && !options.switchable) throw new VcompileError('--default-ratio goes with --switchable');
   if (options.switchable && !options.plugins.length) throw new VcompileError('--switchable needs at least one --plugin');
   const before: Pass[] = [];
   const opset = upgradeFor(options, modelOpset);
   if (opset) before.push(opset);
-  if (options.modules.length) before.push(modulesPassFromFlags(options.modules));
+  const modules = (fitted?: FittedModules): Pass[] => {
+    if (!options.modules.length) return [];
+    return [fitted ? modularPass({ modules: fitted.requests, loaded: fitted.loaded }) : modulesPassFromFlags(options.modules)];
+  };
   const plugins = (fitted?: FittedPlugins): Pass[] => {
     const passes: Pass[] = [];
     if (options.plugins.length) {
@@ -94,7 +119,7 @@ function compilePasses(options: CompileOptions, modelOpset: number): { before: P
     if (options.eliminateDeadCode) passes.push(deadCodePass);
     return passes;
   };
-  return { before, plugins };
+  return { before, modules, plugins };
 }
 
 /**
@@ -109,14 +134,32 @@ function upgradeFor(options: CompileOptions, modelOpset: number): Pass | undefin
     return opsetUpgradePass({ target: options.targetOpset });
   }
   if (!options.plugins.length && !options.modules.length) return undefined;
-  const files = [...options.plugins.map((p) => parsePluginFlag(p).source), ...parseModuleFlags(options.modules).map((m) => m.source)];
-  const needed = requiredOpset(files, options.plugins.length ? MIN_OPSET : 1);
+  const files = [
+    ...options.plugins.map((p) => parsePluginFlag(p).source).map((source) => ({ source, label: `plugin ${source}` })),
+    ...parseModuleFlags(options.modules).map((m) => ({ source: m.source, label: `module ${m.source}` })),
+  ];
+  const fits = options.plugins.length || parseModuleFlags(options.modules).some((m) => isFitModule(m.source));
+  const needed = requiredOpset(files, fits ? MIN_OPSET : 1);
   return needed > modelOpset ? opsetUpgradePass({ target: needed }) : undefined;
 }
 
 function pluginOptions(options: CompileOptions): PluginPassOptions {
+  const plugins = options.plugins.map(parsePluginFlag);
+  if (!options.switchable) {
+    // One plugin per layer (several only with --switchable, one per ratio).
+    const seen = new Map<number, string>();
+    for (const [i, p] of plugins.entries()) {
+      if (p.layer === undefined) continue;
+      const first = seen.get(p.layer);
+      if (first !== undefined)
+        throw new VcompileError(
+          `--plugin ${options.plugins[i]}: layer ${p.layer} already has --plugin ${first} (one plugin per layer; --switchable takes one per ratio)`,
+        );
+      seen.set(p.layer, options.plugins[i]);
+    }
+  }
   return {
-    plugins: options.plugins.map(parsePluginFlag),
+    plugins,
     layers: options.layers === undefined ? undefined : parseLayerList(options.layers, '--layers'),
     compressCausal: options.compressCausal === undefined ? undefined : parseLayerList(options.compressCausal, '--compress-causal'),
   };
@@ -141,49 +184,106 @@ export function parseLayerList(text: string, flag: string): number[] {
   return [...new Set(layers)];
 }
 
+/**
+ * `vcompile MODEL -o OUT`: every file the compile reads (the model, its external data, plugins, modules and
+ * theirs, the data) is protected from OUT and OUT's data file, checked before the passes run; with
+ * --overwrite the original is kept (hard links) so that the check after the compile compares OUT with it.
+ */
 export async function compileFile(file: string, options: CompileOptions): Promise<number> {
+  const compiled = await compileAndWrite(file, options);
+  const { check, written, passes, fitted, fittedModules, switchable, original, inputData } = compiled;
+  try {
+    // the models the compile held are garbage now: let them go before the check opens its sessions
+    releaseMemory();
+    const skipped = check && !compiled.modified ? 'no pass changed the model' : null;
+    const reports = check && !skipped ? await checkCompiled(original?.file ?? file, options.output, switchable, check) : [];
+    for (const r of reports) r.original = file;
+    const report = {
+      input: file,
+      output: options.output,
+      bytes: written.bytes,
+      externalData: written.externalFile ?? null,
+      passes,
+      ...(fitted ? { fit: fitted.summary } : {}),
+      ...(fittedModules ? { moduleFit: fittedModules.summary } : {}),
+      verify: reports[0] ?? null,
+      ...(reports.length > 1 ? { verifyRatios: reports } : {}),
+      ...(skipped ? { verifySkipped: skipped } : {}),
+    };
+    const checkLines = skipped
+      ? `verify: skipped: ${skipped} (${options.output} computes what ${file} computes)`
+      : reports.length
+        ? describeCheck(reports)
+        : '';
+    print(
+      options.json
+        ? JSON.stringify(report, jsonNumbers, 2)
+        : describeWrite(report) + describeRemoved(written.removed, file, inputData) + (checkLines ? `\n${checkLines}` : ''),
+    );
+    if (reports.some((r) => !r.pass)) throw compiledFailure(reports, options.output);
+    return ExitCode.ok;
+  } finally {
+    original?.release();
+  }
+}
+
+/** Read, rewrite and write; returns what the report and the check need, and none of the models. */
+async function compileAndWrite(file: string, options: CompileOptions) {
   const model = loadModel(file);
   if (options.verifyIr) requireValid(model, file);
   const stages = compilePasses(options, model.opsetVersion('') ?? 0);
   if (options.plugins.length || options.modules.length) refuseCompiled(model, file);
   let check = options.verify && checkOptions(options.verify, model, file);
+  const inputData = externalDataFiles(model);
+  const save: SaveOptions = {
+    externalData: options.externalData,
+    location: options.dataLocation,
+    sizeThreshold: options.sizeThreshold,
+    protect: [
+      ...inputReads(file, inputData),
+      ...pluginReads(options.plugins.map((flag) => parsePluginFlag(flag).source)),
+      ...moduleReads(parseModuleFlags(options.modules).map((m) => m.source)),
+      ...(options.data ? dataReads(options.data) : []),
+    ],
+    overwrite: options.overwrite,
+  };
+  const { replacesInput } = checkSave(model, options.output, save);
   const fits = fitSpecs(options.plugins);
-  const first = runPasses(model, stages.before, { verify: options.verifyIr });
+  const upgraded = runPasses(model, stages.before, { verify: options.verifyIr });
+  // fitted modules first (on the model as it is), then fitted plugins on the layers that remain
+  let fittedModules: FittedModules | undefined;
+  const moduleRequests = parseModuleFlags(options.modules);
+  if (moduleRequests.some((m) => isFitModule(m.source))) {
+    fittedModules = await fitModulesForCompile(file, upgraded.model, moduleRequests, options);
+    if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fittedModules.fittedSamples } };
+  }
+  const modular = runPasses(upgraded.model, stages.modules(fittedModules), { verify: options.verifyIr, context: upgraded.context });
+  const first = { ...modular, modified: upgraded.modified || modular.modified, passes: [...upgraded.passes, ...modular.passes] };
   let fitted: FittedPlugins | undefined;
   if (fits.length) {
     fitted = await fitForCompile(file, first.model, first.context, fits, options);
     if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fitted.fittedSamples } };
   }
   const second = runPasses(first.model, stages.plugins(fitted), { verify: options.verifyIr, context: first.context });
-  const result = { model: second.model, modified: first.modified || second.modified, passes: [...first.passes, ...second.passes] };
-  const written = saveModel(result.model, options.output, {
-    externalData: options.externalData,
-    location: options.dataLocation,
-    sizeThreshold: options.sizeThreshold,
-    protect: [file],
-    overwrite: options.overwrite,
-  });
-  const skipped = check && !result.modified ? 'no pass changed the model' : null;
-  const reports = check && !skipped ? await checkCompiled(file, options.output, result.model, check) : [];
-  const report = {
-    input: file,
-    output: options.output,
-    bytes: written.bytes,
-    externalData: written.externalFile ?? null,
-    passes: result.passes,
-    ...(fitted ? { fit: fitted.summary } : {}),
-    verify: reports[0] ?? null,
-    ...(reports.length > 1 ? { verifyRatios: reports } : {}),
-    ...(skipped ? { verifySkipped: skipped } : {}),
-  };
-  const checkLines = skipped
-    ? `verify: skipped: ${skipped} (${options.output} computes what ${file} computes)`
-    : reports.length
-      ? describeCheck(reports)
-      : '';
-  print(options.json ? JSON.stringify(report, jsonNumbers, 2) : describeWrite(report) + (checkLines ? `\n${checkLines}` : ''));
-  if (reports.some((r) => !r.pass)) throw compiledFailure(reports, options.output);
-  return ExitCode.ok;
+  beforeWriting();
+  const original = options.verify && replacesInput ? keepOriginal(file, inputData) : undefined;
+  try {
+    const written = await saveModelAsync(second.model, options.output, save);
+    return {
+      check,
+      written,
+      fitted,
+      fittedModules,
+      original,
+      inputData,
+      modified: first.modified || second.modified,
+      passes: [...first.passes, ...second.passes],
+      switchable: second.model.getMetadata('vcompile.switchable'),
+    };
+  } catch (error) {
+    original?.release();
+    throw error;
+  }
 }
 
 /** A model vcompile already compressed is not compiled again: its blocks are wrapped, not what the passes look for. */

@@ -31,6 +31,10 @@ const FLAGS: Record<OptionName, string> = {
   dims: '--dim',
   data: '--data',
   logits: '--logits',
+  output: '-o',
+  dataLocation: '--data-location',
+  sizeThreshold: '--size-threshold',
+  sessions: '--sessions',
 };
 
 function asFlag(ref: OptionRef): string {

@@ -9,6 +9,7 @@ import type { PipelineContext } from '../../passes/pipeline.js';
 import { SCOPES, type Scope } from '../../passes/plugin/builtin.js';
 import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
 import type { PluginRequest } from '../../passes/plugin/index.js';
+import { analyzeTransformer } from '../analysis/index.js';
 import { describeInputs } from '../analysis/inputs.js';
 import { fitPlugins, type PluginFitResult } from '../decide/fit-plugins.js';
 import { VcompileError } from '../errors.js';
@@ -255,7 +256,7 @@ export async function fitForCompile(
   const batch = flags.batch === undefined ? undefined : Number(flags.batch);
   const layerMap = context.layerMap;
   const toCurrent = (layers: number[]) => (layerMap ? translateLayers(layerMap, layers, 'layers') : layers);
-  const layers = flags.layers === undefined ? undefined : toCurrent(parseLayerList(flags.layers, '--layers'));
+  const layers = flags.layers === undefined ? remainingLayers(model, layerMap) : toCurrent(parseLayerList(flags.layers, '--layers'));
   const bytes = encodeModel(model);
   const requests: PluginRequest[] = [];
   const plugins = new Map<string, Plugin>();
@@ -271,6 +272,20 @@ export async function fitForCompile(
     summary.push({ plugin: spec.source, samples: fitted, ...fitSummary(result) });
   }
   return { requests, plugins, fittedSamples: fitted, summary };
+}
+
+/**
+ * After modules, the layers plugins may go on by default: those that remain from the input model (not a
+ * module), whose self-attention is not causal; undefined (every non-causal layer) without modules.
+ */
+function remainingLayers(model: Model, layerMap: PipelineContext['layerMap']): number[] | undefined {
+  if (!layerMap) return undefined;
+  const layers = analyzeTransformer(model)
+    .layers.filter((l) => layerMap[l.index] !== null && layerMap[l.index] !== undefined && !l.selfAttention.causal)
+    .map((l) => l.index);
+  if (layers.length === 0)
+    throw new VcompileError('--plugin builtin:fit: no layer is left to fit after the modules (every non-causal layer is inside a module)');
+  return layers;
 }
 
 function sha256(bytes: Uint8Array): string {

@@ -1,20 +1,28 @@
 // The `vcompile` command line. Every failure is one line on stderr and a documented exit code
 // (src/cli/errors.ts); each command's flags are declared in one function below, its work done in the
 // command modules beside this file.
+import * as fs from 'node:fs';
 import yargs, { type Argv } from 'yargs';
 import { VcompileError } from '../errors.js';
+import { MAX_ORT_OPSET } from '../ir/op-versions.js';
 import { VCOMPILE_VERSION } from '../version.js';
 import { compileFile, inspectFile } from './commands.js';
-import { describeFailure } from './errors.js';
+import { describeFailure, ExitCode } from './errors.js';
 import { fitCommand } from './fit-commands.js';
 import { assembleCommand, extractCommand } from './modular-commands.js';
-import { initPlugin } from './plugin-commands.js';
+import { moduleFitCommand } from './module-fit-commands.js';
+import { initPlugin, MIN_PLUGIN_OPSET } from './plugin-commands.js';
 import { benchCommand } from './runtime-commands.js';
+import { enableSignalCleanup } from './signals.js';
+import { tuneCommand } from './tune-commands.js';
 import { verifyCommand } from './verify-commands.js';
 
 export async function main(argv: string[]): Promise<number> {
+  enableSignalCleanup();
   const out = { code: 0 };
   try {
+    const answered = preflight(argv);
+    if (answered !== undefined) return answered;
     await buildParser(argv, out).parseAsync();
     return out.code;
   } catch (error) {
@@ -27,17 +35,88 @@ export async function main(argv: string[]): Promise<number> {
 
 type Out = { code: number };
 
+const USAGE = [
+  '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]',
+  '$0 MODEL --target-speedup R --modules DIR -o OUT',
+  '$0 extract MODEL --layers S-E -o M.onnx',
+  '$0 plugin init --kind K --ratio K --hidden D -o P.onnx',
+  '$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR',
+  '$0 tune MODEL --data PATH [--budget B] -o OUT [--report DIR]',
+  '$0 inspect MODEL [options]',
+  '$0 verify ORIGINAL REWRITTEN [options]',
+  '$0 bench MODEL [MODEL...] [options]',
+  '$0 module fit MODEL --layers S-E[,S-E] --data PATH -o OUT',
+  '$0 MODEL --target-speedup R --fit-modules --data PATH -o OUT',
+];
+const COMMANDS = ['inspect', 'verify', 'bench', 'extract', 'plugin', 'tune', 'module'];
+/** USAGE's line of `module fit` */
+const MODULE_FIT_USAGE = 9;
+
+/** The usage lines as printed on a bare command (`vcompile`, `vcompile plugin`), on stderr. */
+function usage(lines: readonly string[], more: string): string {
+  return `usage: ${lines.map((l) => l.replace('$0', 'vcompile')).join('\n       ')}\n${more}\n`;
+}
+
+/**
+ * Command lines yargs would answer with a misleading message: none at all and `vcompile plugin` without
+ * `init` print the usage (exit 2); a mistyped command is named as one rather than read as a model file.
+ * Returns the exit code when it answered, else undefined (yargs parses).
+ */
+function preflight(argv: readonly string[]): number | undefined {
+  const [first, second] = argv;
+  if (first === undefined) {
+    process.stderr.write(usage(USAGE, '(vcompile --help lists every option)'));
+    return ExitCode.badInput;
+  }
+  if (first === 'plugin' && second !== 'init' && second !== 'fit' && second !== '--help') {
+    if (second !== undefined && !second.startsWith('-'))
+      throw new VcompileError(
+        `unknown plugin command '${second}' (the plugin commands are init and fit: ${USAGE[3].replace('$0', 'vcompile')}, ${USAGE[4].replace('$0', 'vcompile')})`,
+      );
+    process.stderr.write(usage([USAGE[3], USAGE[4]], '(vcompile plugin init --help and vcompile plugin fit --help list every option)'));
+    return ExitCode.badInput;
+  }
+  if (first === 'module' && second !== 'fit' && second !== '--help') {
+    if (second !== undefined && !second.startsWith('-'))
+      throw new VcompileError(
+        `unknown module command '${second}' (the module command is fit: ${USAGE[MODULE_FIT_USAGE].replace('$0', 'vcompile')})`,
+      );
+    process.stderr.write(usage([USAGE[MODULE_FIT_USAGE]], '(vcompile module fit --help lists every option)'));
+    return ExitCode.badInput;
+  }
+  if (/^[a-z][a-z-]*$/i.test(first) && !COMMANDS.includes(first) && !fs.existsSync(first)) {
+    // `module` is not suggested: a model file named `model` or `modules` is the likelier meaning
+    const near = COMMANDS.find((command) => command !== 'module' && editDistance(first.toLowerCase(), command) <= 2);
+    if (near) throw new VcompileError(`unknown command '${first}' (did you mean ${near}?)`);
+    if (!argv.some((a) => a === '-o' || a.startsWith('--output') || /^-o./.test(a)))
+      throw new VcompileError(
+        `unknown command '${first}' (the commands are inspect, verify, bench, extract, plugin init, plugin fit, tune and module fit; to compile a model, give its file and -o OUT)`,
+      );
+  }
+  return undefined;
+}
+
+/** Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.length][b.length];
+}
+
 function buildParser(argv: string[], out: Out): Argv {
-  const parser = yargs(argv)
-    .scriptName('vcompile')
-    .usage(
-      '$0 MODEL -o OUT [--plugin P ...] [--module S-E=M ...] [options]\n$0 MODEL --target-speedup R --modules DIR -o OUT\n$0 extract MODEL --layers S-E -o M.onnx\n$0 plugin init --kind K --ratio K --hidden D -o P.onnx\n$0 plugin fit MODEL --data PATH --ratio K --scope S -o DIR\n$0 inspect MODEL [options]\n$0 verify ORIGINAL REWRITTEN [options]\n$0 bench MODEL [MODEL...] [options]',
-    );
+  const parser = yargs(argv).scriptName('vcompile').usage(USAGE.join('\n'));
   for (const command of [
     inspectCommand,
-    pluginInitCommand,
-    pluginFitCommand,
+    pluginCommands,
     extractModuleCommand,
+    moduleCommands,
+    tuneModelCommand,
     verifyModelsCommand,
     benchModelsCommand,
     compileCommand,
@@ -173,9 +252,18 @@ function inspectCommand(parser: Argv, out: Out): void {
   );
 }
 
+/** `plugin init` and `plugin fit`: subcommands of `plugin`. */
+function pluginCommands(parser: Argv, out: Out): void {
+  parser.command('plugin', 'write (init) or fit compression plugins', (y) => {
+    pluginInitCommand(y, out);
+    pluginFitCommand(y, out);
+    return y.demandCommand(1);
+  });
+}
+
 function pluginInitCommand(parser: Argv, out: Out): void {
   parser.command(
-    'plugin init',
+    'init',
     'write a built-in compression plugin as an ONNX file',
     (y) =>
       y
@@ -191,7 +279,11 @@ function pluginInitCommand(parser: Argv, out: Out): void {
           default: 'ffn' as const,
           describe: 'the block the plugin wraps',
         })
-        .option('opset', { type: 'number', default: 17, describe: "default-domain opset to write (use the model's)" })
+        .option('opset', {
+          type: 'number',
+          default: 17,
+          describe: `default-domain opset to write, ${MIN_PLUGIN_OPSET} to ${MAX_ORT_OPSET} (use the model's)`,
+        })
         .option('seed', { type: 'number', default: 0, describe: 'variator: seed of the random init' })
         .option('zero-adapter', {
           type: 'boolean',
@@ -218,7 +310,7 @@ function pluginInitCommand(parser: Argv, out: Out): void {
 
 function pluginFitCommand(parser: Argv, out: Out): void {
   parser.command(
-    'plugin fit <model>',
+    'fit <model>',
     'fit one compression plugin per layer in closed form from data (no training): DIR/L{i}.onnx and DIR/fit.json',
     (y) =>
       y
@@ -250,6 +342,67 @@ function pluginFitCommand(parser: Argv, out: Out): void {
   );
 }
 
+function tuneModelCommand(parser: Argv, out: Out): void {
+  parser.command(
+    'tune <model>',
+    'find the fastest model within a fidelity budget on your data: plugins fitted per layer, every kept candidate evaluated and timed',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file to speed up' })
+        .option('data', {
+          type: 'string',
+          demandOption: true,
+          describe: 'inputs (with labels for an accuracy budget): 3 in 5 samples fit, 1 in 5 choose, 1 in 5 test',
+        })
+        .option('budget', {
+          type: 'string',
+          describe:
+            "'accuracy-drop<=POINTS', 'top1-agreement>=FRACTION' or 'kl<=VALUE' (default: accuracy-drop<=0.5 with labels, else top1-agreement>=0.99)",
+        })
+        .option('target-speedup', {
+          type: 'number',
+          describe: 'the most faithful model within budget reaching this speed-up, not the fastest',
+        })
+        .option('batch', { type: 'number', describe: 'batch the candidates are timed at (default 8)' })
+        .option('seq', { type: 'number', describe: 'sequence length they are timed at (default 128, or the position table)' })
+        .option('time-limit', { type: 'string', describe: 'stop the search after this long (90s, 20m, 1h) and keep the best so far' })
+        .option('scopes', { type: 'string', describe: 'plugin scopes to try (default ffn,attention,layer)' })
+        .option('ratios', { type: 'string', describe: 'compression ratios to try per layer (default 2,4)' })
+        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('run-batch', { type: 'number', describe: 'samples per run while fitting and evaluating (default 8)' })
+        .option('runs', { type: 'number', describe: 'timed rounds per candidate (default 5)' })
+        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+        .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the model to write' })
+        .option('report', { type: 'string', describe: 'folder for frontier.json, frontier.svg and the cache a later run reuses' })
+        .option('require', { type: 'boolean', default: false, describe: 'exit 1 and write nothing when no candidate meets the budget' })
+        .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier after every pass' })
+        .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+    async (args) => {
+      out.code = await tuneCommand(args.model, {
+        data: args.data,
+        budget: args.budget,
+        targetSpeedup: args['target-speedup'],
+        batch: args.batch,
+        seq: args.seq,
+        timeLimit: args['time-limit'],
+        scopes: args.scopes,
+        ratios: args.ratios,
+        rank: args.rank,
+        samples: args.samples,
+        runBatch: args['run-batch'],
+        runs: args.runs,
+        threads: args.threads,
+        output: args.output,
+        report: args.report,
+        require: args.require,
+        verifyIr: args['verify-ir'],
+        json: args.json,
+      });
+    },
+  );
+}
+
 function extractModuleCommand(parser: Argv, out: Out): void {
   parser.command(
     'extract <model>',
@@ -263,6 +416,53 @@ function extractModuleCommand(parser: Argv, out: Out): void {
         .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
     (args) => {
       out.code = extractCommand(args.model, { layers: args.layers, output: args.output, overwrite: args.overwrite, json: args.json });
+    },
+  );
+}
+
+function moduleCommands(parser: Argv, out: Out): void {
+  parser.command('module', 'fit modules (modular layers) from data', (y) => {
+    moduleFitCliCommand(y, out);
+    return y.demandCommand(1);
+  });
+}
+
+function moduleFitCliCommand(parser: Argv, out: Out): void {
+  parser.command(
+    'fit <model>',
+    'fit a module for layers START-END in closed form from data (no training): one layer fitted to the span; several spans in sequence',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'the .onnx file the modules are for' })
+        .option('layers', {
+          type: 'string',
+          demandOption: true,
+          describe: 'the span START-END (0-based, inclusive), or several: 0-1,2-3 (then -o is a folder)',
+        })
+        .option('data', {
+          type: 'string',
+          demandOption: true,
+          describe: 'calibration inputs: a folder of NAME.npy files, a .jsonl file, or ONNX test data sets',
+        })
+        .option('init', {
+          choices: ['keep-first', 'average'] as const,
+          default: 'keep-first' as const,
+          describe: "the module's starting point: the span's first layer, or one layer of the span's mean weights",
+        })
+        .option('rank', { type: 'string', describe: 'rank of the fitted output map, or full (default full)' })
+        .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
+        .option('batch', { type: 'number', default: 8, describe: 'samples per run' })
+        .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
+        .option('output', {
+          alias: 'o',
+          type: 'string',
+          demandOption: true,
+          describe: 'the module file (one span), or the folder for OUT/L{S}-{E}.onnx and OUT/fit.json (several)',
+        })
+        .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
+        .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
+    async (args) => {
+      out.code = await moduleFitCommand(args.model, { ...args, init: args.init, output: args.output });
     },
   );
 }
@@ -313,7 +513,7 @@ function verifyModelsCommand(parser: Argv, out: Out): void {
 function benchModelsCommand(parser: Argv, out: Out): void {
   parser.command(
     'bench <models..>',
-    'time models side by side on ONNX Runtime (interleaved runs) with their MACs',
+    'time models side by side on ONNX Runtime (paired rounds, order rotated each round) with their MACs',
     (y) =>
       withRuntime(withGrid(y, '1', '128'))
         .positional('models', {
@@ -323,7 +523,21 @@ function benchModelsCommand(parser: Argv, out: Out): void {
           describe: 'the .onnx files; speed-ups are against the first',
         })
         .option('warmup', { type: 'number', default: 2, describe: 'untimed runs per model before each batch/seq point' })
-        .option('runs', { type: 'number', default: 10, describe: 'timed runs per model at each batch/seq point' })
+        .option('runs', {
+          type: 'number',
+          default: 10,
+          describe: 'timed rounds at each batch/seq point (each runs every model once, order rotated)',
+        })
+        .option('sessions', {
+          type: 'number',
+          default: 1,
+          describe: 'sessions per model, used in turn over the rounds (sessions of one model can differ on a loaded machine)',
+        })
+        .option('control', {
+          type: 'boolean',
+          default: true,
+          describe: 'time the first model a second time each round, against itself (--no-control: off)',
+        })
         .option('ratios', { type: 'string', describe: 'time these ratios of a switchable model, each as its own entry, e.g. 1,2,4' })
         .option('spin', {
           type: 'boolean',
@@ -343,6 +557,8 @@ function benchModelsCommand(parser: Argv, out: Out): void {
         ratios: args.ratios,
         warmup: args.warmup,
         runs: args.runs,
+        control: args.control,
+        sessions: args.sessions,
         chart: args.chart,
         json: args.json,
       });
@@ -366,7 +582,7 @@ function compileCommand(parser: Argv, out: Out): void {
               describe: 'where weights go (auto: external when the input had external data or the model exceeds 2 GiB)',
             })
             .option('data-location', { type: 'string', describe: 'external data file name (default OUT file name + .data)' })
-            .option('size-threshold', { type: 'number', default: 1024, describe: 'tensors below this many bytes stay inline' })
+            .option('size-threshold', { type: 'string', default: '1024', describe: 'tensors below this many bytes stay inline' })
             .option('overwrite', { type: 'boolean', default: false, describe: 'allow OUT to be the input model itself' })
             .option('eliminate-dead-code', { type: 'boolean', default: false, describe: 'remove nodes and weights no output depends on' })
             .option('verify-ir', { type: 'boolean', default: false, describe: 'run the IR verifier on the input and after every pass' })
@@ -392,7 +608,7 @@ function compileCommand(parser: Argv, out: Out): void {
               nargs: 1,
               default: [] as string[],
               describe:
-                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE or START-END=builtin:keep-first|average (repeatable)',
+                'replace layers START-END (0-based, inclusive) by a module: START-END=FILE, START-END=builtin:keep-first|average, or START-END=builtin:fit[:INIT] fitted from --data (repeatable)',
             })
             .option('target-speedup', {
               type: 'number',
@@ -402,6 +618,11 @@ function compileCommand(parser: Argv, out: Out): void {
               type: 'string',
               describe:
                 'folder of module files for --target-speedup (each names its start layer in metadata vcompile.start or as *L{START}-{END}.onnx)',
+            })
+            .option('fit-modules', {
+              type: 'boolean',
+              default: false,
+              describe: 'with --target-speedup: fit modules for every 2- and 3-layer span from --data and choose by data-measured fidelity',
             })
             .option('speedup-batch', {
               type: 'number',
@@ -454,11 +675,15 @@ function compileCommand(parser: Argv, out: Out): void {
         output: args.output,
         externalData: args['external-data'],
         dataLocation: args['data-location'],
-        sizeThreshold: args['size-threshold'],
+        sizeThreshold: byteCount(args['size-threshold'], '--size-threshold'),
         overwrite: args.overwrite,
       };
+      if (args['fit-modules'] && args['target-speedup'] === undefined) throw new VcompileError('--fit-modules goes with --target-speedup');
       if (args['target-speedup'] !== undefined) {
-        if (!args.modules) throw new VcompileError('--target-speedup needs --modules DIR');
+        if (!args.modules && !args['fit-modules'])
+          throw new VcompileError('--target-speedup needs --modules DIR, or --fit-modules --data PATH');
+        if (args.modules && args['fit-modules']) throw new VcompileError('--target-speedup takes --modules DIR or --fit-modules, not both');
+        if (args['fit-modules'] && !args.data) throw new VcompileError('--fit-modules needs --data PATH (the calibration inputs)');
         if (args.plugin.length || args.module.length)
           throw new VcompileError('--target-speedup chooses the modules itself: give it no --module or --plugin');
         out.code = await assembleCommand(args.model, {
@@ -466,11 +691,12 @@ function compileCommand(parser: Argv, out: Out): void {
           verifyIr: args['verify-ir'],
           json: args.json,
           modules: args.modules,
+          fit: args['fit-modules'] ? { data: args.data!, samples: args.samples, batch: args.batch } : undefined,
           targetSpeedup: args['target-speedup'],
           batch: args['speedup-batch'],
           seq: args['speedup-seq'],
           seeds: 3,
-          timingRuns: 3,
+          timingRuns: 5,
         });
         return;
       }
@@ -496,4 +722,12 @@ function compileCommand(parser: Argv, out: Out): void {
       });
     },
   );
+}
+
+/** A flag's value as a whole number of bytes. */
+function byteCount(text: string, flag: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isSafeInteger(n) || n < 0)
+    throw new VcompileError(`${flag} ${text}: must be a whole number of bytes >= 0`);
+  return n;
 }

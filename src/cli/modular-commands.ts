@@ -2,19 +2,26 @@
 //   vcompile MODEL --module START-END=m.onnx [--module ...] -o OUT      compileModulesCommand
 //   vcompile extract MODEL --layers START-END -o m.onnx                 extractCommand
 //   vcompile MODEL --target-speedup R --modules DIR -o OUT              assembleCommand
+//   vcompile MODEL --target-speedup R --fit-modules --data PATH -o OUT  assembleCommand (modules fitted from data)
 // Each checks everything before writing; problems are one-line VcompileErrors (exit 2) and leave no file.
 import { extractModule } from '../../passes/modular/extract.js';
 import { BUILTIN_MODULES, describeModules, type ModularReport, type ModuleRequest } from '../../passes/modular/index.js';
 import { spanName } from '../../passes/modular/span.js';
 import type { Pass } from '../../passes/pipeline.js';
 import { analyzeTransformer, formatCount } from '../analysis/index.js';
+import { describeInputs } from '../analysis/inputs.js';
 import { modularPass } from '../compile/passes.js';
-import { assemble, describePlan } from '../decide/assemble.js';
+import { type AssembleOptions, type AssembleResult, assemble, describePlan } from '../decide/assemble.js';
+import { assembleFitted } from '../decide/assemble-fitted.js';
 import { VcompileError } from '../errors.js';
 import { assertValid } from '../ir/verify.js';
-import { loadModel, saveModel } from '../onnx/file.js';
+import { checkSave, externalDataFiles, loadModel, type ProtectedFile, type SaveOptions, saveModel, saveModelAsync } from '../onnx/file.js';
+import { openData } from '../runtime/data.js';
 import { ExitCode } from './errors.js';
-import { print, requireValid } from './output.js';
+import { dataReads, inputReads, moduleFolderReads, moduleReads } from './files.js';
+import { fittableBytes } from './fit-commands.js';
+import { describeRemoved, print, requireValid } from './output.js';
+import { beforeWriting } from './signals.js';
 
 /** Where and how the compiled model is written (the flags `vcompile MODEL -o OUT` already has). */
 export interface WriteFlags {
@@ -56,15 +63,22 @@ export function compileModulesCommand(file: string, modules: readonly string[], 
   const pass = modulesPassFromFlags(modules);
   const model = loadModel(file);
   if (flags.verifyIr) requireValid(model, file);
+  const inputData = externalDataFiles(model);
+  const save = saveOptions(flags, [...inputReads(file, inputData), ...moduleReads(parseModuleFlags(modules).map((m) => m.source))]);
+  checkSave(model, flags.output, save);
   const { report, ...result } = pass.run(model);
   if (flags.verifyIr) assertValid(result.model, pass.name);
-  const written = write(result.model, file, flags);
+  beforeWriting();
+  const written = saveModel(result.model, flags.output, save);
   const passes = [{ name: pass.name, modified: result.modified, report, summary: result.summary }];
   const summary = { input: file, output: flags.output, bytes: written.bytes, externalData: written.externalFile ?? null, passes };
   print(
     flags.json
       ? JSON.stringify(summary, null, 2)
-      : [...describeModules(report), `wrote ${flags.output} (${written.bytes} bytes)`].join('\n'),
+      : [
+          ...describeModules(report),
+          `wrote ${flags.output} (${written.bytes} bytes)${describeRemoved(written.removed, file, inputData)}`,
+        ].join('\n'),
   );
   return ExitCode.ok;
 }
@@ -84,8 +98,11 @@ export function extractCommand(file: string, flags: ExtractFlags): number {
   const start = Number(match[1]);
   const end = match[2] === undefined ? start : Number(match[2]);
   const model = loadModel(file);
+  const inputData = externalDataFiles(model);
+  const save: SaveOptions = { externalData: 'auto', protect: inputReads(file, inputData), overwrite: flags.overwrite };
   const { module, bias } = extractModule(model, start, end, analyzeTransformer(model));
-  const written = saveModel(module, flags.output, { externalData: 'auto', protect: [file], overwrite: flags.overwrite });
+  beforeWriting();
+  const written = saveModel(module, flags.output, save);
   const report = {
     input: file,
     output: flags.output,
@@ -99,14 +116,16 @@ export function extractCommand(file: string, flags: ExtractFlags): number {
   print(
     flags.json
       ? JSON.stringify(report, null, 2)
-      : `wrote ${flags.output}: ${spanName(start, end)} of ${file} as a module (vcompile.span ${end - start + 1}, vcompile.start ${start}${biasNote}; ${written.bytes} bytes)`,
+      : `wrote ${flags.output}: ${spanName(start, end)} of ${file} as a module (vcompile.span ${end - start + 1}, vcompile.start ${start}${biasNote}; ${written.bytes} bytes)${describeRemoved(written.removed, file, inputData)}`,
   );
   return ExitCode.ok;
 }
 
 export interface AssembleFlags extends WriteFlags {
-  /** folder of module files */
-  modules: string;
+  /** folder of module files (or `fit`) */
+  modules?: string;
+  /** fit the candidate modules from data instead (--fit-modules --data PATH [--samples N] [--batch B]) */
+  fit?: { data: string; samples?: number; batch?: string };
   targetSpeedup: number;
   /** where MACs are counted and the quick timing runs */
   batch: number;
@@ -128,9 +147,17 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   ] as const) {
     if (!Number.isSafeInteger(value) || value < min) throw new VcompileError(`${name} must be an integer >= ${min}, got ${value}`);
   }
+  // OUT is checked against the files the assembler will read before it spends time measuring.
+  const input = loadModel(file);
+  const inputData = externalDataFiles(input);
+  const save = saveOptions(flags, [
+    ...inputReads(file, inputData),
+    ...(flags.modules ? moduleFolderReads(flags.modules) : []),
+    ...(flags.fit ? dataReads(flags.fit.data) : []),
+  ]);
+  checkSave(input, flags.output, save);
   const progress = flags.json ? undefined : (line: string) => process.stderr.write(`vcompile: ${line}\n`);
-  const result = await assemble(file, {
-    modulesDir: flags.modules,
+  const options = {
     target: flags.targetSpeedup,
     batch: flags.batch,
     seq: flags.seq,
@@ -138,11 +165,15 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
     timingRuns: flags.timingRuns,
     threads: flags.threads,
     onProgress: progress,
-  });
+  };
+  const result = flags.fit
+    ? await assembleFromData(file, flags.fit, options)
+    : await assemble(file, { ...options, modulesDir: flags.modules });
   if (flags.verifyIr) requireValid(result.model, 'the assembled model');
   const summary = planSummary(result, flags.targetSpeedup);
   if (!flags.json) print(formatPlan(summary));
-  const written = write(result.model, file, flags);
+  beforeWriting();
+  const written = await saveModelAsync(result.model, flags.output, save);
   if (flags.json)
     print(
       JSON.stringify(
@@ -157,8 +188,23 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
         2,
       ),
     );
-  else print(`wrote ${flags.output} (${written.bytes} bytes)`);
+  else print(`wrote ${flags.output} (${written.bytes} bytes)${describeRemoved(written.removed, file, inputData)}`);
   return ExitCode.ok;
+}
+
+/** --fit-modules: the candidates fitted on the data (--samples N of it, default all), chosen on held-out samples. */
+async function assembleFromData(
+  file: string,
+  fit: NonNullable<AssembleFlags['fit']>,
+  options: Omit<AssembleOptions, 'modulesDir'>,
+): Promise<AssembleResult & { fits?: object }> {
+  const batchSize = fit.batch === undefined ? 8 : Number(fit.batch);
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new VcompileError(`--batch must be a positive integer, got ${fit.batch}`);
+  if (fit.samples !== undefined && !(Number.isSafeInteger(fit.samples) && fit.samples >= 1))
+    throw new VcompileError(`--samples must be a positive integer, got ${fit.samples}`);
+  const { bytes, model } = fittableBytes(file);
+  const data = openData(fit.data, describeInputs(model), { samples: fit.samples });
+  return assembleFitted(file, bytes, data, { ...options, batchSize });
 }
 
 interface PlanSummary {
@@ -171,13 +217,24 @@ interface PlanSummary {
   macsAfter: number;
   predictedSpeedup: number;
   measuredSpeedup: number | null;
-  timing: { runs: number; originalMs: number; compiledMs: number } | null;
+  timing: {
+    runs: number;
+    originalMs: number;
+    compiledMs: number;
+    speedupIqr: [number, number];
+    cpuSpeedup: number;
+    unreliable: string | null;
+  } | null;
   cosine: number;
-  tiedPlans: { plan: string; cosine: number; predictedSpeedup: number }[];
+  tiedPlans: { plan: string; cosine: number; fidelity: number; predictedSpeedup: number }[];
   tiedTruncated: boolean;
+  /** what tied plans were ranked by */
+  fidelity: { metric: string; value: number };
+  refitted?: { before: number; after: number };
+  fits?: object;
 }
 
-function planSummary(r: Awaited<ReturnType<typeof assemble>>, target: number): PlanSummary {
+function planSummary(r: AssembleResult & { fits?: object }, target: number): PlanSummary {
   return {
     target,
     batch: r.at.batch,
@@ -196,10 +253,27 @@ function planSummary(r: Awaited<ReturnType<typeof assemble>>, target: number): P
     macsAfter: r.macsMeasured,
     predictedSpeedup: r.chosen.speedup,
     measuredSpeedup: r.timing?.speedup ?? null,
-    timing: r.timing ? { runs: r.timing.runs, originalMs: r.timing.originalMs, compiledMs: r.timing.compiledMs } : null,
+    timing: r.timing
+      ? {
+          runs: r.timing.runs,
+          originalMs: r.timing.originalMs,
+          compiledMs: r.timing.compiledMs,
+          speedupIqr: r.timing.speedupIqr,
+          cpuSpeedup: r.timing.cpuSpeedup,
+          unreliable: r.timing.unreliable,
+        }
+      : null,
     cosine: r.chosen.cosine,
-    tiedPlans: r.tied.map((t) => ({ plan: describePlan(t.candidates), cosine: t.cosine, predictedSpeedup: t.speedup })),
+    tiedPlans: r.tied.map((t) => ({
+      plan: describePlan(t.candidates),
+      cosine: t.cosine,
+      fidelity: t.fidelity,
+      predictedSpeedup: t.speedup,
+    })),
     tiedTruncated: r.tiedTruncated,
+    fidelity: { metric: r.metric, value: r.chosen.fidelity },
+    ...(r.refitted ? { refitted: r.refitted } : {}),
+    ...(r.fits ? { fits: r.fits } : {}),
   };
 }
 
@@ -215,24 +289,33 @@ function formatPlan(s: PlanSummary): string {
   }
   lines.push(`MACs ${g(s.macsBefore)} -> ${g(s.macsAfter)}: predicted speed-up ${s.predictedSpeedup.toFixed(3)}x`);
   if (s.timing) {
+    const t = s.timing;
     lines.push(
-      `measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (medians of ${s.timing.runs} interleaved runs: ${s.timing.originalMs.toFixed(1)} ms -> ${s.timing.compiledMs.toFixed(1)} ms)`,
+      `measured speed-up ${s.measuredSpeedup!.toFixed(3)}x (median of ${t.runs} paired round${t.runs === 1 ? '' : 's'}, IQR ${t.speedupIqr[0].toFixed(3)}-${t.speedupIqr[1].toFixed(3)}, ` +
+        `CPU ${t.cpuSpeedup.toFixed(3)}x; ${t.originalMs.toFixed(1)} ms -> ${t.compiledMs.toFixed(1)} ms)${t.unreliable ? `: unreliable, ${t.unreliable}` : ''}`,
     );
   }
-  lines.push(`output cosine vs the original: ${s.cosine.toFixed(6)} (smallest over the seeded inputs, batch 1, seq ${s.seq})`);
+  if (s.fidelity.metric === 'cosine') {
+    lines.push(`output cosine vs the original: ${s.cosine.toFixed(6)} (smallest over the seeded inputs, batch 1, seq ${s.seq})`);
+  } else {
+    lines.push(`${s.fidelity.metric} with the original: ${s.fidelity.value.toFixed(6)} (output cosine ${s.cosine.toFixed(6)})`);
+  }
+  if (s.refitted) lines.push(`the chosen spans refitted in sequence: ${s.refitted.before.toFixed(6)} -> ${s.refitted.after.toFixed(6)}`);
   if (s.tiedPlans.length > 1) {
-    lines.push(`${s.tiedPlans.length}${s.tiedTruncated ? '+' : ''} plans tie on ${s.layersReplaced} layers; the highest cosine wins:`);
-    for (const t of s.tiedPlans) lines.push(`  ${t.plan}: cosine ${t.cosine.toFixed(6)}, predicted ${t.predictedSpeedup.toFixed(3)}x`);
+    const what = s.fidelity.metric === 'cosine' ? 'cosine' : s.fidelity.metric.replace(/ on .*/, '');
+    lines.push(`${s.tiedPlans.length}${s.tiedTruncated ? '+' : ''} plans tie on ${s.layersReplaced} layers; the highest ${what} wins:`);
+    for (const t of s.tiedPlans) lines.push(`  ${t.plan}: ${what} ${t.fidelity.toFixed(6)}, predicted ${t.predictedSpeedup.toFixed(3)}x`);
   }
   return lines.join('\n');
 }
 
-function write(model: Parameters<typeof saveModel>[0], input: string, flags: WriteFlags) {
-  return saveModel(model, flags.output, {
+/** How the write flags save, protecting `reads` (the files the command reads). */
+function saveOptions(flags: WriteFlags, reads: ProtectedFile[]): SaveOptions {
+  return {
     externalData: flags.externalData,
     location: flags.dataLocation,
     sizeThreshold: flags.sizeThreshold,
-    protect: [input],
+    protect: reads,
     overwrite: flags.overwrite,
-  });
+  };
 }

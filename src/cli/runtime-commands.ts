@@ -2,8 +2,9 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { latencyChart } from '../bench/chart.js';
-import { benchModels, formatBenchReport } from '../bench/latency.js';
-import { VcompileError } from '../errors.js';
+import { benchModels, benchWarning, formatBenchReport } from '../bench/latency.js';
+import { CheckFailedError, VcompileError } from '../errors.js';
+import { fileIdentity } from '../onnx/file.js';
 import type { ExecutionProvider, SessionOptions } from '../runtime/session.js';
 import { ExitCode, printNotice } from './errors.js';
 import { jsonNumbers, print } from './output.js';
@@ -29,6 +30,10 @@ export interface BenchFlags extends RuntimeFlags, GridFlags {
   runs: number;
   json: boolean;
   chart?: string;
+  /** --control (default on): time the first model a second time each round, against itself */
+  control: boolean;
+  /** --sessions: sessions per model, used in turn */
+  sessions: number;
   /** --ratios: comma-separated ratios of a switchable model */
   ratios?: string;
 }
@@ -37,6 +42,10 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   if (models.length === 0) throw new VcompileError('bench needs at least one model');
   const warmup = count(flags.warmup, '--warmup', 0);
   const runs = count(flags.runs, '--runs', 1);
+  const chart = flags.chart;
+  const read = chart === undefined ? undefined : models.find((m) => fileIdentity(m) === fileIdentity(chart));
+  if (read !== undefined)
+    throw new VcompileError(`--chart ${chart}: refusing to overwrite ${read}, which this run reads (write the chart elsewhere)`);
   const progress = new Progress('bench', !flags.json && process.stderr.isTTY === true);
   let report: Awaited<ReturnType<typeof benchModels>>;
   try {
@@ -45,6 +54,8 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
       ratios: flags.ratios === undefined ? undefined : parseList(flags.ratios, '--ratios'),
       warmup,
       runs,
+      control: flags.control,
+      sessions: count(flags.sessions, '--sessions', 1),
       session: { ...sessionOptions(flags), spinning: flags.spin },
       onProgress: (done, total) => progress.update(done, total),
     });
@@ -53,6 +64,8 @@ export async function benchCommand(models: string[], flags: BenchFlags): Promise
   }
   if (flags.chart) writeChart(flags.chart, latencyChart(report));
   print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatBenchReport(report) + (flags.chart ? `\nchart: ${flags.chart}` : ''));
+  const warning = benchWarning(report);
+  if (warning) process.stderr.write(`vcompile: warning: ${warning}\n`);
   return ExitCode.ok;
 }
 

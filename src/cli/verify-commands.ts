@@ -1,14 +1,15 @@
 // `vcompile verify` and the check after `vcompile MODEL -o OUT`: flags read and refused up front, the
 // comparison run in a child process (src/verify/isolated.ts), the report printed, the gate enforced.
-import { describeInputs } from '../analysis/inputs.js';
+import { checkDimNames, describeInputs } from '../analysis/inputs.js';
 import { CheckFailedError, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
-import { loadModel } from '../onnx/file.js';
 import { openData } from '../runtime/data.js';
+import { releaseMemory } from '../runtime/memory.js';
 import { type IsolatedOptions, verifyIsolated } from '../verify/isolated.js';
 import { failureLine, type VerifyReport } from '../verify/numeric.js';
 import { describeVerifyBrief, formatVerifyReport } from '../verify/report.js';
 import { ExitCode, printNotice } from './errors.js';
+import { checkVerifyInputs } from './files.js';
 import { jsonNumbers, print } from './output.js';
 import { Progress } from './progress.js';
 import { parseDims, parseList, type RuntimeFlags, sessionOptions } from './runtime-commands.js';
@@ -38,7 +39,9 @@ export interface CheckFlags extends RuntimeFlags {
  */
 export function checkOptions(flags: CheckFlags, model: Model, originalPath: string): IsolatedOptions {
   const { notify: _printed, ...session } = sessionOptions(flags); // notices come back from the child process
-  const options: IsolatedOptions = { ...gates(flags), dims: parseDims(flags.dim), session };
+  const dims = parseDims(flags.dim);
+  if (Object.keys(dims).length) checkDimNames(describeInputs(model, { allowUnshaped: true }), dims, [originalPath]);
+  const options: IsolatedOptions = { ...gates(flags), dims, session };
   if (flags.seed !== undefined) {
     if (!Number.isSafeInteger(flags.seed)) throw new VcompileError(`--seed must be an integer, got ${flags.seed}`);
     options.seed = flags.seed;
@@ -110,13 +113,17 @@ export interface VerifyFlags extends CheckFlags {
 }
 
 export async function verifyCommand(original: string, rewritten: string, flags: VerifyFlags): Promise<number> {
-  const model = loadModel(original);
-  loadModel(rewritten); // the codec's one-line errors for a missing or broken file, before onnxruntime's
-  const options = checkOptions(flags, model, original);
+  const options = readyCheck(original, rewritten, flags);
+  releaseMemory();
   const report = await runCheck(original, rewritten, options, !flags.json);
   print(flags.json ? JSON.stringify(report, jsonNumbers, 2) : formatVerifyReport(report));
   if (!report.pass) throw new CheckFailedError(failureLine(report));
   return ExitCode.ok;
+}
+
+/** The check's options; the models read (the codec's one-line errors for a missing or broken file, before onnxruntime's) and let go. */
+function readyCheck(original: string, rewritten: string, flags: VerifyFlags): IsolatedOptions {
+  return checkOptions(flags, checkVerifyInputs(original, rewritten, parseDims(flags.dim)), original);
 }
 
 async function runCheck(original: string, rewritten: string, options: IsolatedOptions, showProgress: boolean): Promise<VerifyReport> {
@@ -135,11 +142,15 @@ async function runCheck(original: string, rewritten: string, options: IsolatedOp
 
 /**
  * The check at the end of `vcompile MODEL -o OUT`: the written model against the original, at every ratio
- * of a switchable model. Returns the reports (default ratio first); the caller prints them and fails when
+ * of a switchable model (`switchable`: the model's vcompile.switchable metadata). Returns the reports (default ratio first); the caller prints them and fails when
  * one did not pass.
  */
-export async function checkCompiled(original: string, output: string, compiled: Model, options: IsolatedOptions): Promise<VerifyReport[]> {
-  const switchable = compiled.getMetadata('vcompile.switchable');
+export async function checkCompiled(
+  original: string,
+  output: string,
+  switchable: string | undefined,
+  options: IsolatedOptions,
+): Promise<VerifyReport[]> {
   const ratios: (number | undefined)[] = [undefined];
   if (switchable) {
     const info = JSON.parse(switchable) as { ratios: number[]; default: number };

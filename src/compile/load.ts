@@ -7,7 +7,14 @@ import * as path from 'node:path';
 import { checkModuleContract, type Module } from '../../passes/modular/contract.js';
 import { spanName } from '../../passes/modular/span.js';
 import { upgradeOpset } from '../../passes/opset/index.js';
-import { buildIdentityPlugin, buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../../passes/plugin/builtin.js';
+import {
+  type BuiltinKind,
+  buildIdentityPlugin,
+  buildMeanPlugin,
+  buildVariatorPlugin,
+  initVariatorWeights,
+  VARIATOR_BOTTLENECK,
+} from '../../passes/plugin/builtin.js';
 import { checkPluginContract, type Plugin, parseBuiltin } from '../../passes/plugin/contract.js';
 import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
@@ -19,10 +26,34 @@ export interface PluginTarget {
   opset: number;
 }
 
+/**
+ * The most a built-in plugin's weights may take: they are generated in memory and written inline. About 70
+ * times what a large real one needs (Variator with k = 16 at hidden size 8192: 14.7 MB), and well under
+ * protobuf's 2 GiB.
+ */
+export const MAX_BUILTIN_PLUGIN_BYTES = 2 ** 30;
+
+/** The bytes of a built-in plugin's weights at ratio k and hidden size d (float32). */
+export function builtinPluginBytes(kind: BuiltinKind, k: number, d: number): number {
+  if (kind !== 'variator') return 0;
+  const b = VARIATOR_BOTTLENECK;
+  return 4 * (k * k * d + k + 2 * d * b + b + d * b + d);
+}
+
+/** `1.5 GiB`, `12.0 MiB`: a size for messages. */
+export function formatBytes(bytes: number): string {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
 /** A plugin file, or `builtin:KIND:K[:SCOPE]` generated for `target`, checked against the contract. */
 export function loadPlugin(source: string, target: PluginTarget): Plugin {
   const builtin = parseBuiltin(source);
   if (builtin) {
+    const bytes = builtinPluginBytes(builtin.kind, builtin.ratio, target.hidden);
+    if (bytes > MAX_BUILTIN_PLUGIN_BYTES)
+      throw new VcompileError(
+        `plugin ${source}: its weights would take ${formatBytes(bytes)} at the model's hidden size ${target.hidden}, over the ${formatBytes(MAX_BUILTIN_PLUGIN_BYTES)} a built-in plugin may take (use a smaller ratio)`,
+      );
     const shape = { ratio: builtin.ratio, hidden: target.hidden, scope: builtin.scope, opset: target.opset };
     const model =
       builtin.kind === 'mean'
@@ -56,13 +87,14 @@ function raiseOpset(model: Model, opset: number, what: string): void {
 
 /**
  * The default-domain opset a model must have for these plugin and module files: the newest any of them
- * declares, and at least `floor` (built-in plugins are generated at the model's own opset).
+ * declares, and at least `floor` (built-in plugins are generated at the model's own opset). `label` names a
+ * file in messages (`plugin p.onnx`).
  */
-export function requiredOpset(sources: readonly string[], floor: number): number {
+export function requiredOpset(files: readonly { source: string; label: string }[], floor: number): number {
   let needed = floor;
-  for (const source of sources) {
+  for (const { source, label } of files) {
     if (source.startsWith('builtin:')) continue;
-    const model = decodeModel(readFileOrFail(source), { baseDir: path.dirname(source), label: source });
+    const model = decodeModel(readFileOrFail(source, label), { baseDir: path.dirname(source), label });
     needed = Math.max(needed, model.opsetVersion('') ?? 0);
   }
   return needed;
@@ -75,12 +107,7 @@ export function checkPlugin(model: Model, source: string, bytes: Uint8Array): Pl
 
 /** A module file, checked against the contract, at the model's opset (`target`) or newer. */
 export function loadModule(source: string, target?: { opset: number }): Module {
-  let bytes: Uint8Array;
-  try {
-    bytes = fs.readFileSync(source);
-  } catch (error) {
-    throw new VcompileError(`module ${source}: ${describeFsError(error)}`);
-  }
+  const bytes = readFileOrFail(source, `module ${source}`);
   const model = decodeModel(bytes, { baseDir: path.dirname(source), label: `module ${source}` });
   if (target) raiseOpset(model, target.opset, `module ${source}`);
   return checkModuleContract(model, source, sha256(bytes));

@@ -1,15 +1,20 @@
 // Assembling to a target speed-up: from a folder of modules, each made for one run of layers, choose the
 // placement that reaches a MACs speed-up with the fewest original layers replaced (search.ts); among
 // plans that tie, keep the one whose output is closest to the original's (cosine, on seeded generated
-// inputs, in onnxruntime). The chosen model is timed against the original in a quick interleaved run.
+// inputs, in onnxruntime). The chosen model is timed against the original in a few paired rounds
+// (src/bench/paired.ts), and the measured speed-up says when its spread leaves it unreliable.
 // Which layers a module was made for: its metadata vcompile.start when present, else its file name
 // `...L{START}-{END}.onnx`; a module with neither is refused.
+// A caller may hand the modules in instead of a folder (modules fitted from data: assemble-fitted.ts), with
+// its own measure of fidelity (on data) in place of the cosine, and a refit of the chosen plan's modules
+// before the model is finished.
 import * as path from 'node:path';
 import type { Module } from '../../passes/modular/contract.js';
 import { type ModularReport, type ModuleRequest, planModules } from '../../passes/modular/index.js';
 import { fewestLayers, mostSaved, type Option, speedup } from '../../passes/modular/search.js';
 import { spanName } from '../../passes/modular/span.js';
 import { analyzeTransformer, concreteShape, type DimBinding, macsOf, shapesAt, shapesWithInputs } from '../analysis/index.js';
+import { median, timePaired, unreliableBecause } from '../bench/paired.js';
 import { discoverModules, type FoundModule, loadModule } from '../compile/load.js';
 import { modularPass } from '../compile/passes.js';
 import { msg, option, VcompileError } from '../errors.js';
@@ -27,12 +32,21 @@ export interface Point extends DimBinding {
 }
 
 export interface AssembleOptions extends Point {
-  modulesDir: string;
+  /** the folder of module files (or `modules`) */
+  modulesDir?: string;
+  /** modules in memory instead of a folder, and how messages name them as a whole */
+  modules?: { found: FoundModule[]; describe: string };
+  /** the model's bytes when the caller has them (default: read from the file) */
+  bytes?: Uint8Array;
+  /** how tied plans are compared (default: the cosine on seeded generated inputs) */
+  fidelity?: Fidelity;
+  /** the chosen plan's modules, replaced before the model is finished (e.g. refitted in sequence) */
+  refit?: (chosen: Candidate[]) => Promise<Module[]>;
   /** the MACs speed-up to reach, > 1 */
   target: number;
   /** seeded generated inputs the cosine is measured on (batch 1, length `seq`); default 3 */
   seeds?: number;
-  /** timed runs per model in the quick timing at batch x seq; default 5, 0 skips the timing */
+  /** paired rounds of the quick timing at batch x seq (each runs both models once); default 5, 0 skips it */
   timingRuns?: number;
   threads?: number;
   /** most tied plans compared by cosine; default 16 */
@@ -52,15 +66,31 @@ export interface AssemblePlan {
   layers: number;
   macsAfter: number;
   speedup: number;
-  /** smallest cosine between the original's and the compiled model's outputs over the seeded inputs */
+  /** smallest cosine between the original's and the compiled model's outputs (over the seeded inputs, or the data) */
   cosine: number;
+  /** what plans are ranked by: the cosine, or the caller's measure */
+  fidelity: number;
+}
+
+/** A measure of how close a compiled model is to the original (higher is closer). */
+export interface Fidelity {
+  measure(model: Model): Promise<{ fidelity: number; cosine: number; metric: string }>;
 }
 
 export interface Timing {
+  /** paired rounds */
   runs: number;
+  /** median wall times */
   originalMs: number;
   compiledMs: number;
+  /** median over rounds of the original's time over the compiled model's, in the same round */
   speedup: number;
+  /** the quartiles of those per-round ratios */
+  speedupIqr: [number, number];
+  /** the same with process CPU time */
+  cpuSpeedup: number;
+  /** why the measurement cannot be read (the IQR contains 1, or is wide), or null */
+  unreliable: string | null;
 }
 
 export interface AssembleResult {
@@ -77,11 +107,15 @@ export interface AssembleResult {
   macsMeasured: number;
   timing?: Timing;
   passReport: ModularReport;
+  /** what `fidelity` measures */
+  metric: string;
+  /** with `refit`: the chosen plan's fidelity before and after its modules were refitted */
+  refitted?: { before: number; after: number };
 }
 
 export async function assemble(file: string, options: AssembleOptions): Promise<AssembleResult> {
   if (!(options.target > 1)) throw new VcompileError(msg`${option('targetSpeedup')} must be a number > 1, got ${options.target}`);
-  const bytes = readFileOrFail(file);
+  const bytes = options.bytes ?? readFileOrFail(file);
   const fresh = () => decodeModel(bytes, { baseDir: path.dirname(file), label: file });
   const model = fresh();
   const analysis = analyzeTransformer(model);
@@ -91,7 +125,8 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
   const at = { batch: options.batch, seq: options.seq };
   const shapes = shapesAt(model, at);
   const macsBefore = macsOf(model.graph.nodes, shapes, file);
-  const found = discoverModules(options.modulesDir);
+  const found = options.modules?.found ?? discoverModules(options.modulesDir ?? '');
+  const from = options.modules?.describe ?? `the ${found.length} module${found.length === 1 ? '' : 's'} in ${options.modulesDir}`;
   const loaded = new Map(found.map((f) => [f.file, f.module]));
   const candidates: Candidate[] = found.map((f) => {
     const request: ModuleRequest = { start: f.start, end: f.end, source: f.file, label: `module ${f.file} (${spanName(f.start, f.end)})` };
@@ -109,28 +144,53 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
     const best = mostSaved(optionsList, analysis.layers.length);
     const spans = best.plan.map((o) => `${spanName(o.start, o.end)} <- ${path.basename(candidates[o.id].file)}`).join(', ');
     throw new VcompileError(
-      `target speed-up ${options.target}x cannot be reached with the ${candidates.length} module${candidates.length === 1 ? '' : 's'} in ${options.modulesDir}: ` +
+      `target speed-up ${options.target}x cannot be reached with ${from}: ` +
         `the best reachable MACs speed-up at batch ${at.batch}, seq ${at.seq} is ${speedup(macsBefore, best.saved).toFixed(3)}x (${spans || 'no module saves MACs'})`,
     );
   }
   const measure = await Measurer.open(bytes, model, options);
   try {
+    const score = async (model: Model) => {
+      if (options.fidelity) return options.fidelity.measure(model);
+      const cosine = await measure.cosine(model);
+      return { fidelity: cosine, cosine, metric: 'cosine' };
+    };
     const tied: { plan: AssemblePlan; model: Model; report: ModularReport }[] = [];
+    let metric = 'cosine';
     for (const [i, plan] of search.plans.entries()) {
       const chosen = plan.map((o) => candidates[o.id]);
       const compiled = compile(fresh(), chosen, loaded);
-      const cosine = await measure.cosine(compiled.model);
+      const scored = await score(compiled.model);
+      metric = scored.metric;
       const saved = plan.reduce((sum, o) => sum + o.saving, 0);
+      const { fidelity, cosine } = scored;
       tied.push({
         ...compiled,
-        plan: { candidates: chosen, layers: search.layers, macsAfter: macsBefore - saved, speedup: speedup(macsBefore, saved), cosine },
+        plan: {
+          candidates: chosen,
+          layers: search.layers,
+          macsAfter: macsBefore - saved,
+          speedup: speedup(macsBefore, saved),
+          cosine,
+          fidelity,
+        },
       });
-      options.onProgress?.(`plan ${i + 1}/${search.plans.length}: ${describePlan(chosen)}: cosine ${cosine.toFixed(6)}`);
+      options.onProgress?.(`plan ${i + 1}/${search.plans.length}: ${describePlan(chosen)}: ${metric} ${fidelity.toFixed(6)}`);
     }
-    // highest cosine; on a tie the larger speed-up, then the first found
-    const best = tied.reduce((a, b) =>
-      b.plan.cosine > a.plan.cosine || (b.plan.cosine === a.plan.cosine && b.plan.speedup > a.plan.speedup) ? b : a,
+    // highest fidelity; on a tie the larger speed-up, then the first found
+    let best = tied.reduce((a, b) =>
+      b.plan.fidelity > a.plan.fidelity || (b.plan.fidelity === a.plan.fidelity && b.plan.speedup > a.plan.speedup) ? b : a,
     );
+    let refitted: AssembleResult['refitted'];
+    if (options.refit) {
+      const modules = await options.refit(best.plan.candidates);
+      const replaced = new Map(loaded);
+      best.plan.candidates.forEach((c, i) => replaced.set(c.file, modules[i]));
+      const compiled = compile(fresh(), best.plan.candidates, replaced);
+      const scored = await score(compiled.model);
+      refitted = { before: best.plan.fidelity, after: scored.fidelity };
+      best = { ...compiled, plan: { ...best.plan, fidelity: scored.fidelity, cosine: scored.cosine } };
+    }
     const macsMeasured = macsOf(best.model.graph.nodes, shapesAt(best.model, at), 'the compiled model');
     const timing = (options.timingRuns ?? 5) > 0 ? await measure.time(best.model, at, options.timingRuns ?? 5) : undefined;
     return {
@@ -144,6 +204,8 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
       macsMeasured,
       timing,
       passReport: best.report,
+      metric,
+      ...(refitted ? { refitted } : {}),
     };
   } finally {
     await measure.release();
@@ -216,23 +278,23 @@ class Measurer {
     }
   }
 
-  /** Interleaved runs at `at` after two warm-up runs each: medians. */
+  /** Paired rounds at `at` (order rotated each round) after two warm-up runs each. */
   async time(compiled: Model, at: Point, runs: number): Promise<Timing> {
     const session = await openSession(encodeModel(compiled), { threads: this.threads, spinning: false });
     try {
       const feeds = prepareFeeds(generateFeeds(describeInputs(this.model), at, 0));
       const sessions = [this.original, session];
-      const samples: number[][] = [[], []];
-      for (let w = 0; w < 2; w++) for (const s of sessions) await runPrepared(s, feeds);
-      for (let r = 0; r < runs; r++) {
-        for (const [i, s] of sessions.entries()) {
-          const start = process.hrtime.bigint();
-          await runPrepared(s, feeds);
-          samples[i].push(Number(process.hrtime.bigint() - start) / 1e6);
-        }
-      }
-      const [originalMs, compiledMs] = samples.map(median);
-      return { runs, originalMs, compiledMs, speedup: originalMs / compiledMs };
+      const timing = await timePaired(2, (i) => runPrepared(sessions[i], feeds).then(() => undefined), { warmup: 2, rounds: runs });
+      const [original, measured] = timing.entries;
+      return {
+        runs,
+        originalMs: median(original.wallMs),
+        compiledMs: median(measured.wallMs),
+        speedup: measured.speedup.median,
+        speedupIqr: measured.speedup.iqr,
+        cpuSpeedup: measured.cpuSpeedup.median,
+        unreliable: unreliableBecause(measured.speedup, runs) ?? null,
+      };
     } finally {
       await session.release();
     }
@@ -241,10 +303,4 @@ class Measurer {
   async release(): Promise<void> {
     await this.original.release();
   }
-}
-
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }

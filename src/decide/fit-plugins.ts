@@ -35,13 +35,19 @@ import { openSession, run, type Session } from '../runtime/session.js';
 import { type Matrix, matrix, reducedRank, ridge } from './linalg.js';
 import { appendStatistics, NormalEquations, SHIFTS, shiftsOf, unshift } from './statistics.js';
 
-export interface PluginFitOptions {
+/** What one layer's plugin is fitted as. */
+export interface PluginSetting {
   ratio: number;
   scope: Scope;
   /** adapter rank; 'full' for the full-rank fit; default: the largest whose arithmetic stays under 3% of the block's */
   rank?: number | 'full';
+}
+
+export interface PluginFitOptions extends PluginSetting {
   /** layers to fit (as the model numbers them); default: every layer whose self-attention is not causal */
   layers?: number[];
+  /** a setting of its own for some layers (the rest take ratio, scope and rank) */
+  settings?: ReadonlyMap<number, PluginSetting>;
   /** samples per run (default 8) */
   batchSize?: number;
   threads?: number;
@@ -59,6 +65,8 @@ export interface FitProgress {
 
 export interface LayerFit {
   layer: number;
+  scope: Scope;
+  ratio: number;
   /** calibration samples and real positions fitted on, and held out */
   samples: number;
   tokens: number;
@@ -84,17 +92,81 @@ export interface PluginFitResult {
   dataSha256: string;
 }
 
-const STREAM = 'vcompile_stream';
+/** A fitted plugin of one layer in one setting. */
+export interface VariantFit {
+  /** index into the variants asked for */
+  variant: number;
+  plugin: Model;
+  fit: LayerFit;
+}
 
-/** Fit plugins for `file` (a model at opset >= 11) on `data`. */
+export interface VariantFitOptions {
+  variants: readonly PluginSetting[];
+  /** layers to fit (default: every non-causal one) */
+  layers?: number[];
+  /** leave this layer's variant unfitted (e.g. a cached fit exists) */
+  skip?: (layer: number, variant: number) => boolean;
+  batchSize?: number;
+  threads?: number;
+  onProgress?: (event: FitProgress) => void;
+}
+
+export const STREAM = 'vcompile_stream';
+
+/**
+ * Fit plugins for `file` (a model at opset >= 11) on `data`, sequentially: each layer on the stream its
+ * fitted predecessors produce.
+ */
 export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet, options: PluginFitOptions): Promise<PluginFitResult> {
+  const context = fitContext(file, bytes, data, options);
+  const targets = selectLayers(context.analysis.layers, options.layers);
+  const plan = new Map(targets.map((l) => [l.index, [options.settings?.get(l.index) ?? options]]));
+  const fitted = await fitLayers(context, plan, true, options);
+  const result: PluginFitResult = {
+    plugins: new Map(fitted.map((f) => [f.fit.layer, f.plugin])),
+    layers: fitted.map((f) => f.fit),
+    ratio: options.ratio,
+    scope: options.scope,
+    modelSha256: sha256(bytes),
+    dataSha256: data.sha256,
+  };
+  const note = fitted.find((f) => f.rankNote)?.rankNote;
+  if (note) result.rankNote = note;
+  for (const f of fitted) stamp(f.plugin, f.fit, result.modelSha256, result.dataSha256);
+  return result;
+}
+
+/**
+ * Fit every variant for every layer independently: each layer on the original model's stream (one pass
+ * through the model serves them all). What a search compares layer by layer.
+ */
+export async function fitPluginVariants(file: string, bytes: Uint8Array, data: DataSet, options: VariantFitOptions): Promise<VariantFit[]> {
+  const context = fitContext(file, bytes, data, options);
+  const targets = selectLayers(context.analysis.layers, options.layers);
+  const plan = new Map(targets.map((l) => [l.index, options.variants.map((v, i) => (options.skip?.(l.index, i) ? undefined : v))]));
+  const fitted = await fitLayers(context, plan, false, options);
+  const [model, dataSha] = [sha256(bytes), data.sha256];
+  for (const f of fitted) stamp(f.plugin, f.fit, model, dataSha);
+  return fitted.map((f) => ({ variant: f.variant, plugin: f.plugin, fit: f.fit }));
+}
+
+interface FitContext {
+  fresh: () => Model;
+  original: Model;
+  analysis: ReturnType<typeof analyzeTransformer> & { hidden: number };
+  d: number;
+  splits: Splits;
+  session: SessionFlags;
+  samples: number;
+}
+
+function fitContext(file: string, bytes: Uint8Array, data: DataSet, options: { batchSize?: number; threads?: number }): FitContext {
   const fresh = () => decodeModel(bytes, { label: file });
   const original = fresh();
   const analysis = analyzeTransformer(original);
   if (analysis.error) throw new VcompileError(`cannot fit plugins: transformer analysis stopped: ${analysis.error.message}`);
   const d = analysis.hidden;
   if (d === undefined) throw new VcompileError('cannot fit plugins: the hidden size of the model is not fixed');
-  const targets = selectLayers(analysis.layers, options.layers);
   const batchSize = options.batchSize ?? 8;
   const heldIndices = [...Array(data.size).keys()].filter((i) => i % 5 === 4);
   const fitIndices = [...Array(data.size).keys()].filter((i) => i % 5 !== 4);
@@ -103,72 +175,93 @@ export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet,
       `${data.source}: ${data.size} sample${data.size === 1 ? '' : 's'} is too few to hold some out for choosing lambda; give at least 5`,
     );
   const splits = { fit: data.subset(fitIndices).batches(batchSize), held: data.subset(heldIndices).batches(batchSize) };
-  const session = { threads: options.threads, spinning: false };
-  const ranks = new Map(targets.map((l) => [l.index, rankFor(options, l, original, d)]));
+  return {
+    fresh,
+    original,
+    analysis: analysis as FitContext['analysis'],
+    d,
+    splits,
+    session: { threads: options.threads, spinning: false },
+    samples: fitIndices.length,
+  };
+}
 
+interface Fitted extends VariantFit {
+  rankNote?: string;
+}
+
+/**
+ * The fitting loop: walk the layers carrying the stream; at each planned layer capture and solve every
+ * setting asked for (undefined: skipped). Sequential: the stream goes on through the layer's fitted plugin
+ * (one setting per layer); otherwise through the original layer.
+ */
+async function fitLayers(
+  context: FitContext,
+  plan: ReadonlyMap<number, readonly (PluginSetting | undefined)[]>,
+  sequential: boolean,
+  options: { onProgress?: (event: FitProgress) => void; onStream?: (layer: number, batch: DataBatch, stream: Tensor) => void },
+): Promise<Fitted[]> {
+  const { fresh, original, analysis, d, splits, session } = context;
+  const fitted: Fitted[] = [];
+  const last = Math.max(-1, ...[...plan].filter(([, s]) => s.some((v) => v)).map(([layer]) => layer));
+  if (last < 0) return fitted;
   let streams = await streamsInto(fresh(), analysis.layers[0], splits, session);
-  const plugins = new Map<number, Model>();
-  const fits: LayerFit[] = [];
   for (const layer of analysis.layers) {
+    if (layer.index > last) break;
     const started = Date.now();
-    const fitHere = targets.some((t) => t.index === layer.index);
+    const settings = plan.get(layer.index) ?? [];
     let plugin: Plugin | undefined;
-    if (fitHere) {
-      if (options.onStream)
-        for (const split of ['fit', 'held'] as const) splits[split].forEach((b, i) => options.onStream!(layer.index, b, streams[split][i]));
-      const stats = await capture(fresh(), layer, options, splits, streams, session, d);
+    if (settings.some((s) => s) && options.onStream)
+      for (const split of ['fit', 'held'] as const) splits[split].forEach((b, i) => options.onStream!(layer.index, b, streams[split][i]));
+    for (const [variant, setting] of settings.entries()) {
+      if (!setting) continue;
+      const stats = await capture(fresh(), layer, setting, splits, streams, session, d, options.onProgress);
       checkTokens(stats.fit, d, layer.index);
-      const rank = ranks.get(layer.index)!.rank;
+      const { rank, note } = rankFor(setting, layer, original, d);
       options.onProgress?.({ layer: layer.index, stage: 'solve', done: 0, total: 1 });
       const solved = await solve(stats, rank, d);
       const model = buildFittedPlugin(
-        { ratio: options.ratio, hidden: d, scope: options.scope, opset: original.opsetVersion('') ?? 17 },
+        { ratio: setting.ratio, hidden: d, scope: setting.scope, opset: original.opsetVersion('') ?? 17 },
         solved.weights,
       );
-      plugins.set(layer.index, model);
-      plugin = checkPluginContract(model, `fitted L${layer.index}`, sha256(encodeModel(model)));
-      fits.push({
+      if (sequential) plugin = checkPluginContract(model, `fitted L${layer.index}`, sha256(encodeModel(model)));
+      const fit: LayerFit = {
         layer: layer.index,
-        samples: fitIndices.length,
+        scope: setting.scope,
+        ratio: setting.ratio,
+        samples: context.samples,
         tokens: stats.fit.count,
         heldOutTokens: stats.held.count,
         lambda: solved.lambda,
         rank,
         unexplained: solved.unexplained,
         restore: solved.restore,
-        seconds: 0,
-      });
+        seconds: (Date.now() - started) / 1000,
+      };
+      fitted.push({ variant, plugin: model, fit, rankNote: setting.rank === undefined ? note : undefined });
     }
-    if (layer.index < analysis.layers.length - 1) streams = await propagate(fresh(), layer, plugin, splits, streams, session, options);
-    if (fitHere) fits[fits.length - 1].seconds = (Date.now() - started) / 1000;
+    if (layer.index < last) streams = await propagate(fresh(), layer, plugin, splits, streams, session, options.onProgress);
+    if (sequential && fitted.length && fitted[fitted.length - 1].fit.layer === layer.index)
+      fitted[fitted.length - 1].fit.seconds = (Date.now() - started) / 1000;
   }
-  const result: PluginFitResult = {
-    plugins,
-    layers: fits,
-    ratio: options.ratio,
-    scope: options.scope,
-    modelSha256: sha256(bytes),
-    dataSha256: data.sha256,
-  };
-  const note = [...ranks.values()].find((r) => r.note)?.note;
-  if (note) result.rankNote = note;
-  for (const [index, model] of plugins)
-    model.metadataProps = [...(model.metadataProps ?? []), ['vcompile.fit', JSON.stringify(provenance(result, index))]];
-  return result;
+  return fitted;
 }
 
-function provenance(r: PluginFitResult, layer: number): object {
-  const fit = r.layers.find((l) => l.layer === layer)!;
-  return {
-    model: r.modelSha256,
-    data: r.dataSha256,
-    layer,
+/** The fit's provenance, in the plugin's metadata_props. */
+function stamp(plugin: Model, fit: LayerFit, model: string, data: string): void {
+  const record = {
+    model,
+    data,
+    layer: fit.layer,
+    scope: fit.scope,
+    ratio: fit.ratio,
     samples: fit.samples,
     tokens: fit.tokens,
     rank: fit.rank,
     lambda: fit.lambda,
     restore: fit.restore,
   };
+  plugin.metadataProps = [...(plugin.metadataProps ?? []), ['vcompile.fit', JSON.stringify(record)]];
 }
 
 function selectLayers(layers: readonly Layer[], requested: number[] | undefined): Layer[] {
@@ -183,7 +276,7 @@ function selectLayers(layers: readonly Layer[], requested: number[] | undefined)
 }
 
 /** The adapter rank: as asked, or the largest whose MACs per position stay under 3% of the block's. */
-function rankFor(options: PluginFitOptions, layer: Layer, model: Model, d: number): { rank: number | 'full'; note?: string } {
+function rankFor(options: PluginSetting, layer: Layer, model: Model, d: number): { rank: number | 'full'; note?: string } {
   if (options.rank !== undefined) return { rank: options.rank };
   const bounds =
     options.scope === 'ffn'
@@ -205,19 +298,19 @@ function rankFor(options: PluginFitOptions, layer: Layer, model: Model, d: numbe
 
 // ------------------------------------------------------------------------------------------ streams
 
-interface Splits {
+export interface Splits {
   fit: DataBatch[];
   held: DataBatch[];
 }
 
 /** The residual stream entering each batch's current layer. */
-interface Streams {
+export interface Streams {
   fit: Tensor[];
   held: Tensor[];
 }
 
 /** The stream entering `layer` (the first layer), for every batch. */
-async function streamsInto(model: Model, layer: Layer, splits: Splits, options: SessionFlags): Promise<Streams> {
+export async function streamsInto(model: Model, layer: Layer, splits: Splits, options: SessionFlags): Promise<Streams> {
   const value = model.graph.lookup(layer.input.name);
   if (!value) throw new Error(`internal: no value ${layer.input.name}`);
   model.graph.outputs = [value];
@@ -225,13 +318,13 @@ async function streamsInto(model: Model, layer: Layer, splits: Splits, options: 
   return runSplits(model, splits, undefined, options, value.name);
 }
 
-interface SessionFlags {
+export interface SessionFlags {
   threads?: number;
   spinning: boolean;
 }
 
 /** `model` sliced to start at `layer`'s input (a graph input named vcompile_stream) and end at `end`. */
-function sliceAt(model: Model, layer: Layer, end: string[], d: number): Model {
+export function sliceAt(model: Model, layer: Layer, end: string[], d: number): Model {
   const names = NameAuthority.forModel(model);
   const input = model.graph.lookup(layer.input.name);
   if (!input) throw new Error(`internal: no value ${layer.input.name}`);
@@ -249,11 +342,12 @@ function sliceAt(model: Model, layer: Layer, end: string[], d: number): Model {
 async function capture(
   model: Model,
   layer: Layer,
-  options: PluginFitOptions,
+  options: PluginSetting,
   splits: Splits,
   streams: Streams,
   session: SessionFlags,
   d: number,
+  onProgress: ((event: FitProgress) => void) | undefined,
 ) {
   sliceAt(model, layer, [layer.output.name], d);
   const captured = captureBlock(model, { layer: 0, scope: options.scope, ratio: options.ratio });
@@ -270,7 +364,7 @@ async function capture(
     for (const split of ['fit', 'held'] as const) {
       for (const [i, batch] of splits[split].entries()) {
         stats[split].add(await run(opened, { ...feedsFor(opened, batch, streams[split][i]), ...shiftFeeds(shifts.shift, shifts.shiftX) }));
-        options.onProgress?.({ layer: layer.index, stage: 'capture', done: ++done, total });
+        onProgress?.({ layer: layer.index, stage: 'capture', done: ++done, total });
       }
     }
     return { ...stats, shifts };
@@ -287,18 +381,18 @@ async function propagate(
   splits: Splits,
   streams: Streams,
   session: SessionFlags,
-  options: PluginFitOptions,
+  onProgress: ((event: FitProgress) => void) | undefined,
 ): Promise<Streams> {
   const d = streams.fit[0]?.dims[2] ?? streams.held[0].dims[2];
   sliceAt(model, layer, [layer.output.name], d);
   if (plugin) pluginPass({ plugins: [{ source: plugin.source }], layers: [0] }, () => plugin).run(model);
   const outputs = await runSplits(model, splits, streams, session, model.graph.outputs[0].name, (done, total) =>
-    options.onProgress?.({ layer: layer.index, stage: 'propagate', done, total }),
+    onProgress?.({ layer: layer.index, stage: 'propagate', done, total }),
   );
   return outputs;
 }
 
-async function runSplits(
+export async function runSplits(
   model: Model,
   splits: Splits,
   streams: Streams | undefined,
@@ -324,7 +418,7 @@ async function runSplits(
   return out;
 }
 
-function feedsFor(session: Session, batch: DataBatch, stream: Tensor | undefined): Record<string, Tensor> {
+export function feedsFor(session: Session, batch: DataBatch, stream: Tensor | undefined): Record<string, Tensor> {
   const feeds: Record<string, Tensor> = {};
   for (const name of session.inputNames) {
     if (name === STREAM) feeds[name] = stream!;

@@ -146,7 +146,7 @@ export function unshift(a: Float64Array, r: number, d: number, shift: Float32Arr
   }
 }
 
-function valuesOf(t: Tensor): Float32Array | Float64Array {
+export function valuesOf(t: Tensor): Float32Array | Float64Array {
   if (t.dataType !== DataType.DOUBLE) return t.toFloat32();
   const bytes = t.bytes();
   return new Float64Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));

@@ -23,6 +23,7 @@ import { readNpy } from './npy.js';
 
 export {
   bindDims,
+  checkDimNames,
   type DimBinding,
   describeInputs,
   dimKey,

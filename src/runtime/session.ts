@@ -55,6 +55,14 @@ export interface Session {
   release(): Promise<void>;
 }
 
+/**
+ * The newest default-domain (ai.onnx) opset onnxruntime-node 1.30 runs: it refuses to load a model that
+ * imports a newer one ("Current official support for domain ai.onnx is till opset 26"). Measured by loading
+ * a one-node model at increasing opsets; test/runtime-opset.test.ts checks that it still holds. The fact is
+ * kept with the op history (src/ir/op-versions.ts), where the opset upgrade needs it too.
+ */
+export { MAX_ORT_OPSET } from '../ir/op-versions.js';
+
 export const CUDA_INSTALL_COMMAND = 'ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node --ignore-scripts=false';
 
 /** Load a model (a file path, its bytes, or an IR model) into ONNX Runtime. */
@@ -168,6 +176,18 @@ function modelSource(model: string | Uint8Array | Model, options: SessionOptions
  * there: their bytes are handed to ORT as in-memory files, rebuilt from each tensor's own range, so
  * models above protobuf's 2 GiB limit work too and nothing is written to disk.
  */
+/**
+ * A model with `names` appended to its outputs, encoded for ORT (its external data as in-memory files): what
+ * openSession builds for `extraOutputs`, done ahead so that the IR model can be let go before the session
+ * opens. Open it with openSession(bytes, { externalData }).
+ */
+export function encodeForSession(
+  model: Model,
+  names: readonly string[],
+): { model: Uint8Array; externalData?: { path: string; data: Uint8Array }[] } {
+  return encodeWithOutputs(model, names);
+}
+
 function encodeWithOutputs(
   model: Model,
   names: readonly string[],

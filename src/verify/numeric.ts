@@ -21,7 +21,8 @@ import { loadModel } from '../onnx/file.js';
 import { ratioTensor, withFeedableRatio } from '../runtime/adaptive.js';
 import type { DataSet } from '../runtime/data.js';
 import { generateFeeds, readFeedFolder } from '../runtime/feeds.js';
-import { openSession, run, type Session, type SessionOptions } from '../runtime/session.js';
+import { releaseMemory } from '../runtime/memory.js';
+import { encodeForSession, openSession, run, type Session, type SessionOptions } from '../runtime/session.js';
 import { checkLengths, defaultGrid } from './grid.js';
 import {
   type ClassStats,
@@ -71,6 +72,12 @@ export interface VerifyOptions extends Thresholds {
   onProgress?: (done: number, total: number) => void;
   /** the original's outputs held while it runs alone (default 256 MiB); beyond it both models run side by side */
   budgetBytes?: number;
+  /**
+   * the original's outputs per run, kept here (all of them, whatever the budget) and reused by the next
+   * call that passes the same array with the same data: a search comparing many candidates to one
+   * original runs it once
+   */
+  reference?: Record<string, Tensor>[];
 }
 
 export interface CaseOutput extends Partial<ElementStats> {
@@ -153,23 +160,17 @@ interface Run {
 
 /** Run both models on the same feeds and compare every output of the original. */
 export async function verifyModels(original: string, rewritten: string, options: VerifyOptions = {}): Promise<VerifyReport> {
-  const model = loadModel(original);
-  const candidate = loadModel(rewritten);
-  const specs = describeInputs(model, { allowUnshaped: options.inputsDir !== undefined });
-  refuseNonTensorOutputs(model, original);
-  const seed = options.seed ?? 0;
-  const plan = plannedRuns(model, candidate, specs, options, seed);
-  const layerValues = options.perLayer ? streamsToCompare(model, candidate) : [];
-  const extra = layerValues.map((l) => l.name);
-  const candidateSource: Model | string = options.ratio !== undefined ? withFeedableRatio(candidate) : extra.length ? candidate : rewritten;
-  const ratioFeed: Record<string, Tensor> = options.ratio !== undefined ? { vcompile_ratio: ratioTensor(options.ratio) } : {};
-  const comparison = new Comparison(model, specs, options, layerValues);
+  const prepared = prepare(original, rewritten, options);
+  // the IR models `prepare` read are garbage now: let them go before the sessions take their memory
+  releaseMemory();
+  const { plan, comparison, sourceA, sourceB, ratioFeed, seed } = prepared;
   const runner = new PairRunner(
-    () => openSession(extra.length ? model : original, { ...options.session, extraOutputs: extra }),
-    () => openSession(candidateSource, { ...options.session, extraOutputs: extra }),
+    () => openSession(sourceA.model, { ...options.session, externalData: sourceA.externalData }),
+    () => openSession(sourceB.model, { ...options.session, externalData: sourceB.externalData }),
     original,
     rewritten,
     options.budgetBytes ?? 256 * 2 ** 20,
+    options.reference,
   );
   let ep: 'cpu' | 'cuda' = 'cpu';
   const cases: VerifyCase[] = [];
@@ -193,6 +194,29 @@ export async function verifyModels(original: string, rewritten: string, options:
   if (options.ratio !== undefined) result.ratio = options.ratio;
   if (options.perLayer) result.layers = comparison.layerSummaries();
   return result;
+}
+
+type Source = { model: string | Uint8Array; externalData?: { path: string; data: Uint8Array }[] };
+
+/**
+ * Everything a comparison needs from the two models' graphs, read now: the inputs to run, what to compare,
+ * and what each session loads (the file itself, or an encoded copy with extra outputs or a feedable ratio).
+ * The IR models stay inside: nothing returned holds their weights.
+ */
+function prepare(original: string, rewritten: string, options: VerifyOptions) {
+  const model = loadModel(original);
+  const candidate = loadModel(rewritten);
+  const specs = describeInputs(model, { allowUnshaped: options.inputsDir !== undefined });
+  refuseNonTensorOutputs(model, original);
+  const seed = options.seed ?? 0;
+  const plan = plannedRuns(model, candidate, specs, options, seed);
+  const layerValues = options.perLayer ? streamsToCompare(model, candidate) : [];
+  const extra = layerValues.map((l) => l.name);
+  const sourceA: Source = extra.length ? encodeForSession(model, extra) : { model: original };
+  const feedable = options.ratio !== undefined ? withFeedableRatio(candidate) : candidate;
+  const sourceB: Source = extra.length || options.ratio !== undefined ? encodeForSession(feedable, extra) : { model: rewritten };
+  const ratioFeed: Record<string, Tensor> = options.ratio !== undefined ? { vcompile_ratio: ratioTensor(options.ratio) } : {};
+  return { plan, comparison: new Comparison(model, specs, options, layerValues), sourceA, sourceB, ratioFeed, seed };
 }
 
 /** A model with optional or sequence outputs cannot be compared (and crashes some ORT builds): refused up front. */
@@ -295,6 +319,7 @@ class PairRunner {
     private readonly fileA: string,
     private readonly fileB: string,
     private readonly budget: number,
+    private readonly reference?: Outputs[],
   ) {}
 
   async each(
@@ -302,16 +327,18 @@ class PairRunner {
     extraFeeds: Record<string, Tensor>,
     compare: (run: Run, index: number, a: Outputs, b: Outputs, session: Session) => void,
   ): Promise<void> {
-    this.sessionA = await this.openA();
-    const held: Outputs[] = [];
+    const held: Outputs[] = this.reference ? [...this.reference] : [];
+    const budget = this.reference ? Number.POSITIVE_INFINITY : this.budget;
     let bytes = 0;
-    while (held.length < runs.length && bytes <= this.budget) {
-      const outputs = await runAt(this.sessionA, runs[held.length].feeds, this.fileA, runs[held.length].where);
+    if (held.length < runs.length) this.sessionA = await this.openA();
+    while (held.length < runs.length && bytes <= budget) {
+      const outputs = await runAt(this.sessionA!, runs[held.length].feeds, this.fileA, runs[held.length].where);
       bytes += Object.values(outputs).reduce((sum, t) => sum + t.bytes().byteLength, 0);
       held.push(outputs);
+      this.reference?.push(outputs);
     }
     if (held.length === runs.length) {
-      await this.sessionA.release();
+      await this.sessionA?.release();
       this.sessionA = undefined;
     }
     this.sessionB = await this.openB();

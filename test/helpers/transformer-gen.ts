@@ -46,6 +46,8 @@ export interface TransformerConfig {
    */
   attentionStyle?: 'hf' | 'torch-mha';
   vocab?: number;
+  /** a head scoring this many classes per position: the output is `logits` [batch, seq, classes] instead */
+  classes?: number;
   seed?: number;
 }
 
@@ -57,7 +59,9 @@ export function buildTransformer(config: TransformerConfig): Model {
   if (config.hidden % config.heads !== 0) throw new Error(`hidden ${config.hidden} is not a multiple of ${config.heads} heads`);
   const b = new ModelBuilder(OPSET, 'transformer');
   const gen = new Generator(b, config);
-  b.output(gen.build(), 'last_hidden_state', tensorType(DataType.FLOAT, ['batch', 'seq', config.hidden]));
+  const hidden = gen.build();
+  if (config.classes) b.output(gen.head(hidden, config.classes), 'logits', tensorType(DataType.FLOAT, ['batch', 'seq', config.classes]));
+  else b.output(hidden, 'last_hidden_state', tensorType(DataType.FLOAT, ['batch', 'seq', config.hidden]));
   return b.model;
 }
 
@@ -96,6 +100,11 @@ class Generator {
     const mask = this.scoreMask(ids, maskInput);
     for (let i = 0; i < config.layers; i++) x = this.layer(x, mask, i);
     return config.norm === 'pre' ? this.normalize(x, 'final_norm') : x;
+  }
+
+  /** Class scores per position. */
+  head(x: Value, classes: number): Value {
+    return this.b.op.MatMul(x, this.weight('head.weight', [this.config.hidden, classes], 2 / Math.sqrt(this.config.hidden)));
   }
 
   private weight(name: string, dims: number[], scale = 1 / Math.sqrt(dims[0])): Value {

@@ -1,0 +1,692 @@
+// Tune: the fastest model that stays within a fidelity budget on the user's data, with plugins fitted in
+// closed form (src/decide/fit-plugins.ts), every kept candidate evaluated and timed.
+//
+// Splits: sample i is for fitting when i % 5 is 0, 1 or 2, for validation when it is 3, for testing when it
+// is 4. Plugins are fitted on the first, every decision is made on the second, the third is only reported
+// (the data the chosen model's figures come from was not used to choose it).
+//
+// Search, each step evaluated on validation:
+//   1. Variants: every (scope, ratio) is fitted for every layer on the original model's stream.
+//   2. Uniform points: one variant on every layer.
+//   3. Profiles: each layer compressed alone in each variant; its loss (the budget's metric, or for an
+//      accuracy budget the top-1 disagreement in points, which does not drown in label noise) and the MACs
+//      it saves at the timing shape.
+//   4. Knapsack: per layer at most one variant, the most MACs saved for a summed profile loss within the
+//      budget times a multiplier. Losses do not add up exactly, so each choice is compiled and evaluated,
+//      and the multiplier grows while the real model meets the budget and shrinks when it does not
+//      (bisection, a few steps).
+//   5. The candidates (uniform and knapsack points) are timed against the original, side by side; the
+//      fastest measured one within the budget is the result, and its test-split figures are reported.
+// Stopping (time limit, an abort) ends the search where it is: the result is the best point so far.
+//
+// Cache: with a cache folder, fitted plugins and every evaluation are stored under content hashes (model,
+// data, split, configuration, timing shape), so a second run, say with a tighter budget, evaluates nothing
+// it has seen.
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { runPasses } from '../../passes/pipeline.js';
+import { SCOPES, type Scope } from '../../passes/plugin/builtin.js';
+import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
+import { analyzeTransformer, macsAt } from '../analysis/index.js';
+import { bindDims, describeInputs, shapeOf } from '../analysis/inputs.js';
+import { sequenceLimit } from '../analysis/limits.js';
+import { benchModels } from '../bench/latency.js';
+import { pluginPass } from '../compile/passes.js';
+import { VcompileError } from '../errors.js';
+import type { Model } from '../ir/model.js';
+import type { Tensor } from '../ir/tensor.js';
+import { decodeModel, encodeModel, saveModel } from '../onnx/file.js';
+import type { DataSet } from '../runtime/data.js';
+import { type VerifyReport, verifyModels } from '../verify/numeric.js';
+import { fitPluginVariants, type LayerFit, type PluginSetting } from './fit-plugins.js';
+import { type Budget, type Fidelity, lossBound, lossOf, meets, nonDominated } from './frontier.js';
+
+export interface TuneOptions {
+  budget: Budget;
+  /** the shape the candidates are timed and counted at (default batch 8, seq 128 or the position table's length) */
+  batch?: number;
+  seq?: number;
+  /** with a target: among the candidates within budget that reach it, the most faithful */
+  targetSpeedup?: number;
+  scopes?: readonly Scope[];
+  /** compression ratios tried per layer (default 2 and 4) */
+  ratios?: readonly number[];
+  rank?: number | 'full';
+  /** samples per run (default 8) */
+  batchSize?: number;
+  threads?: number;
+  /** timed rounds per candidate (default 5) */
+  runs?: number;
+  /** fitted plugins and evaluations are kept here and reused */
+  cacheDir?: string;
+  /** stops the search (the result is the best so far) */
+  signal?: AbortSignal;
+  /** seconds the search may take before it stops */
+  timeLimit?: number;
+  /** run the IR verifier after each pass (tests) */
+  verifyIr?: boolean;
+  onProgress?: (event: TuneProgress) => void;
+}
+
+export interface TuneProgress {
+  stage: 'fit' | 'uniform' | 'profile' | 'search' | 'time' | 'test';
+  done: number;
+  total: number;
+  /** the fastest point within the budget so far (predicted speed-up until timed) */
+  best?: { speedup: number; loss: number };
+}
+
+/** Per layer (as the model numbers them), the plugin variant it takes; absent layers stay as they are. */
+export type Configuration = Record<number, { scope: Scope; ratio: number }>;
+
+export interface TunePoint {
+  id: string;
+  kind: 'uniform' | 'search' | 'original';
+  configuration: Configuration;
+  /** one line: 'ffn k=4 on layers 0-11', or per layer */
+  description: string;
+  /** MACs of the original over the candidate's, at the timing shape */
+  predictedSpeedup: number;
+  /** median of paired per-round ratios against the original, with their interquartile range; null: not timed */
+  measuredSpeedup: number | null;
+  measuredIqr: [number, number] | null;
+  validation: Fidelity;
+  /** on the test split, for points within budget */
+  test: Fidelity | null;
+  meetsBudget: boolean;
+  frontier: boolean;
+  /** the knapsack's budget multiplier, for search points */
+  multiplier?: number;
+}
+
+export interface LayerProfile {
+  layer: number;
+  scope: Scope;
+  ratio: number;
+  /** the profile loss of this layer alone (see the header) and the MACs it saves at the timing shape */
+  loss: number;
+  macsSaved: number;
+  validation: Fidelity;
+  fit: LayerFit;
+}
+
+export interface TuneResult {
+  budget: Budget;
+  timing: { batch: number; seq: number; runs: number };
+  splits: { fit: number; validation: number; test: number };
+  points: TunePoint[];
+  profiles: LayerProfile[];
+  /** the chosen point, or null when no candidate met the budget (the original is the result) */
+  chosen: TunePoint | null;
+  /** the chosen model, compiled (null with no choice) */
+  model: Model | null;
+  /** why the search ended early, if it did */
+  stopped: string | null;
+  notes: string[];
+  /** what was found in the cache and what was computed */
+  cache: { hits: number; evaluated: number; fitted: number };
+  /** seconds per stage */
+  stages: Partial<Record<TuneProgress['stage'], number>>;
+  seconds: number;
+}
+
+const FIT_SPLIT = (i: number) => i % 5 <= 2;
+const VALIDATION_SPLIT = (i: number) => i % 5 === 3;
+const TEST_SPLIT = (i: number) => i % 5 === 4;
+/** bump when what a cached entry means changes */
+const CACHE_VERSION = 1;
+const MAX_SEARCH_STEPS = 8;
+
+/** Find the fastest model within `options.budget` for `file` (its bytes at an opset plugins fit: >= 11). */
+export async function tune(file: string, bytes: Uint8Array, data: DataSet, options: TuneOptions): Promise<TuneResult> {
+  const started = Date.now();
+  const t = new Tuner(file, bytes, data, options);
+  return t.run(started);
+}
+
+interface Variant extends PluginSetting {
+  key: string;
+}
+
+class Tuner {
+  private readonly original: Model;
+  private readonly layers: number[];
+  private readonly variants: Variant[];
+  private readonly splits: { fit: DataSet; validation: DataSet; test: DataSet };
+  private readonly batch: number;
+  private readonly seq: number;
+  private readonly inputShapes: Map<string, readonly number[]>;
+  private readonly originalMacs: number;
+  private readonly modelHash: string;
+  private readonly cache: Cache;
+  private readonly workDir: string;
+  private readonly deadline: number;
+  /** fitted plugin bytes per `${layer}/${variant.key}` */
+  private readonly plugins = new Map<string, { bytes: Uint8Array; fit: LayerFit }>();
+  private readonly reference: Record<'validation' | 'test', Record<string, Tensor>[]> = { validation: [], test: [] };
+  private readonly points: TunePoint[] = [];
+  private readonly profiles: LayerProfile[] = [];
+  private readonly notes: string[] = [];
+  private readonly counts = { hits: 0, evaluated: 0, fitted: 0 };
+  private stopped: string | null = null;
+  private readonly stages: Partial<Record<TuneProgress['stage'], number>> = {};
+
+  constructor(
+    private readonly file: string,
+    private readonly bytes: Uint8Array,
+    data: DataSet,
+    private readonly options: TuneOptions,
+  ) {
+    this.original = decodeModel(bytes, { label: file });
+    const analysis = analyzeTransformer(this.original);
+    if (analysis.error) throw new VcompileError(`cannot tune ${file}: transformer analysis stopped: ${analysis.error.message}`);
+    this.layers = analysis.layers.filter((l) => !l.selfAttention.causal).map((l) => l.index);
+    if (this.layers.length === 0) throw new VcompileError(`cannot tune ${file}: every layer uses causal self-attention`);
+    const ratios = options.ratios ?? [2, 4];
+    for (const r of ratios)
+      if (!Number.isSafeInteger(r) || r < 2 || r > 1024) throw new VcompileError(`ratio ${r}: ratios must be integers from 2 to 1024`);
+    const scopes = options.scopes ?? SCOPES;
+    this.variants = scopes.flatMap((scope) => ratios.map((ratio) => ({ scope, ratio, rank: options.rank, key: `${scope}:${ratio}` })));
+    if (this.variants.length === 0) throw new VcompileError('nothing to tune: no scope or no ratio given');
+    this.splits = splitData(data);
+    this.batch = options.batch ?? 8;
+    const limit = sequenceLimit(this.original)?.max;
+    this.seq = options.seq ?? Math.min(128, limit ?? 128);
+    if (limit !== undefined && this.seq > limit)
+      throw new VcompileError(`seq ${this.seq} is beyond what the model runs: its position table allows at most ${limit}`);
+    const specs = describeInputs(this.original);
+    const values = bindDims(specs, { batch: this.batch, seq: this.seq });
+    this.inputShapes = new Map(specs.map((s) => [s.name, shapeOf(s, values)]));
+    this.originalMacs = this.macsOf(this.original);
+    this.modelHash = sha256(bytes);
+    const dataKey = `${data.sha256}:${data.size}`;
+    this.cache = new Cache(options.cacheDir, [CACHE_VERSION, this.modelHash, dataKey, options.rank ?? 'default'].join('|'));
+    this.workDir = fs.mkdtempSync(path.join(options.cacheDir ?? os.tmpdir(), options.cacheDir ? '.work-' : 'vcompile-tune-'));
+    this.deadline = options.timeLimit !== undefined ? Date.now() + options.timeLimit * 1000 : Number.POSITIVE_INFINITY;
+  }
+
+  async run(started: number): Promise<TuneResult> {
+    try {
+      await this.timed('fit', () => this.fitVariants());
+      await this.timed('uniform', () => this.uniformPoints());
+      await this.timed('profile', () => this.layerProfiles());
+      await this.timed('search', () => this.search());
+      await this.timed('time', () => this.timeCandidates());
+      const chosen = this.choose();
+      await this.timed('test', () => this.testPoints(chosen));
+      this.markFrontier();
+      const model = chosen ? this.compile(chosen.configuration) : null;
+      return {
+        budget: this.options.budget,
+        timing: { batch: this.batch, seq: this.seq, runs: this.options.runs ?? 5 },
+        splits: { fit: this.splits.fit.size, validation: this.splits.validation.size, test: this.splits.test.size },
+        points: this.points,
+        profiles: this.profiles,
+        chosen,
+        model,
+        stopped: this.stopped,
+        notes: this.notes,
+        cache: this.counts,
+        stages: this.stages,
+        seconds: (Date.now() - started) / 1000,
+      };
+    } finally {
+      fs.rmSync(this.workDir, { recursive: true, force: true });
+    }
+  }
+
+  private async timed(stage: TuneProgress['stage'], work: () => Promise<void>): Promise<void> {
+    const started = Date.now();
+    await work();
+    this.stages[stage] = (Date.now() - started) / 1000;
+  }
+
+  // ---------------------------------------------------------------------------------------- stopping
+
+  /** True (and the reason recorded) once the search must stop. */
+  private shouldStop(): boolean {
+    if (this.stopped) return true;
+    if (this.options.signal?.aborted) this.stopped = 'interrupted';
+    else if (Date.now() > this.deadline) this.stopped = `time limit of ${this.options.timeLimit} s reached`;
+    return this.stopped !== null;
+  }
+
+  private progress(stage: TuneProgress['stage'], done: number, total: number): void {
+    const within = this.points.filter((p) => p.meetsBudget && p.kind !== 'original');
+    const best = within.sort((a, b) => speedOf(b) - speedOf(a))[0];
+    this.options.onProgress?.({
+      stage,
+      done,
+      total,
+      best: best ? { speedup: speedOf(best), loss: lossOf(best.validation, this.options.budget.metric) } : undefined,
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------- fitting
+
+  private async fitVariants(): Promise<void> {
+    const missing = new Set<string>();
+    for (const layer of this.layers) {
+      for (const v of this.variants) {
+        const key = `${layer}/${v.key}`;
+        const cached = this.cache.read(`plugin|${key}`);
+        if (cached) {
+          this.plugins.set(key, { bytes: fs.readFileSync(cached.file!), fit: cached.value as LayerFit });
+          this.counts.hits++;
+        } else missing.add(key);
+      }
+    }
+    if (missing.size === 0 || this.shouldStop()) return;
+    let done = 0;
+    const fitted = await fitPluginVariants(this.file, this.bytes, this.splits.fit, {
+      variants: this.variants,
+      layers: this.layers,
+      skip: (layer, variant) => !missing.has(`${layer}/${this.variants[variant].key}`),
+      batchSize: this.options.batchSize,
+      threads: this.options.threads,
+      onProgress: (e) => {
+        if (e.stage === 'solve') this.progress('fit', ++done, missing.size);
+      },
+    });
+    for (const f of fitted) {
+      const key = `${f.fit.layer}/${this.variants[f.variant].key}`;
+      const pluginBytes = encodeModel(f.plugin);
+      this.plugins.set(key, { bytes: pluginBytes, fit: f.fit });
+      this.cache.write(`plugin|${key}`, f.fit, pluginBytes);
+      this.counts.fitted++;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------- points
+
+  private async uniformPoints(): Promise<void> {
+    for (const [i, v] of this.variants.entries()) {
+      if (this.shouldStop()) return;
+      const configuration = Object.fromEntries(this.layers.map((l) => [l, { scope: v.scope, ratio: v.ratio }]));
+      await this.addPoint('uniform', configuration);
+      this.progress('uniform', i + 1, this.variants.length);
+    }
+  }
+
+  private async layerProfiles(): Promise<void> {
+    const total = this.layers.length * this.variants.length;
+    let done = 0;
+    for (const layer of this.layers) {
+      for (const v of this.variants) {
+        if (this.shouldStop()) return;
+        const configuration = { [layer]: { scope: v.scope, ratio: v.ratio } };
+        const { fidelity, macs } = await this.evaluate(configuration, 'validation');
+        this.profiles.push({
+          layer,
+          scope: v.scope,
+          ratio: v.ratio,
+          loss: this.profileLoss(fidelity),
+          macsSaved: this.originalMacs - macs,
+          validation: fidelity,
+          fit: this.plugins.get(`${layer}/${v.key}`)!.fit,
+        });
+        this.progress('profile', ++done, total);
+      }
+    }
+  }
+
+  /** The additive stand-in for the budget's metric (see the header). */
+  private profileLoss(f: Fidelity): number {
+    const metric = this.options.budget.metric;
+    const loss = metric === 'accuracy-drop' ? (1 - f.top1Agreement) * 100 : lossOf(f, metric);
+    return Math.max(0, loss);
+  }
+
+  private async search(): Promise<void> {
+    if (this.shouldStop() || this.profiles.length < this.layers.length * this.variants.length) return;
+    const frontier = knapsackFrontier(this.layers, this.profiles);
+    const bound = Math.max(lossBound(this.options.budget), 1e-9);
+    const most = frontier[frontier.length - 1].saving;
+    // the multiplier: the largest known to give a model within budget, the smallest known not to
+    let [passed, failed] = [0, Number.POSITIVE_INFINITY];
+    let m = 1;
+    for (let step = 0; step < MAX_SEARCH_STEPS && !this.shouldStop(); step++) {
+      const choice = bestWithin(frontier, m * bound);
+      const point = choice ? await this.addPoint('search', choice.configuration, m) : undefined;
+      if (!point || point.meetsBudget)
+        passed = m; // no choice: nothing fits so small a budget, look higher
+      else failed = m;
+      this.progress('search', step + 1, MAX_SEARCH_STEPS);
+      if (point?.meetsBudget && choice!.saving >= most) break; // everything there is, within budget
+      if (passed > 0 && failed / passed < 1.15) break;
+      m = Number.isFinite(failed) ? (passed > 0 ? Math.sqrt(passed * failed) : failed / 4) : m * 2;
+    }
+  }
+
+  /** Evaluate a configuration on validation (once) and record it as a point. */
+  private async addPoint(kind: TunePoint['kind'], configuration: Configuration, multiplier?: number): Promise<TunePoint> {
+    const id = configurationId(configuration);
+    const known = this.points.find((p) => p.id === id);
+    if (known) return known;
+    const { fidelity, macs } = await this.evaluate(configuration, 'validation');
+    const point: TunePoint = {
+      id,
+      kind,
+      configuration,
+      description: describeConfiguration(configuration, this.layers),
+      predictedSpeedup: this.originalMacs / macs,
+      measuredSpeedup: null,
+      measuredIqr: null,
+      validation: fidelity,
+      test: null,
+      meetsBudget: meets(fidelity, this.options.budget),
+      frontier: false,
+    };
+    if (multiplier !== undefined) point.multiplier = multiplier;
+    this.points.push(point);
+    return point;
+  }
+
+  // ---------------------------------------------------------------------------------------- evaluating
+
+  /** A configuration's fidelity on a split and its MACs at the timing shape, from the cache or measured. */
+  private async evaluate(configuration: Configuration, split: 'validation' | 'test'): Promise<{ fidelity: Fidelity; macs: number }> {
+    const key = `eval|${split}|${configurationId(configuration)}|${this.batch}x${this.seq}`;
+    const cached = this.cache.read(key);
+    if (cached) {
+      this.counts.hits++;
+      return cached.value as { fidelity: Fidelity; macs: number };
+    }
+    const model = this.compile(configuration);
+    const macs = this.macsOf(model);
+    const candidate = path.join(this.workDir, 'candidate.onnx');
+    saveModel(model, candidate);
+    try {
+      const report = await verifyModels(this.file, candidate, {
+        data: this.splits[split],
+        batchSize: this.options.batchSize,
+        reference: this.reference[split],
+        session: { threads: this.options.threads },
+      });
+      const result = { fidelity: fidelityOf(report, this.splits[split].size, this.options.budget), macs };
+      this.cache.write(key, result);
+      this.counts.evaluated++;
+      return result;
+    } finally {
+      fs.rmSync(candidate, { force: true });
+    }
+  }
+
+  /** The original with the configuration's fitted plugins. */
+  private compile(configuration: Configuration): Model {
+    const model = decodeModel(this.bytes, { label: this.file });
+    const layers = Object.keys(configuration).map(Number);
+    if (layers.length === 0) return model;
+    const given = new Map<string, Plugin>();
+    const requests = layers.map((layer) => {
+      const { scope, ratio } = configuration[layer];
+      const source = `fitted:${scope}:${ratio}:L${layer}`;
+      const plugin = this.plugins.get(`${layer}/${scope}:${ratio}`);
+      if (!plugin) throw new Error(`internal: no fitted plugin for layer ${layer} ${scope} k=${ratio}`);
+      given.set(source, checkPluginContract(decodeModel(plugin.bytes, { label: source }), source, sha256(plugin.bytes)));
+      return { layer, source };
+    });
+    const pass = pluginPass({ plugins: requests, layers }, given);
+    const result = runPasses(model, [pass], { verify: this.options.verifyIr });
+    result.model.setMetadata('vcompile.tune', JSON.stringify({ configuration, budget: this.options.budget }));
+    return result.model;
+  }
+
+  private macsOf(model: Model): number {
+    const count = macsAt(model, this.inputShapes);
+    if (count.macs === null)
+      throw new VcompileError(
+        `cannot count the MACs at batch ${this.batch}, seq ${this.seq}: shapes not inferred at ${count.unknown.slice(0, 3).join(', ')}`,
+      );
+    return count.macs;
+  }
+
+  // ---------------------------------------------------------------------------------------- timing
+
+  /** Every candidate timed against the original at the timing shape, a few at a time. */
+  private async timeCandidates(): Promise<void> {
+    const untimed = this.points.filter((p) => p.measuredSpeedup === null);
+    const runs = this.options.runs ?? 5;
+    const group = 3;
+    let done = 0;
+    for (let start = 0; start < untimed.length; start += group) {
+      const batch = untimed.slice(start, start + group);
+      const pending = batch.filter((p) => !this.timingFromCache(p));
+      if (pending.length && !this.shouldStop()) await this.time(pending, runs);
+      done += batch.length;
+      this.progress('time', done, untimed.length);
+    }
+  }
+
+  private timingKey(p: TunePoint): string {
+    return `time|${p.id}|${this.batch}x${this.seq}|${this.options.runs ?? 5}|${this.options.threads ?? 'default'}`;
+  }
+
+  private timingFromCache(p: TunePoint): boolean {
+    const cached = this.cache.read(this.timingKey(p));
+    if (!cached) return false;
+    const value = cached.value as { speedup: number; iqr: [number, number] };
+    p.measuredSpeedup = value.speedup;
+    p.measuredIqr = value.iqr;
+    this.counts.hits++;
+    return true;
+  }
+
+  private async time(points: TunePoint[], runs: number): Promise<void> {
+    const files = points.map((p, i) => {
+      const file = path.join(this.workDir, `timed-${i}.onnx`);
+      saveModel(this.compile(p.configuration), file);
+      return file;
+    });
+    const originalFile = path.join(this.workDir, 'original.onnx');
+    fs.writeFileSync(originalFile, this.bytes);
+    try {
+      const report = await benchModels([originalFile, ...files], {
+        batches: [this.batch],
+        seqs: [this.seq],
+        warmup: 1,
+        runs,
+        // the tuner compares its candidates with each other as much as with the original: no control
+        control: false,
+        session: { threads: this.options.threads },
+      });
+      const results = report.points[0].results;
+      points.forEach((p, i) => {
+        const r = results.find((x) => x.model === i + 1)!;
+        p.measuredSpeedup = r.speedup;
+        p.measuredIqr = r.speedupIqr;
+        this.cache.write(this.timingKey(p), { speedup: p.measuredSpeedup, iqr: p.measuredIqr });
+      });
+    } finally {
+      for (const f of [originalFile, ...files]) fs.rmSync(f, { force: true });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------- choosing
+
+  private choose(): TunePoint | null {
+    const within = this.points.filter((p) => p.meetsBudget);
+    if (within.length === 0) return null;
+    const fastest = [...within].sort((a, b) => speedOf(b) - speedOf(a));
+    const target = this.options.targetSpeedup;
+    if (target === undefined) return fastest[0];
+    const reaching = within.filter((p) => speedOf(p) >= target);
+    if (reaching.length === 0) {
+      this.notes.push(`no candidate within the budget reaches ${target}x; the fastest one does ${speedOf(fastest[0]).toFixed(2)}x`);
+      return fastest[0];
+    }
+    const metric = this.options.budget.metric;
+    return reaching.sort((a, b) => lossOf(a.validation, metric) - lossOf(b.validation, metric))[0];
+  }
+
+  /** Test-split figures for every point within the budget (and the chosen one above all). */
+  private async testPoints(chosen: TunePoint | null): Promise<void> {
+    const within = this.points.filter((p) => p.meetsBudget && p !== chosen);
+    const order = chosen ? [chosen, ...within] : within;
+    for (const [i, p] of order.entries()) {
+      if (p !== chosen && this.shouldStop()) return;
+      p.test = (await this.evaluate(p.configuration, 'test')).fidelity;
+      this.progress('test', i + 1, order.length);
+    }
+  }
+
+  private markFrontier(): void {
+    const metric = this.options.budget.metric;
+    const keep = nonDominated(this.points.map((p) => ({ speedup: speedOf(p), loss: lossOf(p.validation, metric) })));
+    for (const i of keep) this.points[i].frontier = true;
+  }
+}
+
+/** The measured speed-up where there is one, else the predicted. */
+export function speedOf(p: TunePoint): number {
+  return p.measuredSpeedup ?? p.predictedSpeedup;
+}
+
+function splitData(data: DataSet): { fit: DataSet; validation: DataSet; test: DataSet } {
+  const all = [...Array(data.size).keys()];
+  const pick = (f: (i: number) => boolean) => data.subset(all.filter(f));
+  const splits = { fit: pick(FIT_SPLIT), validation: pick(VALIDATION_SPLIT), test: pick(TEST_SPLIT) };
+  if (splits.test.size === 0 || splits.fit.size < 5)
+    throw new VcompileError(
+      `${data.source}: ${data.size} samples are too few to tune: 3 in 5 fit the plugins, 1 in 5 choose, 1 in 5 test; give at least 10`,
+    );
+  return splits;
+}
+
+/** The budget's view of a verification report: the first output that scores classes. */
+function fidelityOf(report: VerifyReport, samples: number, budget: Budget): Fidelity {
+  const scored = report.outputs.find((o) => o.top1Agreement !== null && o.kl !== null);
+  if (!scored)
+    throw new VcompileError('the model has no output that scores classes: a tuning budget needs one (top-1 agreement, KL or accuracy)');
+  if (budget.metric === 'accuracy-drop' && !scored.task)
+    throw new VcompileError(`an accuracy-drop budget needs labels for ${scored.name} in the data`);
+  return {
+    output: scored.name,
+    samples,
+    positions: scored.positions,
+    top1Agreement: scored.top1Agreement!,
+    kl: scored.kl!,
+    accuracy: scored.task ? { original: scored.task.accuracy.original, rewritten: scored.task.accuracy.rewritten } : null,
+    cosine: scored.cosinePerPosition.mean,
+  };
+}
+
+// ------------------------------------------------------------------------------------------ knapsack
+
+interface Choice {
+  configuration: Configuration;
+  loss: number;
+  saving: number;
+}
+
+/**
+ * The multiple-choice knapsack's whole frontier: for every total loss, the most MACs saved with at most one
+ * variant per layer. Kept as a list of non-dominated (loss, saving) states, thinned to a few thousand.
+ */
+export function knapsackFrontier(layers: readonly number[], profiles: readonly LayerProfile[]): Choice[] {
+  let states: Choice[] = [{ configuration: {}, loss: 0, saving: 0 }];
+  for (const layer of layers) {
+    const options = profiles.filter((p) => p.layer === layer && p.macsSaved > 0);
+    const next: Choice[] = [...states];
+    for (const s of states) {
+      for (const o of options) {
+        next.push({
+          configuration: { ...s.configuration, [layer]: { scope: o.scope, ratio: o.ratio } },
+          loss: s.loss + o.loss,
+          saving: s.saving + o.macsSaved,
+        });
+      }
+    }
+    states = prune(next);
+  }
+  return states;
+}
+
+function prune(states: Choice[]): Choice[] {
+  states.sort((a, b) => a.loss - b.loss || b.saving - a.saving);
+  const kept: Choice[] = [];
+  for (const s of states) if (kept.length === 0 || s.saving > kept[kept.length - 1].saving) kept.push(s);
+  const cap = 4096;
+  if (kept.length <= cap) return kept;
+  const step = kept.length / cap;
+  return Array.from({ length: cap }, (_, i) => kept[Math.floor(i * step)]).concat(kept[kept.length - 1]);
+}
+
+/** The most saving state whose loss is within `limit` (null when only the empty one is). */
+export function bestWithin(frontier: readonly Choice[], limit: number): Choice | null {
+  let best: Choice | null = null;
+  for (const s of frontier) if (s.loss <= limit && s.saving > 0) best = s;
+  return best;
+}
+
+// ------------------------------------------------------------------------------------------ naming
+
+function configurationId(c: Configuration): string {
+  const entries = Object.keys(c)
+    .map(Number)
+    .sort((a, b) => a - b)
+    .map((l) => `${l}:${c[l].scope}:${c[l].ratio}`);
+  return sha256(new TextEncoder().encode(entries.join(','))).slice(0, 16);
+}
+
+/** 'ffn k=4 on every layer', or per layer runs: 'L0-3 ffn k=4, L5 layer k=2'. */
+export function describeConfiguration(c: Configuration, layers: readonly number[]): string {
+  const chosen = Object.keys(c)
+    .map(Number)
+    .sort((a, b) => a - b);
+  if (chosen.length === 0) return 'no layer compressed';
+  const tag = (l: number) => `${c[l].scope} k=${c[l].ratio}`;
+  if (chosen.length === layers.length && chosen.every((l) => tag(l) === tag(chosen[0]))) return `${tag(chosen[0])} on every layer`;
+  const runs: string[] = [];
+  let start = chosen[0];
+  for (let i = 1; i <= chosen.length; i++) {
+    const [prev, cur] = [chosen[i - 1], chosen[i]];
+    if (cur === prev + 1 && tag(cur) === tag(prev)) continue;
+    runs.push(`L${start === prev ? start : `${start}-${prev}`} ${tag(prev)}`);
+    start = cur;
+  }
+  return runs.join(', ');
+}
+
+// ------------------------------------------------------------------------------------------ cache
+
+/** Entries as DIR/<hash>.json (and DIR/<hash>.onnx for a plugin), the hash over the tune's context and the key. */
+class Cache {
+  constructor(
+    private readonly dir: string | undefined,
+    private readonly context: string,
+  ) {
+    if (dir) fs.mkdirSync(dir, { recursive: true });
+  }
+
+  private name(key: string): string {
+    return sha256(new TextEncoder().encode(`${this.context}|${key}`)).slice(0, 32);
+  }
+
+  read(key: string): { value: unknown; file?: string } | undefined {
+    if (!this.dir) return undefined;
+    const base = path.join(this.dir, this.name(key));
+    try {
+      const value = JSON.parse(fs.readFileSync(`${base}.json`, 'utf8')) as { key: string; value: unknown };
+      if (value.key !== key) return undefined;
+      const file = `${base}.onnx`;
+      return { value: value.value, file: fs.existsSync(file) ? file : undefined };
+    } catch {
+      return undefined; // absent or unreadable: computed again
+    }
+  }
+
+  write(key: string, value: unknown, bytes?: Uint8Array): void {
+    if (!this.dir) return;
+    const base = path.join(this.dir, this.name(key));
+    if (bytes) fs.writeFileSync(`${base}.onnx`, bytes);
+    fs.writeFileSync(`${base}.json.tmp`, JSON.stringify({ key, value }));
+    fs.renameSync(`${base}.json.tmp`, `${base}.json`);
+  }
+}
+
+function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}

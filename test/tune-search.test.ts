@@ -1,0 +1,106 @@
+// The tune's pure parts: budgets as users write them, the frontier's dominance, the multiple-choice
+// knapsack against brute force, and how configurations are named.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { type Fidelity, lossOf, meets, nonDominated, parseBudget } from '../src/decide/frontier.js';
+import { bestWithin, describeConfiguration, knapsackFrontier, type LayerProfile } from '../src/decide/tune.js';
+
+const fidelity = (f: Partial<Fidelity>): Fidelity => ({
+  output: 'logits',
+  samples: 10,
+  positions: 100,
+  top1Agreement: 1,
+  kl: 0,
+  accuracy: null,
+  cosine: 1,
+  ...f,
+});
+
+describe('budgets', () => {
+  it('reads the three forms, a percentage for agreement, and refuses the rest in one line', () => {
+    expect(parseBudget('accuracy-drop<=0.5')).toEqual({ metric: 'accuracy-drop', bound: 0.5 });
+    expect(parseBudget(' top1-agreement >= 99% ')).toEqual({ metric: 'top1-agreement', bound: 0.99 });
+    expect(parseBudget('kl<=2e-2')).toEqual({ metric: 'kl', bound: 0.02 });
+    for (const bad of ['accuracy<=1', 'kl>=0.1', 'top1-agreement>=1.5', 'kl<=-1', 'accuracy-drop<=5%', 'kl'])
+      expect(() => parseBudget(bad)).toThrow(/^budget '.*': /);
+  });
+
+  it('checks each metric in its own direction', () => {
+    const f = fidelity({ top1Agreement: 0.98, kl: 0.03, accuracy: { original: 0.8, rewritten: 0.796 } });
+    expect(lossOf(f, 'accuracy-drop')).toBeCloseTo(0.4, 10);
+    expect(meets(f, parseBudget('accuracy-drop<=0.5'))).toBe(true);
+    expect(meets(f, parseBudget('accuracy-drop<=0.3'))).toBe(false);
+    expect(meets(f, parseBudget('top1-agreement>=0.98'))).toBe(true);
+    expect(meets(f, parseBudget('top1-agreement>=0.99'))).toBe(false);
+    expect(meets(f, parseBudget('kl<=0.02'))).toBe(false);
+    expect(() => lossOf(fidelity({}), 'accuracy-drop')).toThrow(/labels/);
+  });
+});
+
+describe('frontier', () => {
+  it('keeps exactly the points no other point beats on both axes', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ speedup: fc.integer({ min: 1, max: 6 }), loss: fc.integer({ min: 0, max: 6 }) }), { maxLength: 12 }),
+        (points) => {
+          const kept = new Set(nonDominated(points));
+          points.forEach((p, i) => {
+            const beaten = points.some((q) => q.speedup >= p.speedup && q.loss <= p.loss && (q.speedup > p.speedup || q.loss < p.loss));
+            expect(kept.has(i)).toBe(!beaten);
+          });
+        },
+      ),
+    );
+  });
+});
+
+describe('knapsack', () => {
+  const profile = (layer: number, scope: LayerProfile['scope'], ratio: number, loss: number, macsSaved: number) =>
+    ({ layer, scope, ratio, loss, macsSaved }) as LayerProfile;
+
+  it('finds the most MACs saved within a loss, as brute force does', () => {
+    const option = fc.record({ loss: fc.integer({ min: 0, max: 20 }), saving: fc.integer({ min: 1, max: 50 }) });
+    fc.assert(
+      fc.property(
+        fc.array(fc.array(option, { maxLength: 3 }), { minLength: 1, maxLength: 4 }),
+        fc.integer({ min: 0, max: 40 }),
+        (table, limit) => {
+          const layers = table.map((_, i) => i);
+          const scopes = ['ffn', 'attention', 'layer'] as const;
+          const profiles = table.flatMap((options, layer) => options.map((o, j) => profile(layer, scopes[j], 2, o.loss, o.saving)));
+          let best = 0;
+          const walk = (layer: number, loss: number, saving: number) => {
+            if (loss > limit) return;
+            if (layer === table.length) {
+              best = Math.max(best, saving);
+              return;
+            }
+            walk(layer + 1, loss, saving);
+            for (const o of table[layer]) walk(layer + 1, loss + o.loss, saving + o.saving);
+          };
+          walk(0, 0, 0);
+          const choice = bestWithin(knapsackFrontier(layers, profiles), limit);
+          expect(choice?.saving ?? 0).toBe(best);
+          if (choice) {
+            const chosen = Object.entries(choice.configuration);
+            const loss = chosen.reduce((sum, [layer, c]) => sum + table[Number(layer)][scopes.indexOf(c.scope)].loss, 0);
+            expect(loss).toBe(choice.loss);
+            expect(choice.loss).toBeLessThanOrEqual(limit);
+          }
+        },
+      ),
+    );
+  });
+});
+
+describe('configurations', () => {
+  it('are named uniformly or by runs of layers', () => {
+    const layers = [0, 1, 2, 3];
+    const all = Object.fromEntries(layers.map((l) => [l, { scope: 'ffn' as const, ratio: 4 }]));
+    expect(describeConfiguration(all, layers)).toBe('ffn k=4 on every layer');
+    expect(describeConfiguration({}, layers)).toBe('no layer compressed');
+    expect(
+      describeConfiguration({ 0: { scope: 'ffn', ratio: 4 }, 1: { scope: 'ffn', ratio: 4 }, 3: { scope: 'layer', ratio: 2 } }, layers),
+    ).toBe('L0-1 ffn k=4, L3 layer k=2');
+  });
+});
