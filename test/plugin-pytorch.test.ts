@@ -17,7 +17,9 @@ import { Rng } from '../src/random.js';
 import { openSession, run, type Session } from '../src/runtime/session.js';
 
 const DIR = path.resolve('fixtures/plugins');
-const TOLERANCE = 1e-4;
+// The streamlined restore (passes/plugin/streamline.ts) splits the adapter's product, reordering a float sum:
+// up to 1.9e-6 here, against 0 without it. 1e-5 leaves room for other CPUs' kernels, not for a wrong function.
+const TOLERANCE = 1e-5;
 const BATCHES = [1, 3];
 // 6 and 9 are multiples of 3, 6 and 8 of 2; 7 of neither; 1 is shorter than any group.
 const SEQUENCES = [1, 6, 7, 8, 9];
