@@ -6,7 +6,8 @@
 //             group's change (a whole layer's output is the stream itself, not a block's increment)
 //   variator  compress = softmax-weighted merge of the k vectors (a [k, k·d] linear scores them; padded
 //             positions are zeroed and get no weight); restore = the mean's restore + a tanh bottleneck
-//             adapter on [repeated inner ; hidden] (Variator)
+//             adapter on [repeated inner ; hidden] (Variator), its input product written as two, the
+//             repeated half computed on the short sequence (the weights as PyTorch's Linear holds them)
 //   identity  k = 1: compressed = hidden, restored = inner (the plumbing check)
 //   fitted    compress = the mean's; restore = the mean's u + (u A_u + hidden A_x + a) B: a linear adapter on
 //             [u ; hidden] fitted in closed form from data (src/decide/fit-plugins.ts), stored factored
@@ -105,17 +106,23 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
       return b.op.Reshape(b.op.MatMul(mix, groups), b.int64s('merged_shape', [0, -1, d]));
     },
     (b, ops, io) => {
-      const repeated = repeatGroups(b, ops, io.inner, shape);
-      const both = b.op.Concat(repeated, io.hidden, { axis: -1 });
+      // [repeat(inner) ; hidden] W_in = repeat(inner W_u) + hidden W_x (W_u, W_x: W_in's two halves of rows):
+      // no concatenation, and the repeated half is multiplied before it is repeated, on k times fewer rows
+      const adapterIn = transpose(weights.adapterInWeight, bottleneck, 2 * d);
+      const fromRestored = b.floats('adapter_in_from_restored', [d, bottleneck], adapterIn.subarray(0, d * bottleneck));
+      const fromHidden = b.floats('adapter_in_from_hidden', [d, bottleneck], adapterIn.subarray(d * bottleneck));
       const down = b.op.Add(
-        b.op.MatMul(both, b.floats('adapter_in_weight_t', [2 * d, bottleneck], transpose(weights.adapterInWeight, bottleneck, 2 * d))),
+        b.op.Add(
+          repeatGroups(b, ops, b.op.MatMul(io.inner, fromRestored), { ...shape, hidden: bottleneck }),
+          b.op.MatMul(io.hidden, fromHidden),
+        ),
         b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias),
       );
       const up = b.op.Add(
         b.op.MatMul(b.op.Tanh(down), b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck))),
         b.floats('adapter_out_bias', [d], weights.adapterOutBias),
       );
-      return b.op.Add(baseRestore(b, ops, io, shape, repeated), up);
+      return b.op.Add(baseRestore(b, ops, io, shape), up);
     },
   );
 }
@@ -230,8 +237,8 @@ function buildPlugin(shape: PluginShape, kind: PluginKind, compress: Compress, r
  * What the block's result becomes at full length: repeat(inner) where a block's increment is restored
  * (ffn, attention: the residual add follows); at layer scope, hidden + repeat(inner - compressed).
  */
-function baseRestore(b: GraphBuilder, ops: VersionedOps, io: RestoreInputs, shape: PluginShape, repeated?: Value): Value {
-  if (shape.scope !== 'layer') return repeated ?? repeatGroups(b, ops, io.inner, shape);
+function baseRestore(b: GraphBuilder, ops: VersionedOps, io: RestoreInputs, shape: PluginShape): Value {
+  if (shape.scope !== 'layer') return repeatGroups(b, ops, io.inner, shape);
   return b.op.Add(io.hidden, repeatGroups(b, ops, b.op.Sub(io.inner, io.compressed), shape));
 }
 

@@ -2,6 +2,11 @@
 // run the unchanged block on the short sequence, and restore the length:
 //   hidden -> pad to a multiple of k -> plugin.compressed -> [block, copied] -> inner
 //   plugin.restored(inner, hidden) -> crop -> where the block's result was used
+// Padding costs a copy of the stream each way, so it is done no more than needed: not at all where the
+// analysis proves the length a multiple of k; the pad arithmetic once per length and ratio; and where a
+// block's input is the (cropped) result of the block before (consecutive layers at layer scope), from
+// that block's uncropped result with its padded tail zeroed, so the crop between them goes away. The
+// plugin itself is spliced streamlined (streamline.ts): its restore does less work, same function.
 // Scopes: ffn (the feed-forward block), attention (the self-attention block), layer (the whole layer);
 // for attention and layer the scores' masks and position biases are pooled to the compressed length.
 // A plugin that declares the optional `keep` input gets which positions are real ([batch, seq], the
@@ -11,6 +16,7 @@
 // generates `builtin:` plugins for the model's hidden size and opset.
 import type { AttentionBlock, Layer, ScoreTerm, ShapeTable, TransformerAnalysis } from '../../src/analysis/index.js';
 import { regionBetween, regionInputs, sequenceDependentInput } from '../../src/analysis/region.js';
+import type { SymDim } from '../../src/analysis/symbolic.js';
 import { msg, option, VcompileError } from '../../src/errors.js';
 import { GraphBuilder } from '../../src/ir/builder.js';
 import { type Graph, Value as IrValue, type Node, replaceAllUses, type Value } from '../../src/ir/graph.js';
@@ -25,7 +31,8 @@ import type { Pass, PipelineContext } from '../pipeline.js';
 import type { Scope } from './builtin.js';
 import { checkRatio, type Plugin } from './contract.js';
 import { findPaddingMask, keepOf, type PaddingMask } from './keep.js';
-import { cropTo, padToMultiple, poolGroups, poolGroupsOverReal } from './sequence.js';
+import { poolGroups, poolGroupsOverReal, SequencePadding } from './sequence.js';
+import { streamlinePlugin } from './streamline.js';
 
 /** What a `builtin:` plugin is generated for. */
 export interface PluginTarget {
@@ -69,6 +76,8 @@ export interface Placement {
   hidden: Value;
   output: Value;
   region: Node[];
+  /** the sequence dim of `hidden`, as the analysis knows it (undefined: unknown) */
+  seq: SymDim;
   terms: PooledTerm[];
   /** for a plugin that declares `keep`: the model's padding mask (none: every position is real) */
   keep?: { mask?: PaddingMask; key: string };
@@ -226,6 +235,7 @@ export function place(layer: Layer, plugin: Plugin, analysis: TransformerAnalysi
     hidden,
     output,
     region,
+    seq: shapes.dim(hidden, 1),
     terms: pooled,
     ...(plugin.keepInput ? { keep: keepSource(layer, hidden, analysis) } : {}),
   };
@@ -263,10 +273,22 @@ function poolAxes(term: ScoreTerm, hidden: Value, shapes: ShapeTable, where: str
 
 // --------------------------------------------------------------------------------------- rewrite
 
+/** A stream padded to a multiple of k, and how to crop a result of the same length back. */
+interface PaddedStream {
+  value: Value;
+  crop: (restored: Value) => Value;
+  padding?: SequencePadding;
+}
+
 export class PluginRewriter extends BlockRewriter {
   readonly ops: (b: GraphBuilder) => VersionedOps;
   private readonly pooled = new Map<string, Value>();
   private readonly keeps = new Map<string, Value>();
+  /** per sequence length and ratio: its padding, computed once */
+  private readonly paddings = new Map<string, SequencePadding>();
+  /** a cropped block result -> the uncropped one and its padding (the next block may start from it) */
+  private readonly uncropped = new Map<Value, { restored: Value; padding: SequencePadding }>();
+  private readonly streamlined = new Map<Plugin, Plugin>();
 
   constructor(model: Model) {
     super(model);
@@ -289,34 +311,70 @@ export class PluginRewriter extends BlockRewriter {
    * the plugin; returns the restored, cropped result. Plugin weights and pooled masks go to `main`.
    */
   compressedRun(p: Placement, b: GraphBuilder, main: GraphBuilder): Value {
-    const k = p.plugin.ratio;
-    const ops = this.ops(b);
+    const plugin = this.streamline(p.plugin);
+    const k = plugin.ratio;
     const hidden = this.current(p.hidden);
-    const padded = k > 1 ? padToMultiple(b, ops, hidden, 1, 3, k, b.scalar('zero', 0)) : undefined;
+    const stream = this.padStream(p, b, main, hidden);
     const inner = new IrValue(this.names.fresh(`vcompile/plugin/L${p.layer.index}/inner`));
     const inputs = new Map([
-      [p.plugin.hiddenInput, padded?.value ?? hidden],
-      [p.plugin.innerInput, inner],
+      [plugin.hiddenInput, stream.value],
+      [plugin.innerInput, inner],
     ]);
-    if (p.plugin.keepInput) inputs.set(p.plugin.keepInput, this.keep(main, this.ops(main), p, hidden, k));
-    const outputs = this.splice(p.plugin, b, inputs, main);
-    const pluginOutput = (v: Value) => outputs[p.plugin.model.graph.outputs.indexOf(v)];
+    if (plugin.keepInput) inputs.set(plugin.keepInput, this.keep(main, this.ops(main), p, hidden, stream.padding));
+    const outputs = this.splice(plugin, b, inputs, main);
+    const pluginOutput = (v: Value) => outputs[plugin.model.graph.outputs.indexOf(v)];
     const mapping = new Map<Value, Value>([
-      [p.hidden, pluginOutput(p.plugin.compressed)],
-      [hidden, pluginOutput(p.plugin.compressed)],
+      [p.hidden, pluginOutput(plugin.compressed)],
+      [hidden, pluginOutput(plugin.compressed)],
     ]);
     for (const pooled of p.terms) {
-      const keep = pooled.overReal ? this.keep(main, this.ops(main), p, hidden, 1) : undefined;
+      const keep = pooled.overReal ? this.keep(main, this.ops(main), p, hidden) : undefined;
       mapping.set(pooled.term.value, this.pool(main, this.ops(main), pooled, k, keep));
     }
     replaceAllUses(inner, this.copyRegion(p, b, mapping));
-    const restored = pluginOutput(p.plugin.restored);
-    return padded ? cropTo(b, ops, restored, 1, padded.length) : restored;
+    const restored = pluginOutput(plugin.restored);
+    const result = stream.crop(restored);
+    if (stream.padding) this.uncropped.set(result, { restored, padding: stream.padding });
+    return result;
+  }
+
+  /**
+   * `hidden` padded to a multiple of the plugin's ratio, built with `b`: as it is where the analysis proves
+   * its length a multiple already; from the uncropped result of the block before, its tail zeroed, where
+   * `hidden` is that block's cropped result in the same graph (the crop then goes unused unless something
+   * else reads it); else padded with zeros. Padding (length, amount) is computed once per length and ratio.
+   */
+  private padStream(p: Placement, b: GraphBuilder, main: GraphBuilder, hidden: Value): PaddedStream {
+    const k = p.plugin.ratio;
+    if (k === 1 || (p.seq && p.seq.divExact(k) !== undefined)) return { value: hidden, crop: (restored) => restored };
+    const padding = this.padding(p, main, hidden);
+    const ops = this.ops(b);
+    const crop = (restored: Value) => padding.crop(b, ops, restored, 1);
+    const before = this.uncropped.get(hidden);
+    if (before && before.padding === padding && before.restored.graph === b.graph)
+      return { value: padding.zeroTail(b, before.restored), crop, padding };
+    return { value: padding.pad(ops, hidden, 1, 3, b.scalar('zero', 0)), crop, padding };
+  }
+
+  /** The padding of `p`'s sequence length to a multiple of its ratio, shared by every block of that length. */
+  private padding(p: Placement, main: GraphBuilder, hidden: Value): SequencePadding {
+    // an unknown length is shared by no other block: the key names the value it is read from
+    const key = `${p.seq?.toString() ?? `? ${hidden.name}`}|${p.plugin.ratio}`;
+    let padding = this.paddings.get(key);
+    if (!padding) this.paddings.set(key, (padding = new SequencePadding(main, this.ops(main), hidden, 1, p.plugin.ratio)));
+    return padding;
+  }
+
+  /** `plugin` as it is spliced: streamlined once, so that its weights are still stored once. */
+  private streamline(plugin: Plugin): Plugin {
+    let streamlined = this.streamlined.get(plugin);
+    if (!streamlined) this.streamlined.set(plugin, (streamlined = streamlinePlugin(plugin)));
+    return streamlined;
   }
 
   /** Which positions of `p`'s block input are real ([batch, seq] float), for a plugin that declares keep. */
   realPositions(p: Placement, b: GraphBuilder): Value {
-    return this.keep(b, this.ops(b), p, this.current(p.hidden), 1);
+    return this.keep(b, this.ops(b), p, this.current(p.hidden));
   }
 
   /** The block as it is (no plugin), built with `b`: the uncompressed branch of a switchable model. */
@@ -332,17 +390,17 @@ export class PluginRewriter extends BlockRewriter {
   }
 
   /**
-   * `keep` for `p`'s plugin, padded with zeros to a multiple of k as hidden is (k = 1: as it is), shared by
-   * every layer with the same padding mask (built from `hidden`'s shape, in the main graph, when the model
-   * has none).
+   * `keep` for `p`'s plugin, padded with zeros as hidden is by `padding` (none: as it is), shared by every
+   * layer with the same padding mask (built from `hidden`'s shape, in the main graph, when the model has
+   * none).
    */
-  private keep(b: GraphBuilder, ops: VersionedOps, p: Placement, hidden: Value, k: number): Value {
+  private keep(b: GraphBuilder, ops: VersionedOps, p: Placement, hidden: Value, padding?: SequencePadding): Value {
     const key = (ratio: number) => `${p.keep!.key}|${ratio}`;
     let keep = this.keeps.get(key(1));
     if (!keep) this.keeps.set(key(1), (keep = keepOf(b, ops, p.keep!.mask, hidden)));
-    if (k === 1) return keep;
-    let padded = this.keeps.get(key(k));
-    if (!padded) this.keeps.set(key(k), (padded = padToMultiple(b, ops, keep, 1, 2, k, b.scalar('zero', 0)).value));
+    if (!padding) return keep;
+    let padded = this.keeps.get(key(padding.k));
+    if (!padded) this.keeps.set(key(padding.k), (padded = padding.pad(ops, keep, 1, 2, b.scalar('zero', 0))));
     return padded;
   }
 

@@ -1,7 +1,9 @@
 // Sequence-length plumbing around a compressed block, in ONNX ops that keep every dim dynamic:
 // pad an axis up to a multiple of k, crop it back, and pool a mask or bias over groups of k positions
 // (a position bias over the real positions of each group only, when the plugin is told which are real).
-import type { GraphBuilder } from '../../src/ir/builder.js';
+// `SequencePadding` computes the padding of one sequence length once (its length, pad amount, pads and
+// tail mask) for every tensor of the model padded alike.
+import type { Attrs, GraphBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { VersionedOps } from '../../src/ir/ops.js';
 import { DataType } from '../../src/ir/types.js';
@@ -17,15 +19,84 @@ export interface Padded {
 
 /** Pad `axis` of a rank-`rank` tensor at its end with `fill` up to a multiple of k. */
 export function padToMultiple(b: GraphBuilder, ops: VersionedOps, x: Value, axis: number, rank: number, k: number, fill: Value): Padded {
-  const length = ops.slice(b.op.Shape(x), b.int64s('axis', [axis]), b.int64s('axis_end', [axis + 1]), 0);
-  const kValue = b.int64s('ratio', [k]);
-  const padAmount = b.op.Mod(b.op.Sub(kValue, b.op.Mod(length, kValue)), kValue);
-  const pieces: Value[] = [];
-  if (rank + axis > 0) pieces.push(b.int64s('no_pad', new Array(rank + axis).fill(0)));
-  pieces.push(padAmount);
-  if (rank - axis - 1 > 0) pieces.push(b.int64s('no_pad', new Array(rank - axis - 1).fill(0)));
-  const pads = b.op.Concat(...pieces, { axis: 0 });
-  return { value: ops.padConstant(x, pads, fill), length };
+  const padding = new SequencePadding(b, ops, x, axis, k);
+  return { value: padding.pad(ops, x, axis, rank, fill), length: padding.length };
+}
+
+/**
+ * The padding of one sequence length to a multiple of k, computed once (from the shape of the tensor it
+ * is made for) with the builder it is made with, and shared by every tensor of that length: the padded
+ * tensors themselves are built with the caller's builder (the main graph or an If branch).
+ */
+export class SequencePadding {
+  /** the length before padding, int64 [1] */
+  readonly length: Value;
+  /** positions padding adds, int64 [1]: (k - length % k) % k */
+  private readonly amount: Value;
+  private readonly pads = new Map<string, Value>();
+  private tail?: Value;
+
+  constructor(
+    private readonly b: GraphBuilder,
+    private readonly ops: VersionedOps,
+    source: Value,
+    axis: number,
+    readonly k: number,
+  ) {
+    this.length = ops.slice(b.op.Shape(source), b.int64s('axis', [axis]), b.int64s('axis_end', [axis + 1]), 0);
+    const kValue = b.int64s('ratio', [k]);
+    this.amount = b.op.Mod(b.op.Sub(kValue, b.op.Mod(this.length, kValue)), kValue);
+  }
+
+  /** `x` (of rank `rank`, this length along `axis`) padded at the end of `axis` with `fill`, built with `ops`' builder. */
+  pad(ops: VersionedOps, x: Value, axis: number, rank: number, fill: Value): Value {
+    return ops.padConstant(x, this.padsFor(axis, rank), fill);
+  }
+
+  /** x[:, :length] along `axis`, built with `b`. */
+  crop(b: GraphBuilder, ops: VersionedOps, x: Value, axis: number): Value {
+    return cropTo(b, ops, x, axis, this.length);
+  }
+
+  /**
+   * `x` [batch, padded length, d] with the positions padding added set to 0, built with `b`: what padding
+   * the cropped `x` gives, without the crop and the copy back.
+   */
+  zeroTail(b: GraphBuilder, x: Value): Value {
+    return b.op.Where(this.realPositions(), x, this.b.scalar('zero', 0));
+  }
+
+  /** The Pad input: zeros but for the amount at the end of `axis`. */
+  private padsFor(axis: number, rank: number): Value {
+    const key = `${axis}/${rank}`;
+    const cached = this.pads.get(key);
+    if (cached) return cached;
+    const b = this.b;
+    const pieces: Value[] = [];
+    if (rank + axis > 0) pieces.push(b.int64s('no_pad', new Array(rank + axis).fill(0)));
+    pieces.push(this.amount);
+    if (rank - axis - 1 > 0) pieces.push(b.int64s('no_pad', new Array(rank - axis - 1).fill(0)));
+    const pads = b.op.Concat(...pieces, { axis: 0 });
+    this.pads.set(key, pads);
+    return pads;
+  }
+
+  /** bool [1, padded length, 1]: true before `length`. */
+  private realPositions(): Value {
+    if (this.tail) return this.tail;
+    const b = this.b;
+    const scalar = (v: Value) => b.op.Squeeze(v, ...this.squeezeAxes());
+    const padded = b.op.Add(this.length, this.amount);
+    const positions = b.op.Range(b.int64s('start', [0], []), scalar(padded), b.int64s('step', [1], []));
+    const real = b.op.Less(positions, this.length);
+    this.tail = b.op.Reshape(real, b.int64s('tail_shape', [1, -1, 1]));
+    return this.tail;
+  }
+
+  /** Squeeze's axes [0], as an input (opset 13) or an attribute. */
+  private squeezeAxes(): (Value | Attrs)[] {
+    return this.ops.opset >= 13 ? [this.b.int64s('axes', [0])] : [{ axes: [0] }];
+  }
 }
 
 /** x[:, :length] along `axis`. */

@@ -1,0 +1,207 @@
+// A plugin as the pass splices it: the same function, with a restore that does less work. A Variator-style
+// restore (PyTorch's export of one, and many hand-written plugins) runs an adapter on [repeat(inner); hidden]:
+//   MatMul(Concat([Reshape(Expand(Unsqueeze(inner))), hidden], last axis), W)
+// which copies both halves into a tensor twice as wide and multiplies rows that are k-fold repeats. Two
+// rewrites, each only where it provably computes the same function:
+//   split  MatMul(Concat([a1, ..., an], last axis), W) -> MatMul(a1, W1) + ... + MatMul(an, Wn), W's rows cut
+//          at the pieces' widths (W a 2-D float constant, the Concat read by nothing else): no concatenation
+//   hoist  MatMul(rows(Expand(x)), W) -> rows'(Expand'(MatMul(x, W))), where rows are Unsqueeze, Expand and
+//          Reshape nodes that move or repeat whole rows (the last axis untouched): the product runs on the
+//          rows before they are repeated, k times fewer, and the repeat copies m columns instead of d
+// `split` reassociates a float sum (over the concatenation's width, now in pieces), so results agree with
+// the original up to rounding (about 1e-7 relative); `hoist` computes the same rows. The plugin's own
+// model is not changed: the rewrites are made on a copy, and a plugin with nothing to rewrite is returned
+// as it is.
+import { inferShapes, type ShapeTable } from '../../src/analysis/shapes.js';
+import { GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
+import { type Graph, type Node, replaceAllUses, type Value } from '../../src/ir/graph.js';
+import { NameAuthority } from '../../src/ir/names.js';
+import { MIN_OPSET, VersionedOps } from '../../src/ir/ops.js';
+import { Tensor } from '../../src/ir/tensor.js';
+import { eliminateDeadCode, spliceGraph, toposort } from '../../src/ir/transforms.js';
+import { DataType } from '../../src/ir/types.js';
+import type { Plugin } from './contract.js';
+
+/** `plugin` with its products split and hoisted where that is exact (a copy), or `plugin` itself when none is. */
+export function streamlinePlugin(plugin: Plugin): Plugin {
+  const opset = plugin.model.opsetVersion('') ?? 0;
+  if (opset < MIN_OPSET || plugin.model.functions.length > 0) return plugin;
+  const shapes = inferShapes(plugin.model.graph);
+  const nodes = plugin.model.graph.nodes;
+  if (!nodes.some((n) => splittable(n, shapes) || hoistable(n, shapes))) return plugin;
+  const copy = copyPlugin(plugin, opset);
+  const graph = copy.model.graph;
+  const b = new GraphBuilder(graph, NameAuthority.forModel(copy.model), { prefix: 'streamlined/' });
+  const ops = new VersionedOps(b, opset);
+  const copied = inferShapes(graph);
+  for (const node of [...graph.nodes]) {
+    const split = splittable(node, copied);
+    if (split) replaceAllUses(node.outputs[0]!, splitProduct(b, split));
+  }
+  // the split's products read the Concat's inputs, whose shapes are known already
+  for (const node of [...graph.nodes]) {
+    const hoist = hoistable(node, copied);
+    if (hoist) replaceAllUses(node.outputs[0]!, hoistProduct(b, ops, node, hoist, copied));
+  }
+  eliminateDeadCode(graph);
+  toposort(graph);
+  return copy;
+}
+
+/** A copy of the plugin's model (weights shared, not copied) and its contract values in the copy. */
+function copyPlugin(plugin: Plugin, opset: number): Plugin {
+  const source = plugin.model;
+  const b = new ModelBuilder(opset, source.graph.name);
+  const model = b.model;
+  model.irVersion = source.irVersion;
+  model.opsetImports = source.opsetImports.map((o) => ({ ...o }));
+  model.metadataProps = source.metadataProps?.map(([k, v]) => [k, v]);
+  const inputs = new Map<Value, Value>();
+  for (const input of source.graph.inputs) if (!input.initializer) inputs.set(input, b.input(input.name, input.type));
+  const outputs = spliceGraph(source.graph, b, inputs);
+  // an output that is an input or another output (an identity plugin) keeps its own value under a new name
+  const named = outputs.map((out, i) => (out.isGraphInput || outputs.indexOf(out) !== i ? b.op.Identity(out) : out));
+  source.graph.outputs.forEach((v, i) => b.output(named[i]!, v.name, v.type));
+  const at = (v: Value) => named[source.graph.outputs.indexOf(v)]!;
+  return {
+    ...plugin,
+    model,
+    hiddenInput: inputs.get(plugin.hiddenInput)!,
+    innerInput: inputs.get(plugin.innerInput)!,
+    ...(plugin.keepInput ? { keepInput: inputs.get(plugin.keepInput)! } : {}),
+    compressed: at(plugin.compressed),
+    restored: at(plugin.restored),
+  };
+}
+
+const isOp = (node: Node | null | undefined, opType: string): boolean => !!node && node.opType === opType && !node.domain;
+
+/** The weight of `MatMul(x, W)`: a 2-D float constant. */
+function productWeight(node: Node): Tensor | undefined {
+  if (!isOp(node, 'MatMul')) return undefined;
+  const weight = node.inputs[1]?.constTensor();
+  return weight && weight.dims.length === 2 && weight.dataType === DataType.FLOAT ? weight : undefined;
+}
+
+interface Split {
+  pieces: Value[];
+  widths: number[];
+  weight: Tensor;
+}
+
+/** `MatMul(Concat(pieces, last axis), W)` with every piece's width known and the Concat read only here. */
+function splittable(node: Node, shapes: ShapeTable): Split | undefined {
+  const weight = productWeight(node);
+  const x = node.inputs[0];
+  const concat = x?.producer;
+  if (!weight || !x || !concat || !isOp(concat, 'Concat') || x.useCount !== 1 || x.isGraphOutput) return undefined;
+  const rank = shapes.rank(x);
+  const axis = concat.attrInt('axis', 0);
+  if (rank === undefined || rank < 2 || (axis !== -1 && axis !== rank - 1)) return undefined;
+  const pieces = concat.inputs.filter((v): v is Value => !!v);
+  const widths = pieces.map((v) => (shapes.rank(v) === rank ? shapes.dim(v, -1)?.constant : undefined));
+  if (pieces.length < 2 || widths.some((w) => !w)) return undefined;
+  if (widths.reduce((sum: number, w) => sum + w!, 0) !== weight.dims[0]) return undefined;
+  return { pieces, widths: widths as number[], weight };
+}
+
+/** MatMul(a1, W1) + ... + MatMul(an, Wn), each Wi the rows of W that meet piece i. */
+function splitProduct(b: GraphBuilder, { pieces, widths, weight }: Split): Value {
+  const columns = weight.dims[1]!;
+  const values = weight.toFloat32();
+  let row = 0;
+  let sum: Value | undefined;
+  pieces.forEach((piece, i) => {
+    const rows = values.slice(row * columns, (row + widths[i]!) * columns);
+    const part = b.op.MatMul(piece, b.initializer('weight_rows', Tensor.fromArray(undefined, DataType.FLOAT, [widths[i]!, columns], rows)));
+    sum = sum ? b.op.Add(sum, part) : part;
+    row += widths[i]!;
+  });
+  return sum!;
+}
+
+/**
+ * For `MatMul(x, W)`: the chain of row-moving nodes from x down to the deepest Expand (x's producer first),
+ * when there is one and the product can be computed before it.
+ */
+function hoistable(node: Node, shapes: ShapeTable): Node[] | undefined {
+  const weight = productWeight(node);
+  if (!weight || (shapes.rank(node.inputs[0]) ?? 0) < 2) return undefined;
+  const width = weight.dims[0]!;
+  const chain: Node[] = [];
+  let deepestExpand = -1;
+  for (let v = node.inputs[0]; v?.producer && movesRows(v.producer, width, shapes); v = v.producer.inputs[0]) {
+    chain.push(v.producer);
+    if (isOp(v.producer, 'Expand')) deepestExpand = chain.length - 1;
+  }
+  if (deepestExpand < 0 || (shapes.rank(chain[deepestExpand]!.inputs[0]) ?? 0) < 2) return undefined;
+  return chain.slice(0, deepestExpand + 1);
+}
+
+/**
+ * Whether `node` (Unsqueeze, Expand or Reshape) only moves or repeats whole rows of width `width`: its data
+ * input and its output have that last dim, Unsqueeze inserts no last axis, Expand's (known) shape ends in 1
+ * or the width, and Reshape, keeping the last dim, reads rows in order.
+ */
+function movesRows(node: Node, width: number, shapes: ShapeTable): boolean {
+  const data = node.inputs[0];
+  const output = node.outputs[0];
+  if (!data || !output || shapes.dim(data, -1)?.constant !== width || shapes.dim(output, -1)?.constant !== width) return false;
+  const rank = shapes.rank(output)!;
+  if (isOp(node, 'Unsqueeze')) {
+    const axes = node.inputs[1] ? shapes.ints(node.inputs[1]) : node.attrInts('axes', []);
+    return !!axes && !axes.some((a) => (a < 0 ? a + rank : a) === rank - 1);
+  }
+  if (isOp(node, 'Expand')) {
+    const shape = shapes.ints(node.inputs[1]);
+    return !!shape && shape.length > 0 && (shape[shape.length - 1] === 1 || shape[shape.length - 1] === width);
+  }
+  return isOp(node, 'Reshape') && !!node.inputs[1];
+}
+
+/** The product computed on the rows before the chain's last node, and the chain rebuilt for its width. */
+function hoistProduct(b: GraphBuilder, ops: VersionedOps, product: Node, chain: Node[], shapes: ShapeTable): Value {
+  const columns = productWeight(product)!.dims[1]!;
+  let out = b.op.MatMul(chain[chain.length - 1]!.inputs[0]!, product.inputs[1]!);
+  for (const node of [...chain].reverse()) {
+    const inputs = [out, ...node.inputs.slice(1)];
+    if (isOp(node, 'Expand')) inputs[1] = b.int64s('expand_shape', [...shapes.ints(node.inputs[1])!.slice(0, -1), 1]);
+    if (isOp(node, 'Reshape')) inputs[1] = lastDimAs(b, ops, node.inputs[1]!, columns, shapes);
+    const copy = b.node(node.opType, inputs);
+    copy.attributes = node.attributes.map((a) => ({ ...a }));
+    out = copy.outputs[0]!;
+  }
+  return out;
+}
+
+/**
+ * A shape vector with its last entry set to `last`: a constant when the shape is one; the same Concat but
+ * for its last piece when that is a constant entry (exporters build shapes so); else computed.
+ */
+function lastDimAs(b: GraphBuilder, ops: VersionedOps, shape: Value, last: number, shapes: ShapeTable): Value {
+  const known = shapes.ints(shape);
+  if (known) return b.int64s('reshape_shape', [...known.slice(0, -1), last]);
+  const concat = shape.producer;
+  const pieces = concat?.inputs ?? [];
+  const tail = pieces[pieces.length - 1];
+  if (
+    concat &&
+    isOp(concat, 'Concat') &&
+    tail &&
+    shapes.shape(tail)?.length === 1 &&
+    shapes.dim(tail, 0)?.constant === 1 &&
+    shapes.ints(tail)
+  )
+    return b.op.Concat(...pieces.slice(0, -1), b.int64s('last_dim', [last]), { axis: 0 });
+  const leading = ops.slice(shape, b.int64s('start', [0]), b.int64s('end', [-1]), 0);
+  return b.op.Concat(leading, b.int64s('last_dim', [last]), { axis: 0 });
+}
+
+/** Exposed for tests: the graph's nodes that `streamlinePlugin` would rewrite. */
+export function streamlineCandidates(graph: Graph): { split: Node[]; hoist: Node[] } {
+  const shapes = inferShapes(graph);
+  return {
+    split: graph.nodes.filter((n) => splittable(n, shapes)),
+    hoist: graph.nodes.filter((n) => hoistable(n, shapes)),
+  };
+}
