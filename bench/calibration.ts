@@ -71,12 +71,32 @@ for (const scope of values.scopes!.split(',')) {
       const dir = path.join(work, `fit_${scope}_${k}_${rank}`);
       const started = Date.now();
       const fit = JSON.parse(
-        vcompile('plugin', 'fit', MODEL, '--data', CALIB, '--ratio', k, '--scope', scope, ...(rank === 'full' ? ['--rank', 'full'] : []), '-o', dir, '--json'),
+        vcompile(
+          'plugin',
+          'fit',
+          MODEL,
+          '--data',
+          CALIB,
+          '--ratio',
+          k,
+          '--scope',
+          scope,
+          ...(rank === 'full' ? ['--rank', 'full'] : []),
+          '-o',
+          dir,
+          '--json',
+        ),
       );
       const seconds = (Date.now() - started) / 1000;
       const layers: { layer: number; rank: number | 'full' }[] = fit.layers;
       const fittedFile = path.join(work, `fit_${scope}_${k}_${rank}.onnx`);
-      vcompile(MODEL, ...layers.flatMap((l) => ['--plugin', `${l.layer}=${path.join(dir, `L${l.layer}.onnx`)}`]), '-o', fittedFile, '--no-verify');
+      vcompile(
+        MODEL,
+        ...layers.flatMap((l) => ['--plugin', `${l.layer}=${path.join(dir, `L${l.layer}.onnx`)}`]),
+        '-o',
+        fittedFile,
+        '--no-verify',
+      );
       const f = score(fittedFile).rewritten;
       console.log(
         `| ${scope} | ${k} | fitted | ${layers[0].rank} | ${pct(f.accuracy)} | ${f.loss.toFixed(4)} | ${pct(f.top1)} | ${recovered(f.accuracy, m.accuracy, original.accuracy)} / ${recovered(f.loss, m.loss, original.loss)} | ${seconds.toFixed(0)} |`,
