@@ -3,7 +3,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { type Fidelity, lossOf, meets, nonDominated, parseBudget } from '../src/decide/frontier.js';
-import { bestWithin, describeConfiguration, estimateShares, knapsackFrontier, type LayerProfile } from '../src/decide/tune.js';
+import { bestWithin, describeConfiguration, estimateShares, knapsackFrontier, type LayerProfile, pickFastest } from '../src/decide/tune.js';
 
 const fidelity = (f: Partial<Fidelity>): Fidelity => ({
   output: 'logits',
@@ -111,5 +111,32 @@ describe('estimated profiles', () => {
     expect(estimateShares([0, 0, 0, 0])).toEqual([0.25, 0.25, 0.25, 0.25]);
     // a failed fit (NaN) or a negative estimate is charged nothing
     expect(estimateShares([Number.NaN, -1, 2])).toEqual([0, 0, 1]);
+  });
+});
+
+describe('the fastest candidate', () => {
+  const point = (predictedSpeedup: number, measuredSpeedup: number | null, measuredIqr: [number, number] | null) => ({
+    predictedSpeedup,
+    measuredSpeedup,
+    measuredIqr,
+  });
+
+  it('is the fastest measured when the timings tell it apart', () => {
+    const a = point(1.2, 1.5, [1.45, 1.55]);
+    const b = point(1.4, 1.3, [1.25, 1.35]);
+    expect(pickFastest([b, a])).toBe(a);
+  });
+
+  it('is the one predicted fastest among those the timings cannot tell from the fastest measured', () => {
+    const noisy = point(1.16, 1.75, [1.04, 2.03]);
+    const overlapping = point(1.22, 1.39, [1.25, 1.97]);
+    const apart = point(1.5, 1.0, [0.95, 1.02]);
+    expect(pickFastest([noisy, overlapping, apart])).toBe(overlapping);
+  });
+
+  it('is the predicted fastest when nothing was timed', () => {
+    const a = point(1.2, null, null);
+    const b = point(1.4, null, null);
+    expect(pickFastest([a, b])).toBe(b);
   });
 });

@@ -21,7 +21,9 @@
 //      (bisection, a few steps).
 //   5. The candidates (uniform and knapsack points) are timed against the original, side by side, a few
 //      at a time; the fastest few within the budget are timed again together, with more rounds, and the
-//      fastest of them is the result. Its test-split figures are reported (and the other frontier points').
+//      fastest of them is the result, unless the timings cannot tell it from others (their interquartile
+//      ranges overlap): then, of those, the one predicted fastest from MACs. Its test-split figures are
+//      reported (and the other frontier points').
 // Stopping (time limit, an abort) ends the search where it is: the result is the best point so far.
 //
 // Cache: with a cache folder, fitted plugins and every evaluation are stored under content hashes (model,
@@ -611,7 +613,14 @@ class Tuner {
     if (within.length === 0) return null;
     const fastest = [...within].sort((a, b) => speedOf(b) - speedOf(a));
     const target = this.options.targetSpeedup;
-    if (target === undefined) return fastest[0];
+    if (target === undefined) {
+      const pick = pickFastest(within);
+      if (pick !== fastest[0])
+        this.notes.push(
+          `the timings cannot tell ${pick.description} from the fastest measured, ${fastest[0].description} (their IQRs overlap): chose the one that saves more MACs`,
+        );
+      return pick;
+    }
     const reaching = within.filter((p) => speedOf(p) >= target);
     if (reaching.length === 0) {
       this.notes.push(`no candidate within the budget reaches ${target}x; the fastest one does ${speedOf(fastest[0]).toFixed(2)}x`);
@@ -639,13 +648,25 @@ class Tuner {
   }
 }
 
+/**
+ * The fastest candidate: the fastest measured, unless its timing cannot be told from others' (their IQRs
+ * overlap, as on a shared machine); then, of those, the one predicted fastest from MACs, which no noise moves.
+ */
+export function pickFastest<P extends Pick<TunePoint, 'predictedSpeedup' | 'measuredSpeedup' | 'measuredIqr'>>(points: readonly P[]): P {
+  const fastest = [...points].sort((a, b) => speedOf(b) - speedOf(a))[0];
+  if (!fastest.measuredIqr) return fastest;
+  const low = fastest.measuredIqr[0];
+  const alike = points.filter((p) => p === fastest || (p.measuredIqr !== null && p.measuredIqr[1] >= low));
+  return alike.sort((a, b) => b.predictedSpeedup - a.predictedSpeedup)[0];
+}
+
 function applyTiming(p: TunePoint, t: Timing): void {
   p.measuredSpeedup = t.speedup;
   p.measuredIqr = t.iqr;
 }
 
 /** The measured speed-up where there is one, else the predicted. */
-export function speedOf(p: TunePoint): number {
+export function speedOf(p: Pick<TunePoint, 'predictedSpeedup' | 'measuredSpeedup'>): number {
   return p.measuredSpeedup ?? p.predictedSpeedup;
 }
 
