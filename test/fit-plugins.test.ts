@@ -16,6 +16,7 @@ import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
+import { withFeedableRatio } from '../src/runtime/adaptive.js';
 import { type DataBatch, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { verifyModels } from '../src/verify/numeric.js';
@@ -223,6 +224,31 @@ describe('vcompile plugin fit', () => {
     const report = JSON.parse(r.stdout);
     expect(report.fit[0]).toMatchObject({ plugin: 'builtin:fit:2', samples: 32, ratio: 2, scope: 'ffn' });
     expect(report.verify.inputs).toMatchObject({ kind: 'data', samples: 8 });
+  });
+
+  it('a switchable model from fitted k=2 and k=4 plugins: each branch equals its single-ratio model', async () => {
+    const nonlinear = model('switch-model', { seed: 9 });
+    const fitted = (ratio: number) => ['--plugin', `builtin:fit:${ratio}`];
+    const compile = (name: string, ...args: string[]) => {
+      const out = path.join(dir, `${name}.onnx`);
+      const r = vcompile(nonlinear, ...args, '--data', calibration, '--rank', '4', '--no-verify', '-o', out);
+      expect(r.stderr).toBe('');
+      return out;
+    };
+    // as AdaptiveSession opens it: the ratio an input without its default, so that ORT takes the feed
+    const switchable = await openSession(withFeedableRatio(loadModel(compile('switch-fit', '--switchable', ...fitted(2), ...fitted(4)))));
+    const feeds = openData(calibration, describeInputs(loadModel(nonlinear))).batches(4)[0].feeds;
+    for (const ratio of [2, 4]) {
+      const single = await openSession(compile(`single-fit-${ratio}`, ...fitted(ratio)));
+      const expected = Object.values(await run(single, feeds)).map((t) => t.toFloat32());
+      const ratioFeed = Tensor.fromArray('vcompile_ratio', DataType.INT64, [], new BigInt64Array([BigInt(ratio)]));
+      const branch = Object.values(await run(switchable, { ...feeds, vcompile_ratio: ratioFeed })).map((t) => t.toFloat32());
+      expect(branch.length).toBe(expected.length);
+      // float rounding only (6e-7 seen: the fitted restore's products are scheduled differently inside an If)
+      expect(Math.max(...branch[0].map((v, i) => Math.abs(v - expected[0][i])))).toBeLessThan(1e-5);
+      await single.release();
+    }
+    await switchable.release();
   });
 
   it('in one step: every sample fits when there is no check (--no-verify); with the check, one must be left', () => {
