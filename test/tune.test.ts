@@ -52,6 +52,11 @@ const dataFile = path.join(dir, 'data.jsonl');
 }
 const timing = ['--batch', '2', '--seq', '40', '--runs', '3', '--scopes', 'ffn,layer'];
 
+/** `vcompile tune` on the tagger and its data with a budget, the small timing shape, and -o OUT. */
+function tuneCli(budget: string, out: string, ...more: string[]) {
+  return vcompile('tune', modelFile, '--data', dataFile, '--budget', budget, ...timing, '-o', out, ...more);
+}
+
 async function tuneWith(budget: string, options: Partial<TuneOptions> = {}): Promise<TuneResult> {
   const data = openData(dataFile, describeInputs(loadModel(modelFile)));
   return tune(modelFile, fs.readFileSync(modelFile), data, {
@@ -118,20 +123,7 @@ describe('vcompile tune', () => {
   it('writes OUT and the report; a second run with the report folder evaluates nothing new', () => {
     const out = path.join(dir, 'fast.onnx');
     const report = path.join(dir, 'report');
-    const first = vcompile(
-      'tune',
-      modelFile,
-      '--data',
-      dataFile,
-      '--budget',
-      'top1-agreement>=0.5',
-      ...timing,
-      '-o',
-      out,
-      '--report',
-      report,
-      '--json',
-    );
+    const first = tuneCli('top1-agreement>=0.5', out, '--report', report, '--json');
     expect(first.stderr).toBe('');
     expect(first.code).toBe(0);
     const a = JSON.parse(first.stdout);
@@ -156,36 +148,11 @@ describe('vcompile tune', () => {
       ].sort(),
     );
     expect(loadModel(out).getMetadata('vcompile.tune')).toBeDefined();
-    const second = vcompile(
-      'tune',
-      modelFile,
-      '--data',
-      dataFile,
-      '--budget',
-      'top1-agreement>=0.5',
-      ...timing,
-      '-o',
-      out,
-      '--report',
-      report,
-    );
+    const second = tuneCli('top1-agreement>=0.5', out, '--report', report);
     expect(second.code).toBe(0);
     expect(second.stdout).toMatch(/cache: \d+ reused, 0 evaluated, 0 plugins fitted/);
     // a tighter budget: the fits, profiles and uniform points come from the cache
-    const tighter = vcompile(
-      'tune',
-      modelFile,
-      '--data',
-      dataFile,
-      '--budget',
-      'top1-agreement>=0.8',
-      ...timing,
-      '-o',
-      out,
-      '--report',
-      report,
-      '--json',
-    );
+    const tighter = tuneCli('top1-agreement>=0.8', out, '--report', report, '--json');
     expect(tighter.code).toBe(0);
     const c = JSON.parse(tighter.stdout);
     expect(c.cache.fitted).toBe(0);
@@ -194,20 +161,7 @@ describe('vcompile tune', () => {
     // a plugin file gone from the cache is fitted again, not a crash
     const cached = fs.readdirSync(path.join(report, 'cache')).filter((f) => f.endsWith('.onnx'));
     fs.rmSync(path.join(report, 'cache', cached[0]));
-    const again = vcompile(
-      'tune',
-      modelFile,
-      '--data',
-      dataFile,
-      '--budget',
-      'top1-agreement>=0.8',
-      ...timing,
-      '-o',
-      out,
-      '--report',
-      report,
-      '--json',
-    );
+    const again = tuneCli('top1-agreement>=0.8', out, '--report', report, '--json');
     expect(again.stderr).toBe('');
     expect(JSON.parse(again.stdout).cache.fitted).toBe(1);
   }, 240_000);
@@ -215,27 +169,14 @@ describe('vcompile tune', () => {
   it('an impossible budget writes the original and says so in one line, or exits 1 with --require', () => {
     const out = path.join(dir, 'same.onnx');
     const report = path.join(dir, 'report');
-    const r = vcompile('tune', modelFile, '--data', dataFile, '--budget', 'kl<=0', ...timing, '-o', out, '--report', report);
+    const r = tuneCli('kl<=0', out, '--report', report);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/^vcompile: note: no candidate met the budget kl<=0 \(closest: .*\); .*same\.onnx is the original model\n$/);
     const written = loadModel(out);
     expect(written.getMetadata('vcompile.plugins')).toBeUndefined();
     expect(written.graph.nodes.length).toBe(loadModel(modelFile).graph.nodes.length);
     const required = path.join(dir, 'required.onnx');
-    const q = vcompile(
-      'tune',
-      modelFile,
-      '--data',
-      dataFile,
-      '--budget',
-      'kl<=0',
-      ...timing,
-      '-o',
-      required,
-      '--report',
-      report,
-      '--require',
-    );
+    const q = tuneCli('kl<=0', required, '--report', report, '--require');
     expect(q.code).toBe(1);
     expect(q.stderr).toMatch(/^vcompile: no candidate met the budget kl<=0 .*nothing written \(--require\)\n$/);
     expect(fs.existsSync(required)).toBe(false);

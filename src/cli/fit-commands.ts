@@ -127,17 +127,26 @@ export function fitSummary(r: PluginFitResult): object {
 
 /** The plugins as DIR/L{i}.onnx and DIR/fit.json, all or nothing. */
 function writePlugins(dir: string, r: PluginFitResult): string[] {
+  return writeFitFolder(
+    dir,
+    [...r.plugins].map(([layer, model]) => [`L${layer}`, model]),
+    fitSummary(r),
+  );
+}
+
+/** Models as DIR/NAME.onnx and the summary as DIR/fit.json, all or nothing: what was written goes on failure. */
+export function writeFitFolder(dir: string, models: [string, Model][], summary: object): string[] {
   const written: string[] = [];
   try {
     fs.mkdirSync(dir, { recursive: true });
-    for (const [layer, model] of r.plugins) {
-      const file = path.join(dir, `L${layer}.onnx`);
+    for (const [name, model] of models) {
+      const file = path.join(dir, `${name}.onnx`);
       saveModel(model, file, { externalData: 'never' });
       written.push(file);
     }
-    const summary = path.join(dir, 'fit.json');
-    fs.writeFileSync(summary, `${JSON.stringify(fitSummary(r), null, 2)}\n`);
-    written.push(summary);
+    const json = path.join(dir, 'fit.json');
+    fs.writeFileSync(json, `${JSON.stringify(summary, null, 2)}\n`);
+    written.push(json);
   } catch (error) {
     for (const f of written) fs.rmSync(f, { force: true });
     if (error instanceof VcompileError) throw error;

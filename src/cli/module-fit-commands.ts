@@ -18,7 +18,7 @@ import type { Model } from '../ir/model.js';
 import { encodeModel, saveModel } from '../onnx/file.js';
 import { type DataSet, openData } from '../runtime/data.js';
 import { ExitCode } from './errors.js';
-import { fittableBytes } from './fit-commands.js';
+import { fittableBytes, writeFitFolder } from './fit-commands.js';
 import { print } from './output.js';
 import { Progress } from './progress.js';
 
@@ -129,23 +129,7 @@ function writeOne(output: string, module: Model, input: string, flags: ModuleFit
 
 /** The modules as DIR/L{S}-{E}.onnx and DIR/fit.json, all or nothing. */
 function writeFolder(dir: string, r: ModuleFitResult): string[] {
-  const written: string[] = [];
-  try {
-    fs.mkdirSync(dir, { recursive: true });
-    for (const [key, model] of r.modules) {
-      const file = path.join(dir, `${key}.onnx`);
-      saveModel(model, file, { externalData: 'never' });
-      written.push(file);
-    }
-    const summary = path.join(dir, 'fit.json');
-    fs.writeFileSync(summary, `${JSON.stringify(moduleFitSummary(r), null, 2)}\n`);
-    written.push(summary);
-  } catch (error) {
-    for (const f of written) fs.rmSync(f, { force: true });
-    if (error instanceof VcompileError) throw error;
-    throw new VcompileError(`-o ${dir}: ${(error as Error).message}`);
-  }
-  return written;
+  return writeFitFolder(dir, [...r.modules], moduleFitSummary(r));
 }
 
 export function formatModuleFit(r: ModuleFitResult, written: string[]): string {
