@@ -4,6 +4,7 @@
 // original's figure, 0% the mean plugins'.
 //
 //   npm run build && node dist/bench/calibration.js [--scopes ffn,attention,layer] [--ratios 2,4] [--ranks default,full]
+//     [--fit-targets block,stream]
 //
 // Every step is the command line a user would type (printed as it runs), so the figures are the tool's.
 import { execFileSync } from 'node:child_process';
@@ -23,6 +24,8 @@ const { values } = parseArgs({
     scopes: { type: 'string', default: 'ffn,attention,layer' },
     ratios: { type: 'string', default: '2,4' },
     ranks: { type: 'string', default: 'default,full' },
+    // what the restores are fitted to (vcompile plugin fit --fit-target): one fitted row per target
+    'fit-targets': { type: 'string', default: 'block' },
   },
 });
 
@@ -53,8 +56,8 @@ function score(rewritten: string): { original: Scores; rewritten: Scores } {
 const recovered = (fitted: number, mean: number, original: number) => `${(((fitted - mean) / (original - mean)) * 100).toFixed(0)}%`;
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
 
-console.log('| scope | k | plugins | rank | accuracy | loss | top-1 agreement | gap recovered (accuracy / loss) | fit s |');
-console.log('|---|---|---|---|---:|---:|---:|---:|---:|');
+console.log('| scope | k | plugins | fit target | rank | accuracy | loss | top-1 agreement | gap recovered (accuracy / loss) | fit s |');
+console.log('|---|---|---|---|---|---:|---:|---:|---:|---:|');
 let original: Scores | undefined;
 for (const scope of values.scopes!.split(',')) {
   for (const k of values.ratios!.split(',')) {
@@ -63,12 +66,12 @@ for (const scope of values.scopes!.split(',')) {
     const mean = score(meanFile);
     if (!original) {
       original = mean.original;
-      console.log(`| — | — | original | — | ${pct(original.accuracy)} | ${original.loss.toFixed(4)} | 100% | | |`);
+      console.log(`| — | — | original | — | — | ${pct(original.accuracy)} | ${original.loss.toFixed(4)} | 100% | | |`);
     }
     const m = mean.rewritten;
-    console.log(`| ${scope} | ${k} | mean | — | ${pct(m.accuracy)} | ${m.loss.toFixed(4)} | ${pct(m.top1)} | 0% / 0% | |`);
-    for (const rank of values.ranks!.split(',')) {
-      const dir = path.join(work, `fit_${scope}_${k}_${rank}`);
+    console.log(`| ${scope} | ${k} | mean | — | — | ${pct(m.accuracy)} | ${m.loss.toFixed(4)} | ${pct(m.top1)} | 0% / 0% | |`);
+    for (const [rank, target] of values.ranks!.split(',').flatMap((r) => values['fit-targets']!.split(',').map((t) => [r, t]))) {
+      const dir = path.join(work, `fit_${scope}_${k}_${rank}_${target}`);
       const started = Date.now();
       const fit = JSON.parse(
         vcompile(
@@ -82,6 +85,7 @@ for (const scope of values.scopes!.split(',')) {
           '--scope',
           scope,
           ...(rank === 'full' ? ['--rank', 'full'] : []),
+          ...(target === 'block' ? [] : ['--fit-target', target]),
           '-o',
           dir,
           '--json',
@@ -89,7 +93,7 @@ for (const scope of values.scopes!.split(',')) {
       );
       const seconds = (Date.now() - started) / 1000;
       const layers: { layer: number; rank: number | 'full' }[] = fit.layers;
-      const fittedFile = path.join(work, `fit_${scope}_${k}_${rank}.onnx`);
+      const fittedFile = path.join(work, `fit_${scope}_${k}_${rank}_${target}.onnx`);
       vcompile(
         MODEL,
         ...layers.flatMap((l) => ['--plugin', `${l.layer}=${path.join(dir, `L${l.layer}.onnx`)}`]),
@@ -99,7 +103,7 @@ for (const scope of values.scopes!.split(',')) {
       );
       const f = score(fittedFile).rewritten;
       console.log(
-        `| ${scope} | ${k} | fitted | ${layers[0].rank} | ${pct(f.accuracy)} | ${f.loss.toFixed(4)} | ${pct(f.top1)} | ${recovered(f.accuracy, m.accuracy, original.accuracy)} / ${recovered(f.loss, m.loss, original.loss)} | ${seconds.toFixed(0)} |`,
+        `| ${scope} | ${k} | fitted | ${target} | ${layers[0].rank} | ${pct(f.accuracy)} | ${f.loss.toFixed(4)} | ${pct(f.top1)} | ${recovered(f.accuracy, m.accuracy, original.accuracy)} / ${recovered(f.loss, m.loss, original.loss)} | ${seconds.toFixed(0)} |`,
       );
     }
   }

@@ -28,7 +28,8 @@ export type OptionName =
   | 'output'
   | 'dataLocation'
   | 'sizeThreshold'
-  | 'sessions';
+  | 'sessions'
+  | 'fitTarget';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

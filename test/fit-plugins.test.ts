@@ -199,6 +199,7 @@ describe('vcompile plugin fit', () => {
       'samples',
       'scope',
       'seconds',
+      'target',
       'tokens',
       'unexplained',
     ]);

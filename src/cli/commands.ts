@@ -84,6 +84,8 @@ export interface CompileOptions {
   batch?: string;
   /** --rank for builtin:fit plugins */
   rank?: string;
+  /** --fit-target for builtin:fit plugins: block (default) or stream */
+  fitTarget?: string;
 }
 
 /**
@@ -249,6 +251,7 @@ async function compileAndWrite(file: string, options: CompileOptions) {
   };
   const { replacesInput } = checkSave(model, options.output, save);
   const fits = fitSpecs(options.plugins);
+  if (options.fitTarget !== undefined && !fits.length) throw new VcompileError('--fit-target goes with --plugin builtin:fit:K');
   const upgraded = runPasses(model, stages.before, { verify: options.verifyIr });
   // fitted modules first (on the model as it is), then fitted plugins on the layers that remain
   let fittedModules: FittedModules | undefined;

@@ -35,6 +35,7 @@ const FLAGS: Record<OptionName, string> = {
   dataLocation: '--data-location',
   sizeThreshold: '--size-threshold',
   sessions: '--sessions',
+  fitTarget: '--fit-target',
 };
 
 function asFlag(ref: OptionRef): string {

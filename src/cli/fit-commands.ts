@@ -7,6 +7,7 @@ import { translateLayers } from '../../passes/common/layers.js';
 import { upgradeOpset } from '../../passes/opset/index.js';
 import type { PipelineContext } from '../../passes/pipeline.js';
 import { SCOPES, type Scope } from '../../passes/plugin/builtin.js';
+import type { FitTarget } from '../../passes/plugin/capture.js';
 import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
 import type { PluginRequest } from '../../passes/plugin/index.js';
 import { analyzeTransformer } from '../analysis/index.js';
@@ -27,6 +28,8 @@ export interface FitFlags {
   ratio: number;
   scope: string;
   rank?: string;
+  /** --fit-target: 'block' (default) or 'stream' */
+  fitTarget?: string;
   layers?: string;
   samples?: number;
   batch?: number;
@@ -43,12 +46,15 @@ export interface FitRequest {
   layers?: number[];
   batchSize: number;
   threads?: number;
+  /** set only when given, so that a default fit's options are those of before the flag */
+  target?: FitTarget;
 }
 
 export function fitRequest(flags: {
   ratio: number;
   scope: string;
   rank?: string;
+  fitTarget?: string;
   layers?: string;
   batch?: number;
   threads?: number;
@@ -71,6 +77,7 @@ export function fitRequest(flags: {
     layers: flags.layers === undefined ? undefined : parseLayerList(flags.layers, '--layers'),
     batchSize,
     threads: flags.threads,
+    ...(flags.fitTarget === undefined ? {} : { target: flags.fitTarget as FitTarget }),
   };
 }
 
@@ -180,7 +187,8 @@ function formatFit(r: PluginFitResult, written: string[]): string {
     l.restore === 'mean' ? 'kept the mean restore: the fit did worse on held-out positions' : '',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
-  const lines = [`fitted ${r.scope} k=${r.ratio} plugins (held-out unexplained variance of each block's output)`];
+  const target = r.layers[0]?.target === 'stream' ? "each block's stream target" : "each block's output";
+  const lines = [`fitted ${r.scope} k=${r.ratio} plugins (held-out unexplained variance of ${target})`];
   for (const row of [header, ...rows])
     lines.push(
       row
@@ -236,6 +244,8 @@ export interface CompileFitFlags {
   samples?: number;
   batch?: string;
   rank?: string;
+  /** --fit-target for builtin:fit plugins */
+  fitTarget?: string;
   layers?: string;
   json: boolean;
   /** the check after the compile (undefined with --no-verify: then the fit may use every sample) */
@@ -274,7 +284,7 @@ export async function fitForCompile(
   const plugins = new Map<string, Plugin>();
   const summary: object[] = [];
   for (const spec of specs) {
-    const request = fitRequest({ ratio: spec.ratio, scope: spec.scope, rank: flags.rank, batch });
+    const request = fitRequest({ ratio: spec.ratio, scope: spec.scope, rank: flags.rank, fitTarget: flags.fitTarget, batch });
     const result = await runFit(file, bytes, data, { ...request, layers }, !flags.json);
     for (const [layer, plugin] of result.plugins) {
       const source = `${spec.source}:L${layerMap ? layerMap[layer] : layer}`;

@@ -327,6 +327,10 @@ function pluginFitCommand(parser: Argv, out: Out): void {
           describe: 'the block the plugins wrap',
         })
         .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('fit-target', {
+          choices: ['block', 'stream'] as const,
+          describe: "what each restore is fitted to: the original block's output (block, default) or the original model's stream",
+        })
         .option('layers', {
           type: 'string',
           describe: 'layers to fit, e.g. 2-9 or 0,3,5-7 (default: every layer whose self-attention is not causal)',
@@ -337,7 +341,7 @@ function pluginFitCommand(parser: Argv, out: Out): void {
         .option('output', { alias: 'o', type: 'string', demandOption: true, describe: 'the folder to write the plugins and fit.json to' })
         .option('json', { type: 'boolean', default: false, describe: 'print a JSON report' }),
     async (args) => {
-      out.code = await fitCommand(args.model, { ...args, scope: args.scope, output: args.output });
+      out.code = await fitCommand(args.model, { ...args, scope: args.scope, fitTarget: args['fit-target'], output: args.output });
     },
   );
 }
@@ -651,6 +655,10 @@ function compileCommand(parser: Argv, out: Out): void {
               type: 'string',
               describe: 'with --plugin builtin:fit:K: the adapter rank, or full (default: at most 3% of the block)',
             })
+            .option('fit-target', {
+              choices: ['block', 'stream'] as const,
+              describe: "with --plugin builtin:fit:K: fit to the original block's output (block, default) or the original model's stream",
+            })
             .option('target-opset', {
               type: 'number',
               describe: "upgrade the model's default-domain opset to this (automatic, to what plugins and modules need, when not given)",
@@ -729,6 +737,7 @@ function compileCommand(parser: Argv, out: Out): void {
         samples: args.samples,
         batch: args.batch,
         rank: args.rank,
+        fitTarget: args['fit-target'],
         verify: args.verify
           ? { ...checkArgs(args), batch: args.batch, dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
           : undefined,

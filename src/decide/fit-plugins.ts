@@ -14,16 +14,21 @@
 //
 // Lambda: chosen per layer from a grid by the error on a held-out fifth of the calibration samples (every
 // fifth sample). A fit that explains less of the held-out target than the mean restore keeps the mean.
+//
+// Target 'stream' (opt-in): y is replaced by what the block must output for the stream leaving its sublayer
+// to reproduce the ORIGINAL model's stream there (passes/plugin/capture.ts), so that a layer also corrects
+// what its compressed predecessors got wrong. The original model's stream is then carried too, through the
+// original layers: two streams of tokens x d floats, never all activations.
 
 import { createHash } from 'node:crypto';
 import { buildFittedPlugin, type FittedWeights, type Scope } from '../../passes/plugin/builtin.js';
-import { captureBlock } from '../../passes/plugin/capture.js';
+import { CAPTURE_TARGET, captureBlock, FIT_TARGETS, type FitTarget, streamAfter } from '../../passes/plugin/capture.js';
 import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
 import { pluginPass } from '../../passes/plugin/index.js';
 import type { Layer } from '../analysis/index.js';
 import { analyzeTransformer, macsOf, shapesAt } from '../analysis/index.js';
 import { regionBetween } from '../analysis/region.js';
-import { VcompileError } from '../errors.js';
+import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import { NameAuthority } from '../ir/names.js';
 import { Tensor } from '../ir/tensor.js';
@@ -54,6 +59,11 @@ export interface PluginFitOptions extends PluginSetting {
   onProgress?: (event: FitProgress) => void;
   /** sees the residual stream entering each fitted layer, batch by batch (what the layer is fitted on) */
   onStream?: (layer: number, batch: DataBatch, stream: Tensor) => void;
+  /**
+   * what each restore is fitted to: 'block', the original block's output on the same input (default), or
+   * 'stream', what the block must output for the layer's stream to reproduce the original model's
+   */
+  target?: FitTarget;
 }
 
 export interface FitProgress {
@@ -67,13 +77,15 @@ export interface LayerFit {
   layer: number;
   scope: Scope;
   ratio: number;
+  /** what the restore was fitted to (PluginFitOptions.target) */
+  target: FitTarget;
   /** calibration samples and real positions fitted on, and held out */
   samples: number;
   tokens: number;
   heldOutTokens: number;
   lambda: number;
   rank: number | 'full';
-  /** held-out unexplained variance of the block's output: the mean restore's, the fit's, and x-only linear control's (null: not fitted) */
+  /** held-out unexplained variance of the target: the mean restore's, the fit's, and x-only linear control's (null: not fitted) */
   unexplained: { mean: number; fitted: number; linearControl: number | null };
   /** 'mean': the fit did worse than the mean restore on held-out positions and was not used */
   restore: 'fitted' | 'mean';
@@ -120,10 +132,13 @@ export const STREAM = 'vcompile_stream';
  * fitted predecessors produce.
  */
 export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet, options: PluginFitOptions): Promise<PluginFitResult> {
+  const target = options.target ?? 'block';
+  if (!FIT_TARGETS.includes(target))
+    throw new VcompileError(msg`${option('fitTarget', target, `target '${target}'`)}: expected ${FIT_TARGETS.join(' or ')}`);
   const context = fitContext(file, bytes, data, options);
   const targets = selectLayers(context.analysis.layers, options.layers);
   const plan = new Map(targets.map((l) => [l.index, [options.settings?.get(l.index) ?? options]]));
-  const fitted = await fitLayers(context, plan, true, options);
+  const fitted = await fitLayers(context, plan, true, target, options);
   const result: PluginFitResult = {
     plugins: new Map(fitted.map((f) => [f.fit.layer, f.plugin])),
     layers: fitted.map((f) => f.fit),
@@ -146,7 +161,7 @@ export async function fitPluginVariants(file: string, bytes: Uint8Array, data: D
   const context = fitContext(file, bytes, data, options);
   const targets = selectLayers(context.analysis.layers, options.layers);
   const plan = new Map(targets.map((l) => [l.index, options.variants.map((v, i) => (options.skip?.(l.index, i) ? undefined : v))]));
-  const fitted = await fitLayers(context, plan, false, options);
+  const fitted = await fitLayers(context, plan, false, 'block', options);
   const [model, dataSha] = [sha256(bytes), data.sha256];
   for (const f of fitted) stamp(f.plugin, f.fit, model, dataSha);
   return fitted.map((f) => ({ variant: f.variant, plugin: f.plugin, fit: f.fit }));
@@ -195,12 +210,14 @@ interface Fitted extends VariantFit {
 /**
  * The fitting loop: walk the layers carrying the stream; at each planned layer capture and solve every
  * setting asked for (undefined: skipped). Sequential: the stream goes on through the layer's fitted plugin
- * (one setting per layer); otherwise through the original layer.
+ * (one setting per layer); otherwise through the original layer. With the stream target the original
+ * model's stream goes along through the original layers (the same tensors until the streams part).
  */
 async function fitLayers(
   context: FitContext,
   plan: ReadonlyMap<number, readonly (PluginSetting | undefined)[]>,
   sequential: boolean,
+  target: FitTarget,
   options: {
     onProgress?: (event: FitProgress) => void;
     onStream?: (layer: number, batch: DataBatch, stream: Tensor) => void;
@@ -212,6 +229,7 @@ async function fitLayers(
   const last = Math.max(-1, ...[...plan].filter(([, s]) => s.some((v) => v)).map(([layer]) => layer));
   if (last < 0) return fitted;
   let streams = await streamsInto(fresh(), analysis.layers[0], splits, session);
+  let originals = target === 'stream' ? streams : undefined;
   for (const layer of analysis.layers) {
     if (layer.index > last) break;
     const started = Date.now();
@@ -219,9 +237,18 @@ async function fitLayers(
     let plugin: Plugin | undefined;
     if (settings.some((s) => s) && options.onStream)
       for (const split of ['fit', 'held'] as const) splits[split].forEach((b, i) => options.onStream!(layer.index, b, streams[split][i]));
+    // the original model's stream after each setting's block (what the stream target reproduces), and
+    // leaving the layer when the two streams have parted
+    let originalOut: Map<string, Streams> | undefined;
+    if (originals) {
+      const wanted = new Set(settings.flatMap((s) => (s ? [streamAfter(layer, s.scope).name] : [])));
+      if (layer.index < last && (wanted.size || originals !== streams)) wanted.add(layer.output.name);
+      if (wanted.size) originalOut = await runOriginal(fresh(), layer, [...wanted], splits, originals, session, d);
+    }
     for (const [variant, setting] of settings.entries()) {
       if (!setting) continue;
-      const stats = await capture(fresh(), layer, setting, splits, streams, session, d, options.onProgress);
+      const targets = originalOut?.get(streamAfter(layer, setting.scope).name);
+      const stats = await capture(fresh(), layer, setting, splits, streams, targets, session, d, options.onProgress);
       checkTokens(stats.fit, d, layer.index);
       const { rank, note } = rankFor(setting, layer, original, d);
       options.onProgress?.({ layer: layer.index, stage: 'solve', done: 0, total: 1 });
@@ -235,6 +262,7 @@ async function fitLayers(
         layer: layer.index,
         scope: setting.scope,
         ratio: setting.ratio,
+        target,
         samples: context.samples,
         tokens: stats.fit.count,
         heldOutTokens: stats.held.count,
@@ -246,7 +274,11 @@ async function fitLayers(
       };
       fitted.push({ variant, plugin: model, fit, rankNote: setting.rank === undefined ? note : undefined });
     }
-    if (layer.index < last) streams = await propagate(fresh(), layer, plugin, splits, streams, session, options.onProgress);
+    if (layer.index < last) {
+      const next = await propagate(fresh(), layer, plugin, splits, streams, session, options.onProgress);
+      if (originals) originals = originals === streams && !plugin ? next : originalOut!.get(layer.output.name)!;
+      streams = next;
+    }
     if (sequential && fitted.length && fitted[fitted.length - 1].fit.layer === layer.index)
       fitted[fitted.length - 1].fit.seconds = (Date.now() - started) / 1000;
   }
@@ -261,6 +293,8 @@ function stamp(plugin: Model, fit: LayerFit, model: string, data: string): void 
     layer: fit.layer,
     scope: fit.scope,
     ratio: fit.ratio,
+    // recorded when not the default, so that default fits stay byte-identical to those made before it existed
+    ...(fit.target === 'block' ? {} : { target: fit.target }),
     samples: fit.samples,
     tokens: fit.tokens,
     rank: fit.rank,
@@ -351,25 +385,28 @@ async function capture(
   options: PluginSetting,
   splits: Splits,
   streams: Streams,
+  targets: Streams | undefined,
   session: SessionFlags,
   d: number,
   onProgress: ((event: FitProgress) => void) | undefined,
 ) {
   sliceAt(model, layer, [layer.output.name], d);
-  const captured = captureBlock(model, { layer: 0, scope: options.scope, ratio: options.ratio });
+  const captured = captureBlock(model, { layer: 0, scope: options.scope, ratio: options.ratio, target: targets ? 'stream' : 'block' });
   appendStatistics(model, captured, d);
   const stats = { fit: new NormalEquations(d), held: new NormalEquations(d) };
   const opened = await openSession(model, session);
   try {
     // the shifts: means over the first batch's real positions (a run with zero shifts)
     const zero = new Float32Array(d);
-    const probe = await run(opened, { ...feedsFor(opened, splits.fit[0], streams.fit[0]), ...shiftFeeds(zero, zero) });
+    const target = (split: keyof Streams, i: number): Record<string, Tensor> => (targets ? { [CAPTURE_TARGET]: targets[split][i] } : {});
+    const probe = await run(opened, { ...feedsFor(opened, splits.fit[0], streams.fit[0]), ...target('fit', 0), ...shiftFeeds(zero, zero) });
     const shifts = shiftsOf(probe);
     const total = splits.fit.length + splits.held.length;
     let done = 0;
     for (const split of ['fit', 'held'] as const) {
       for (const [i, batch] of splits[split].entries()) {
-        stats[split].add(await run(opened, { ...feedsFor(opened, batch, streams[split][i]), ...shiftFeeds(shifts.shift, shifts.shiftX) }));
+        const feeds = { ...feedsFor(opened, batch, streams[split][i]), ...target(split, i), ...shiftFeeds(shifts.shift, shifts.shiftX) };
+        stats[split].add(await run(opened, feeds));
         onProgress?.({ layer: layer.index, stage: 'capture', done: ++done, total });
       }
     }
@@ -396,6 +433,32 @@ async function propagate(
     onProgress?.({ layer: layer.index, stage: 'propagate', done, total }),
   );
   return outputs;
+}
+
+/** The original `layer` run on the original model's streams: the values `outputs` names, for every batch. */
+async function runOriginal(
+  model: Model,
+  layer: Layer,
+  outputs: string[],
+  splits: Splits,
+  originals: Streams,
+  options: SessionFlags,
+  d: number,
+): Promise<Map<string, Streams>> {
+  sliceAt(model, layer, outputs, d);
+  const opened = await openSession(model, options);
+  const out = new Map(outputs.map((name) => [name, { fit: [], held: [] } as Streams]));
+  try {
+    for (const split of ['fit', 'held'] as const) {
+      for (const [i, batch] of splits[split].entries()) {
+        const result = await run(opened, feedsFor(opened, batch, originals[split][i]));
+        for (const name of outputs) out.get(name)![split].push(result[name]);
+      }
+    }
+  } finally {
+    await opened.release();
+  }
+  return out;
 }
 
 export async function runSplits(
