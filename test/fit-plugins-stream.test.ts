@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import { CAPTURE_TARGET, CAPTURED, captureBlock, streamAfter } from '../passes/plugin/capture.js';
 import { analyzeTransformer } from '../src/analysis/index.js';
@@ -104,6 +105,19 @@ function weightDistance(a: Model, b: Model): number {
   return diff / scale;
 }
 
+/** `file` as ONNX Runtime's extended optimizations leave it (com.microsoft fused ops), written. */
+async function optimizedByOrt(file: string): Promise<string> {
+  const out = file.replace(/\.onnx$/, '.ort.onnx');
+  const session = await ort.InferenceSession.create(file, {
+    graphOptimizationLevel: 'extended',
+    optimizedModelFilePath: out,
+    executionProviders: ['cpu'],
+    logSeverityLevel: 4,
+  });
+  await session.release();
+  return out;
+}
+
 /** (F^T F + lambda D)^-1 F^T R in float64, D the identity but for the last feature (the constant). */
 function solveRidge(features: number[][], targets: number[][], lambda: number): number[] {
   const [n, m] = [features[0].length, targets[0].length];
@@ -149,15 +163,23 @@ describe('the stream target', () => {
   }
 
   // Norm^-1(Norm(x + y)) - x = y: with the original's stream fed from the same input, the captured target is y
-  const norms: [string, Partial<TransformerConfig>, ((values: Float32Array, name: string) => void)?][] = [
+  const norms: [string, Partial<TransformerConfig>, ((values: Float32Array, name: string) => void)?, 'fused'?][] = [
     ['post-LN, a spelled LayerNorm with a zero gamma channel', { norm: 'post' }, (v, n) => n === 'layer0.ffn_norm.weight' && (v[3] = 0)],
     ['post-LN, a LayerNormalization op', { norm: 'post', normForm: 'op' }],
     ['post-LN, an RMSNorm', { norm: 'post', normKind: 'rmsnorm' }],
     ['pre-LN', { norm: 'pre' }],
+    [
+      'post-LN, residual adds and norms fused by ONNX Runtime (SkipLayerNormalization)',
+      { norm: 'post', normForm: 'op' },
+      undefined,
+      'fused',
+    ],
   ];
-  for (const [what, config, edit] of norms) {
+  for (const [what, config, edit, fused] of norms) {
     it(`captures y itself when the two streams agree: ${what}`, async () => {
-      const file = model(`capture-${what.replace(/\W+/g, '-')}`, { layers: 1, ...config }, 2, edit);
+      const plain = model(`capture-${what.replace(/\W+/g, '-')}`, { layers: 1, ...config }, 2, edit);
+      const file = fused ? await optimizedByOrt(plain) : plain;
+      if (fused) expect(loadModel(file).graph.nodes.filter((n) => n.opType === 'SkipLayerNormalization').length).toBeGreaterThan(0);
       const feeds = openData(calibration, describeInputs(loadModel(file))).batches(4)[0].feeds;
       for (const scope of ['ffn', 'attention', 'layer'] as const) {
         const after = streamAfter(analyzeTransformer(loadModel(file)).layers[0], scope).name;
