@@ -33,6 +33,15 @@ function taskFigures(args: string[], data: string): Promise<TaskFigures> {
   });
 }
 
+// Mean plugins whose PyTorch accuracies on eval/ lie at least 0.29 points (13 masked tokens) apart.
+const VARIANTS = ['layer_k2', 'ffn_k2', 'ffn_k4', 'layer_k4'];
+const figuresOf = new Map<string, Promise<TaskFigures>>();
+function meanPluginFigures(variant: string): Promise<TaskFigures> {
+  const [scope, k] = variant.split('_k');
+  if (!figuresOf.has(variant)) figuresOf.set(variant, taskFigures(['--plugin', `builtin:mean:${k}:${scope}`], 'fixtures/mlm/eval'));
+  return figuresOf.get(variant)!;
+}
+
 // float32 logits in ONNX Runtime against float32 PyTorch: the loss agrees to ~1e-7 relative; an argmax can
 // flip on a near tie, so accuracy is compared to 3 decimals (4 masked tokens in 4,431).
 describe.concurrent('trained masked LM: figures on data equal PyTorch', () => {
@@ -48,12 +57,10 @@ describe.concurrent('trained masked LM: figures on data equal PyTorch', () => {
     expect(padded.loss.original).toBeCloseTo(jsonl.loss.original, 4);
   }, 240_000);
 
-  for (const [scope, k] of [
-    ['ffn', 2],
-    ['layer', 2],
-  ] as const) {
+  for (const variant of VARIANTS) {
+    const [scope, k] = variant.split('_k');
     it(`builtin:mean:${k}:${scope} on eval/`, async ({ expect }) => {
-      const figures = await taskFigures(['--plugin', `builtin:mean:${k}:${scope}`], 'fixtures/mlm/eval');
+      const figures = await meanPluginFigures(variant);
       const reference = metrics.plugins.eval[`${scope}_k${k}`];
       expect(figures.accuracy.original).toBeCloseTo(metrics.original.eval.accuracy, 3);
       expect(figures.loss.original).toBeCloseTo(metrics.original.eval.loss, 4);
@@ -64,4 +71,21 @@ describe.concurrent('trained masked LM: figures on data equal PyTorch', () => {
       expect(figures.accuracy.rewritten).toBeGreaterThan(metrics.unigram_baseline.eval.accuracy);
     }, 240_000);
   }
+});
+
+// The issue's property on a model that has learned a task: the report ranks compressed variants as their true
+// task accuracy (PyTorch's, on the same held-out text) does. Measured on this model, the figures without labels
+// do not: top-1 agreement over all real positions sits at 79-80% for every FFN and layer variant and 92-93%
+// for attention whatever the accuracy (most positions are unmasked tokens the model copies), and KL ranks FFN
+// k=4 above k=2 (BENCHMARKS.md, "Which figures rank variants"). So the report's task figures are the ones
+// asserted; with labels, they are what a user ships on.
+describe('trained masked LM: the report ranks variants as PyTorch accuracy does', () => {
+  it('accuracy and loss order the mean plugins and the original as PyTorch does', async ({ expect }) => {
+    const measured = Object.fromEntries(await Promise.all(VARIANTS.map(async (v) => [v, await meanPluginFigures(v)] as const)));
+    const reference = metrics.plugins.eval;
+    const byAccuracy = (score: (v: string) => number) => [...VARIANTS].sort((a, b) => score(b) - score(a));
+    expect(byAccuracy((v) => measured[v].accuracy.rewritten)).toEqual(byAccuracy((v) => reference[v].accuracy));
+    expect(byAccuracy((v) => -measured[v].loss.rewritten)).toEqual(byAccuracy((v) => -reference[v].loss));
+    for (const v of VARIANTS) expect(measured[v].accuracy.rewritten).toBeLessThan(measured[v].accuracy.original);
+  }, 480_000);
 });

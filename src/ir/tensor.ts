@@ -88,6 +88,12 @@ export class Tensor {
   /** Numeric data as floats (float32, float16, bfloat16, float64 and integer types). */
   toFloat32(): Float32Array {
     const bytes = this.bytes();
+    // float32 on a little-endian host: one copy of the bytes, not a DataView read per element
+    if (this.dataType === DataType.FLOAT && LITTLE_ENDIAN && bytes.byteLength === this.size * 4) {
+      const out = new Float32Array(this.size);
+      new Uint8Array(out.buffer).set(bytes);
+      return out;
+    }
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const n = this.size;
     const out = new Float32Array(n);
@@ -115,6 +121,8 @@ export class Tensor {
     });
   }
 }
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 export function isFloatType(dataType: number): boolean {
   return dataType === DataType.FLOAT || dataType === DataType.FLOAT16 || dataType === DataType.DOUBLE || dataType === DataType.BFLOAT16;

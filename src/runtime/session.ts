@@ -325,7 +325,9 @@ export function fromOrtTensor(name: string, value: ort.Tensor): Tensor {
     const encoder = new TextEncoder();
     return new Tensor(name, dataType, dims, { kind: 'strings', values: (value.data as string[]).map((s) => encoder.encode(s)) });
   }
-  return Tensor.fromArray(name, dataType, dims, value.data as ArrayBufferView);
+  // onnxruntime-node hands each output a buffer of its own: the tensor takes it over rather than copying it
+  const data = value.data as ArrayBufferView;
+  return Tensor.fromRaw(name, dataType, dims, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
 }
 
 function stringsOf(tensor: Tensor): string[] {

@@ -78,6 +78,19 @@ export class ElementAccumulator {
     }
   }
 
+  /** Fold in another accumulator's elements (e.g. one batch's, already added there). */
+  merge(other: ElementAccumulator): void {
+    this.compared += other.compared;
+    this.excluded += other.excluded;
+    this.nonFinite += other.nonFinite;
+    if (other.maxAbs > this.maxAbs) this.maxAbs = other.maxAbs;
+    this.sumAbs += other.sumAbs;
+    this.diff2 += other.diff2;
+    this.a2 += other.a2;
+    this.b2 += other.b2;
+    this.ab += other.ab;
+  }
+
   stats(): ElementStats {
     return {
       compared: this.compared,

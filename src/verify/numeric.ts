@@ -433,7 +433,7 @@ class Comparison {
     const keep = mask?.keepElements;
     const caseStats = new ElementAccumulator();
     caseStats.add(bValues, aValues, keep);
-    state.elements.add(bValues, aValues, keep);
+    state.elements.merge(caseStats);
     const stats = caseStats.stats();
     track(state, stats, run.where);
     if (state.positions) {
@@ -584,14 +584,15 @@ function maskFor(
     if (!leadingDimsMatch(output, declared, spec)) continue;
     const values = mask.toFloat32();
     const real = run.real;
-    const keepAt = (j: number) => values[j] !== 0 && (!real || real[j] === 1);
+    // element i of the output sits at [batch, seq] position floor(i / inner)
     const inner = reference.dims.slice(2).reduce((x, y) => x * y, 1);
     const keepElements = new Uint8Array(reference.size);
-    for (let i = 0; i < keepElements.length; i++) keepElements[i] = keepAt(Math.floor(i / inner)) ? 1 : 0;
+    for (let j = 0; j < values.length; j++) {
+      if (values[j] !== 0 && (!real || real[j] === 1)) keepElements.fill(1, j * inner, (j + 1) * inner);
+    }
     const width = reference.dims[reference.dims.length - 1];
     const realPositions = new Uint8Array(reference.size / width);
-    for (let p = 0; p < realPositions.length; p++)
-      realPositions[p] = keepElements.subarray(p * width, (p + 1) * width).some((k) => k === 1) ? 1 : 0;
+    for (let p = 0; p < realPositions.length; p++) realPositions[p] = keepElements.subarray(p * width, (p + 1) * width).includes(1) ? 1 : 0;
     return { name: spec.name, keepElements, realPositions };
   }
   return undefined;
@@ -626,8 +627,15 @@ function realRows(values: ArrayLike<number>, width: number, real: Uint8Array | u
   return Float64Array.from(rows);
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 function numbers(t: Tensor): ArrayLike<number> {
   if (t.dataType === DataType.DOUBLE) return new Float64Array(new Uint8Array(t.bytes()).buffer);
+  const bytes = t.bytes();
+  // an output as ORT returned it: read its float32s in place (they are only read)
+  if (t.dataType === DataType.FLOAT && bytes.byteOffset % 4 === 0 && bytes.byteLength === t.size * 4 && LITTLE_ENDIAN) {
+    return new Float32Array(bytes.buffer, bytes.byteOffset, t.size);
+  }
   if (isFloatType(t.dataType)) return t.toFloat32();
   return t.toBigInts().map(Number);
 }
