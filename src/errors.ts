@@ -29,7 +29,8 @@ export type OptionName =
   | 'dataLocation'
   | 'sizeThreshold'
   | 'sessions'
-  | 'fitTarget';
+  | 'fitTarget'
+  | 'speedupSeq';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

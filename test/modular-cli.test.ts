@@ -339,4 +339,17 @@ describe('vcompile MODEL --target-speedup R --modules DIR', () => {
     const [modules, target] = args();
     await expectRefusal(() => assembleCommand('fixtures/modules/bert4.onnx', assembleFlags(modules, target, output)), message, output);
   });
+
+  it('measures within the position table: 128 or the table by default, a longer --speedup-seq refused', async () => {
+    const output = out('assembled-default-seq.onnx');
+    const flags = { ...assembleFlags('fixtures/modules/trained', 1.2, output), seq: undefined };
+    expect(await assembleCommand('fixtures/modules/bert4.onnx', flags)).toBe(0);
+    expect(printed.join('')).toMatch(/^plan for a 1\.2x MACs speed-up \(MACs at batch 1, seq 32\)/);
+    const refused = refusedOutput();
+    await expectRefusal(
+      () => assembleCommand('fixtures/modules/bert4.onnx', { ...assembleFlags('fixtures/modules/trained', 1.2, refused), seq: 64 }),
+      'seq 64 is beyond what the model runs: embeddings.position_ids (32 along axis 1) allows at most 32 positions (use --speedup-seq 32 or less)',
+      refused,
+    );
+  });
 });

@@ -36,6 +36,7 @@ const FLAGS: Record<OptionName, string> = {
   sizeThreshold: '--size-threshold',
   sessions: '--sessions',
   fitTarget: '--fit-target',
+  speedupSeq: '--speedup-seq',
 };
 
 function asFlag(ref: OptionRef): string {

@@ -648,8 +648,7 @@ function compileCommand(parser: Argv, out: Out): void {
             })
             .option('speedup-seq', {
               type: 'number',
-              default: 128,
-              describe: 'with --target-speedup: sequence length the MACs and the quick timing use',
+              describe: 'with --target-speedup: sequence length the MACs and the quick timing use (default 128, or the position table)',
             })
             .option('rank', {
               type: 'string',

@@ -10,6 +10,7 @@ import { spanName } from '../../passes/modular/span.js';
 import type { Pass } from '../../passes/pipeline.js';
 import { analyzeTransformer, formatCount } from '../analysis/index.js';
 import { describeInputs } from '../analysis/inputs.js';
+import { sequenceLimit } from '../analysis/limits.js';
 import { modularPass } from '../compile/passes.js';
 import { type AssembleOptions, type AssembleResult, assemble, describePlan } from '../decide/assemble.js';
 import { assembleFitted } from '../decide/assemble-fitted.js';
@@ -127,9 +128,9 @@ export interface AssembleFlags extends WriteFlags {
   /** fit the candidate modules from data instead (--fit-modules --data PATH [--samples N] [--batch B]) */
   fit?: { data: string; samples?: number; batch?: string };
   targetSpeedup: number;
-  /** where MACs are counted and the quick timing runs */
+  /** where MACs are counted and the quick timing runs (seq: default 128, or the position table's length) */
   batch: number;
-  seq: number;
+  seq?: number;
   /** seeded inputs for the cosine tie-break */
   seeds: number;
   /** timed runs per model in the quick timing (0 skips it) */
@@ -141,7 +142,7 @@ export interface AssembleFlags extends WriteFlags {
 export async function assembleCommand(file: string, flags: AssembleFlags): Promise<number> {
   for (const [name, value, min] of [
     ['--batch', flags.batch, 1],
-    ['--seq', flags.seq, 1],
+    ['--speedup-seq', flags.seq ?? 1, 1],
     ['--seeds', flags.seeds, 1],
     ['--timing-runs', flags.timingRuns, 0],
   ] as const) {
@@ -160,7 +161,7 @@ export async function assembleCommand(file: string, flags: AssembleFlags): Promi
   const options = {
     target: flags.targetSpeedup,
     batch: flags.batch,
-    seq: flags.seq,
+    seq: flags.seq ?? Math.min(128, sequenceLimit(input)?.max ?? 128),
     seeds: flags.seeds,
     timingRuns: flags.timingRuns,
     threads: flags.threads,
