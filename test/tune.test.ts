@@ -2,7 +2,7 @@
 // meet gives one that meets it on held-out samples and is the fastest measured of those; an impossible
 // budget gives the original (exit 0 and one line, or exit 1 and nothing written with --require); the
 // frontier is non-dominated; a second run with the report folder evaluates nothing new.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -203,4 +203,30 @@ describe('vcompile tune', () => {
     }
     expect(fs.existsSync(out)).toBe(false);
   });
+
+  it('Ctrl-C stops the search; a second Ctrl-C quits (130) and leaves no work folder or output behind', async () => {
+    const tmp = fs.mkdtempSync(path.join(dir, 'tmp-'));
+    const out = path.join(dir, 'quit.onnx');
+    const child = spawn(
+      process.execPath,
+      [path.join(repo, 'bin/vcompile'), 'tune', modelFile, '--data', dataFile, '--budget', 'kl<=1', ...timing, '-o', out],
+      { env: { ...process.env, TMPDIR: tmp } },
+    );
+    let stderr = '';
+    child.stderr.on('data', (chunk) => {
+      stderr += chunk;
+      if (stderr.includes('stopping the search')) child.kill('SIGINT');
+    });
+    const work = () => fs.readdirSync(tmp).filter((f) => f.startsWith('vcompile-tune-'));
+    // the first Ctrl-C once the search holds its work folder
+    const started = Date.now();
+    while (work().length === 0 && child.exitCode === null && Date.now() - started < 60_000) await new Promise((r) => setTimeout(r, 50));
+    expect(work()).toHaveLength(1);
+    child.kill('SIGINT');
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(code).toBe(130);
+    expect(stderr).toMatch(/vcompile: stopping the search; writing the best model so far \(Ctrl-C again to quit\)\nvcompile: interrupted by SIGINT \(removed 1 temporary file\)\n$/);
+    expect(work()).toEqual([]);
+    expect(fs.existsSync(out)).toBe(false);
+  }, 120_000);
 });

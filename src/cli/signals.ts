@@ -36,7 +36,8 @@ function interruptedLine(signal: string): string {
   return `vcompile: interrupted by ${signal}${removed.length ? ` (removed ${removed.length} temporary file${removed.length === 1 ? '' : 's'})` : ''}\n`;
 }
 
-function interrupted(signal: string, code: number): never {
+/** Quit now on a signal (e.g. a second Ctrl-C a command caught itself): the same cleanup and line as the handlers. */
+export function interrupted(signal: string, code: number): never {
   process.stderr.write(interruptedLine(signal));
   process.exit(code);
 }

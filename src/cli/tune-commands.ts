@@ -17,7 +17,7 @@ import { dataReads, inputReads } from './files.js';
 import { fittableBytes } from './fit-commands.js';
 import { print } from './output.js';
 import { Progress } from './progress.js';
-import { beforeWriting } from './signals.js';
+import { beforeWriting, interrupted } from './signals.js';
 
 export interface TuneFlags {
   data: string;
@@ -143,7 +143,7 @@ async function searchWithProgress(
   const progress = new Progress('tune', !flags.json && process.stderr.isTTY === true);
   const controller = new AbortController();
   const onInterrupt = () => {
-    if (controller.signal.aborted) process.exit(130);
+    if (controller.signal.aborted) interrupted('SIGINT', 130);
     controller.abort();
     progress.finish();
     process.stderr.write('vcompile: stopping the search; writing the best model so far (Ctrl-C again to quit)\n');

@@ -44,7 +44,7 @@ import { pluginPass } from '../compile/passes.js';
 import { VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import type { Tensor } from '../ir/tensor.js';
-import { decodeModel, encodeModel, saveModel } from '../onnx/file.js';
+import { decodeModel, encodeModel, saveModel, temporaryFolder } from '../onnx/file.js';
 import type { DataSet } from '../runtime/data.js';
 import { type VerifyReport, verifyModels } from '../verify/numeric.js';
 import { fitPluginVariants, type LayerFit, type PluginSetting } from './fit-plugins.js';
@@ -183,7 +183,7 @@ class Tuner {
   private readonly originalMacs: number;
   private readonly modelHash: string;
   private readonly cache: Cache;
-  private readonly workDir: string;
+  private readonly work: { folder: string; release(): void };
   private readonly deadline: number;
   /** fitted plugin bytes per `${layer}/${variant.key}` */
   private readonly plugins = new Map<string, { bytes: Uint8Array; fit: LayerFit }>();
@@ -230,7 +230,8 @@ class Tuner {
       options.cacheDir,
       [CACHE_VERSION, this.modelHash, dataKey, options.rank ?? 'default', options.fitSamples ?? 'all'].join('|'),
     );
-    this.workDir = fs.mkdtempSync(path.join(options.cacheDir ?? os.tmpdir(), options.cacheDir ? '.work-' : 'vcompile-tune-'));
+    // registered as a temporary: a signal that ends the process (a second Ctrl-C) removes it too
+    this.work = temporaryFolder(path.join(options.cacheDir ?? os.tmpdir(), options.cacheDir ? '.work-' : 'vcompile-tune-'));
     this.deadline = options.timeLimit !== undefined ? Date.now() + options.timeLimit * 1000 : Number.POSITIVE_INFINITY;
   }
 
@@ -261,7 +262,7 @@ class Tuner {
         seconds: (Date.now() - started) / 1000,
       };
     } finally {
-      fs.rmSync(this.workDir, { recursive: true, force: true });
+      this.work.release();
     }
   }
 
@@ -474,7 +475,7 @@ class Tuner {
     const started = Date.now();
     const model = this.compile(configuration);
     const macs = this.macsOf(model);
-    const candidate = path.join(this.workDir, 'candidate.onnx');
+    const candidate = path.join(this.work.folder, 'candidate.onnx');
     saveModel(model, candidate);
     try {
       const report = await verifyModels(this.file, candidate, {
@@ -582,7 +583,7 @@ class Tuner {
   /** The points' speed-ups against the original at the timing shape, measured in one paired bench. */
   private async measure(points: TunePoint[], runs: number): Promise<Timing[]> {
     const files = points.map((p, i) => {
-      const file = path.join(this.workDir, `timed-${i}.onnx`);
+      const file = path.join(this.work.folder, `timed-${i}.onnx`);
       saveModel(this.compile(p.configuration), file);
       return file;
     });

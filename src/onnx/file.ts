@@ -22,6 +22,7 @@ export {
   type SaveResult,
   saveModel,
   saveModelAsync,
+  temporaryFolder,
 } from './save.js';
 
 /** Decode a model from bytes. External data is resolved against `baseDir` when given. */

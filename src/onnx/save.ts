@@ -410,6 +410,19 @@ export function removeTemporaryFiles(): string[] {
   return removed;
 }
 
+/** A fresh folder (fs.mkdtempSync(prefix)) registered as a temporary until `release()`, which removes it. */
+export function temporaryFolder(prefix: string): { folder: string; release(): void } {
+  const folder = fs.mkdtempSync(prefix);
+  temporaries.add(folder);
+  return {
+    folder,
+    release() {
+      fs.rmSync(folder, { recursive: true, force: true });
+      temporaries.delete(folder);
+    },
+  };
+}
+
 export interface KeptOriginal {
   /** the kept model file; its external data files sit beside it under their locations */
   file: string;
