@@ -14,7 +14,6 @@ import { type ModularReport, type ModuleRequest, planModules } from '../../passe
 import { fewestLayers, mostSaved, type Option, speedup } from '../../passes/modular/search.js';
 import { spanName } from '../../passes/modular/span.js';
 import { analyzeTransformer, concreteShape, type DimBinding, macsOf, shapesAt, shapesWithInputs } from '../analysis/index.js';
-import { sequenceLimit } from '../analysis/limits.js';
 import { median, timePaired, unreliableBecause } from '../bench/paired.js';
 import { discoverModules, type FoundModule, loadModule } from '../compile/load.js';
 import { modularPass } from '../compile/passes.js';
@@ -24,6 +23,7 @@ import type { Tensor } from '../ir/tensor.js';
 import { decodeModel, encodeModel, readFileOrFail } from '../onnx/file.js';
 import { describeInputs, generateFeeds } from '../runtime/feeds.js';
 import { openSession, prepareFeeds, run, runPrepared, type Session } from '../runtime/session.js';
+import { checkLengths } from '../verify/grid.js';
 import { compareValues } from '../verify/numeric.js';
 
 /** Where MACs are counted and the quick timing runs. */
@@ -124,7 +124,7 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
   const hidden = analysis.hidden;
   if (hidden === undefined) throw new VcompileError('cannot place modules: the hidden size of the model is not fixed');
   const at = { batch: options.batch, seq: options.seq };
-  refuseBeyondTable(model, at.seq);
+  checkLengths(model, [at.seq], {}, 'speedupSeq');
   const shapes = shapesAt(model, at);
   const macsBefore = macsOf(model.graph.nodes, shapes, file);
   const found = options.modules?.found ?? discoverModules(options.modulesDir ?? '');
@@ -211,16 +211,6 @@ export async function assemble(file: string, options: AssembleOptions): Promise<
     };
   } finally {
     await measure.release();
-  }
-}
-
-/** The quick measurement runs the model at `seq`: a length its position table cannot hold is refused up front. */
-function refuseBeyondTable(model: Model, seq: number): void {
-  const limit = sequenceLimit(model);
-  if (limit && seq > limit.max) {
-    throw new VcompileError(
-      msg`seq ${seq} is beyond what the model runs: ${limit.table} allows at most ${limit.max} positions (use ${option('speedupSeq', limit.max)} or less)`,
-    );
   }
 }
 

@@ -88,14 +88,22 @@ function innerLengthOf(model: Model, specs: InputSpec[], dims: Readonly<Record<s
   };
 }
 
-/** Refuses lengths beyond what the model's position tables allow, naming the table and the limit. */
-export function checkLengths(model: Model, seqs: readonly number[], dims: Readonly<Record<string, number>> = {}): void {
+/**
+ * Refuses lengths beyond what the model's position tables allow, naming the table, the limit and the option
+ * that set the length (`seqs`, whose command also binds dims by name, or the assembler's `speedupSeq`).
+ */
+export function checkLengths(
+  model: Model,
+  seqs: readonly number[],
+  dims: Readonly<Record<string, number>> = {},
+  lengthOption: 'seqs' | 'speedupSeq' = 'seqs',
+): void {
   const limit = sequenceLimit(model, { dims });
   if (!limit) return;
   const long = seqs.find((s) => s > limit.max);
-  if (long !== undefined) {
-    throw new VcompileError(
-      msg`seq ${long} is beyond what the model runs: ${limit.table} allows at most ${limit.max} positions (use ${option('seqs', limit.max)} or less, or bind the length with ${option('dims', 'NAME=VALUE', 'dims')})`,
-    );
-  }
+  if (long === undefined) return;
+  const bind = lengthOption === 'seqs' ? msg`, or bind the length with ${option('dims', 'NAME=VALUE', 'dims')}` : [];
+  throw new VcompileError(
+    msg`seq ${long} is beyond what the model runs: ${limit.table} allows at most ${limit.max} positions (use ${option(lengthOption, limit.max)} or less${bind})`,
+  );
 }
