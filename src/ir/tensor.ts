@@ -89,7 +89,7 @@ export class Tensor {
   toFloat32(): Float32Array {
     const bytes = this.bytes();
     // float32 on a little-endian host: one copy of the bytes, not a DataView read per element
-    if (this.dataType === DataType.FLOAT && LITTLE_ENDIAN && bytes.byteLength === this.size * 4) {
+    if (this.storesFloat32(bytes)) {
       const out = new Float32Array(this.size);
       new Uint8Array(out.buffer).set(bytes);
       return out;
@@ -100,6 +100,20 @@ export class Tensor {
     const read = floatReader(this.dataType, view);
     for (let i = 0; i < n; i++) out[i] = read(i);
     return out;
+  }
+
+  /**
+   * The data as floats to read, not to write: a view of the bytes themselves when they are float32 as a
+   * little-endian host reads them (aligned), otherwise toFloat32()'s copy.
+   */
+  readFloat32(): Float32Array {
+    const bytes = this.bytes();
+    if (this.storesFloat32(bytes) && bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, this.size);
+    return this.toFloat32();
+  }
+
+  private storesFloat32(bytes: Uint8Array): boolean {
+    return this.dataType === DataType.FLOAT && LITTLE_ENDIAN && bytes.byteLength === this.size * 4;
   }
 
   /** Integer data (int8..int64, uint8..uint64, bool) as exact bigints. */

@@ -627,16 +627,10 @@ function realRows(values: ArrayLike<number>, width: number, real: Uint8Array | u
   return Float64Array.from(rows);
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
 function numbers(t: Tensor): ArrayLike<number> {
   if (t.dataType === DataType.DOUBLE) return new Float64Array(new Uint8Array(t.bytes()).buffer);
-  const bytes = t.bytes();
-  // an output as ORT returned it: read its float32s in place (they are only read)
-  if (t.dataType === DataType.FLOAT && bytes.byteOffset % 4 === 0 && bytes.byteLength === t.size * 4 && LITTLE_ENDIAN) {
-    return new Float32Array(bytes.buffer, bytes.byteOffset, t.size);
-  }
-  if (isFloatType(t.dataType)) return t.toFloat32();
+  // only read: an output's float32s in place, as ORT returned them
+  if (isFloatType(t.dataType)) return t.readFloat32();
   return t.toBigInts().map(Number);
 }
 
