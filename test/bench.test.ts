@@ -1,7 +1,6 @@
 // `vcompile bench` on the small fixtures: the JSON report against its documented schema, speed-ups as
 // medians of per-round ratios, the noise warning (on a fake clock), memory measured in a process of its
 // own, MACs that match the layer analysis, the SVG chart, and the statistics helpers.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,15 +10,11 @@ import { niceTicks } from '../src/bench/chart.js';
 import { benchModels, benchWarning, formatBenchReport, median, percentile } from '../src/bench/latency.js';
 import { pairedRatios, rotation } from '../src/bench/paired.js';
 import { loadModel } from '../src/onnx/file.js';
+import { vcompile } from './helpers/cli.js';
 import { asCommandLineAsync } from './helpers/cli-message.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const fixture = (name: string) => path.join(repo, 'fixtures', name);
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 type Check = 'number' | 'string' | 'boolean' | 'number|null' | ((value: unknown, where: string) => void);
 

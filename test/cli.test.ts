@@ -1,17 +1,12 @@
 // The command line as users and pipelines see it: output, exit codes, files written or not.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { vcompile } from './helpers/cli.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const bert = path.join(repo, 'fixtures/bert_opset14.onnx');
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-cli-'));

@@ -3,7 +3,6 @@
 // folding the output map into the projection computes what applying it separately computes; on a
 // nonlinear span the fitted module beats the training-free ones on data the fit never saw; spans are
 // fitted in sequence; fits are deterministic; bad input is refused with nothing written.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -28,16 +27,12 @@ import { Rng } from '../src/random.js';
 import { type DataBatch, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { verifyModels } from '../src/verify/numeric.js';
+import { vcompile } from './helpers/cli.js';
 import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-module-fit-'));
 const VOCAB = 50;
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 const base: TransformerConfig = {
   layers: 4,

@@ -3,7 +3,6 @@
 // one layer (the two streams agree, so the stream target is the block's output), the capture's inverse norm
 // on every norm form, a two-layer model where fitting layer 1 to the original's stream brings the output
 // closer, determinism and the default's bytes, provenance, and the flag on both commands.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -21,17 +20,12 @@ import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
 import { openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
+import { vcompile } from './helpers/cli.js';
 import { asCommandLineAsync } from './helpers/cli-message.js';
 import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
-const repo = path.resolve(import.meta.dirname, '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-fit-stream-'));
 const VOCAB = 50;
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 const base: TransformerConfig = {
   layers: 2,

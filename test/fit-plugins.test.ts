@@ -2,7 +2,6 @@
 // nonlinear one is restored better than by the mean plugin and than by any per-token linear map of its
 // input (the compressed path carries information); layers are fitted in sequence; fits are deterministic;
 // bad input is refused with nothing written.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -20,16 +19,11 @@ import { withFeedableRatio } from '../src/runtime/adaptive.js';
 import { type DataBatch, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { verifyModels } from '../src/verify/numeric.js';
+import { vcompile } from './helpers/cli.js';
 import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
-const repo = path.resolve(import.meta.dirname, '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-fit-'));
 const VOCAB = 50;
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 const base: TransformerConfig = {
   layers: 2,

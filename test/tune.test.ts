@@ -2,7 +2,7 @@
 // meet gives one that meets it on held-out samples and is the fastest measured of those; an impossible
 // budget gives the original (exit 0 and one line, or exit 1 and nothing written with --require); the
 // frontier is non-dominated; a second run with the report folder evaluates nothing new.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -13,16 +13,12 @@ import { pickFastest, speedOf, type TuneOptions, type TuneResult, tune } from '.
 import { loadModel, saveModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
 import { openData } from '../src/runtime/data.js';
+import { vcompile } from './helpers/cli.js';
 import { buildTransformer } from './helpers/transformer-gen.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-tune-'));
 const VOCAB = 50;
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 const modelFile = path.join(dir, 'tagger.onnx');
 saveModel(

@@ -1,6 +1,5 @@
 // Verification on the user's data: the three formats, padding of ragged rows (never counted), labels,
 // every bad-data refusal, and the class and task metrics against a plain computation.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,16 +15,12 @@ import { openData } from '../src/runtime/data.js';
 import { writeNpy } from '../src/runtime/npy.js';
 import { PositionAccumulator } from '../src/verify/metrics.js';
 import { verifyModels } from '../src/verify/numeric.js';
+import { vcompile } from './helpers/cli.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const VOCAB = 10;
 const CLASSES = 6;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-data-'));
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 /**
  * A token classifier: logits[b, s] = table[ids[b, s]] + (1 - mask[b, s]) * padValue. `table` is seeded;

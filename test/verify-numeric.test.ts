@@ -1,6 +1,5 @@
 // Numerical verification: the metrics, the padding rule, the gate (exit 1 with one line naming the
 // output), and the check at the end of a compile.
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -10,15 +9,11 @@ import { DataType, tensorType } from '../src/ir/types.js';
 import { loadModel, saveModel } from '../src/onnx/file.js';
 import { cudaProviderInstalled } from '../src/runtime/session.js';
 import { compareValues, verifyModels } from '../src/verify/numeric.js';
+import { vcompile } from './helpers/cli.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
 const bert = path.join(repo, 'fixtures/bert_opset14.onnx');
 const tempDir = () => fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-verify-'));
-
-function vcompile(...args: string[]) {
-  const r = spawnSync(process.execPath, [path.join(repo, 'bin/vcompile'), ...args], { encoding: 'utf8' });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 /** bert_opset14 with one element of one FFN weight changed by `delta`. */
 function perturbedBert(delta: number): string {
