@@ -78,9 +78,31 @@ def repeat(c, k):
     return c.unsqueeze(2).expand(b, g, k, d).reshape(b, g * k, d)
 
 
-def features(variant, u, x, c, k):
+SELECTED = {}
+RANK = 0
+UNITS = 16
+
+
+def select_units(layer, x, keep):
+    """The UNITS hidden units whose activation is least affine in their pre-activation, by output weight."""
+    p = layer.ffn.inner(x)[keep]
+    g = layer.ffn.activation(p)
+    pc, gc = p - p.mean(0), g - g.mean(0)
+    slope = (pc * gc).sum(0) / (pc * pc).sum(0)
+    score = ((gc - slope * pc) ** 2).mean(0) * (layer.ffn.output.weight ** 2).sum(0)
+    SELECTED[id(layer)] = score.argsort(descending=True)[:UNITS]
+
+
+def unit_features(layer, x):
+    idx = SELECTED[id(layer)]
+    return layer.ffn.activation(x @ layer.ffn.inner.weight[idx].T + layer.ffn.inner.bias[idx])
+
+
+def features(variant, u, x, c, k, layer=None):
     ones = torch.ones(x.shape[:-1] + (1,), dtype=x.dtype)
     parts = [u, x]
+    if "units" in variant:
+        parts.append(unit_features(layer, x))
     if "centred" in variant:
         parts.append(repeat(c, k))
     if "control" in variant:
@@ -122,7 +144,15 @@ class Fit:
                 ws.append(w)
             if best is None or err < best[1]:
                 best = (ws, err, rel)
-        return best[0], best[2]
+        ws = best[0]
+        if RANK:
+            # reduced-rank regression: the full fit projected onto the top RANK directions of its fitted values
+            ws = []
+            for o, w in enumerate(best[0]):
+                vals, vecs = torch.linalg.eigh(w.T @ self.g[0, o] @ w)
+                v = vecs[:, -RANK:]
+                ws.append(w @ v @ v.T)
+        return ws, best[2]
 
 
 def attention_part(layer, h, additive):
@@ -134,7 +164,7 @@ def ffn_restore(variant, layer, x, k, ws):
     u = repeat(layer.ffn(c), k)
     if variant == "mean":
         return u
-    f = features(variant, u, x, c, k)
+    f = features(variant, u, x, c, k, layer)
     out = torch.zeros_like(x)
     n = x.shape[1]
     for o, w in enumerate(ws):
@@ -172,7 +202,9 @@ def fit_ffn(model, variant, k, ids, mask, batch=32):
                 pre = x + y
                 mu, sd = pre.mean(-1, keepdim=True), (pre.var(-1, unbiased=False, keepdim=True) + 1e-12).sqrt()
                 y = (target - layer.ffn_norm.bias) / layer.ffn_norm.weight * sd + mu - x
-            f = features(variant, u, x, c, k)
+            if "units" in variant and bi == 0:
+                select_units(layer, x, keeps[bi])
+            f = features(variant, u, x, c, k, layer)
             t = y if "control" in variant else y - u
             if fit is None:
                 fit = Fit(f.shape[-1], y.shape[-1], offsets)
@@ -209,7 +241,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--ratio", type=int, default=4)
     parser.add_argument("--variants", default="mean,spec,control,offset,centred,stream,local")
+    parser.add_argument("--units", type=int, default=16)
+    parser.add_argument("--rank", type=int, default=0)
     args = parser.parse_args()
+    global UNITS, RANK
+    UNITS = args.units
+    RANK = args.rank
     model = load_model()
     calib, evals = load("calib"), load("eval")
     k = args.ratio

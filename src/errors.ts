@@ -30,7 +30,8 @@ export type OptionName =
   | 'sizeThreshold'
   | 'sessions'
   | 'fitTarget'
-  | 'speedupSeq';
+  | 'speedupSeq'
+  | 'units';
 
 /** An option named inside a message, with the value given (if any) and optional prose for library readers. */
 export interface OptionRef {

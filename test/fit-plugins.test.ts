@@ -169,6 +169,81 @@ describe('fitted plugins', () => {
   });
 });
 
+describe('full-length units (FFN scope)', () => {
+  const calibration = path.join(dir, 'calibration.jsonl');
+  const heldOut = path.join(dir, 'held-out.jsonl');
+  const BENT = [3, 17, 29];
+  // ReLU with large positive pre-activations is the identity: every unit is linear except BENT, whose
+  // pre-activations cross zero. The block is then linear in [x ; g] with g those units: exactly restorable.
+  const bent = () =>
+    model('bent', {}, (values, name) => {
+      const f = base.ffnInner;
+      if (name.endsWith('bias')) for (let j = 0; j < f; j++) values[j] = BENT.includes(j) ? 0 : 12;
+      else for (let i = 0; i < values.length; i++) if (BENT.includes(i % f)) values[i] *= 8;
+    });
+
+  it('pick the units that bend and, with them, restore a block linear in [x ; g] exactly', async () => {
+    const file = bent();
+    const result = await fitOn(file, calibration, { ratio: 2, scope: 'ffn', rank: 'full', units: BENT.length });
+    const without = await fitOn(file, calibration, { ratio: 2, scope: 'ffn', rank: 'full', units: 0 });
+    // layer 0 picks them; on layer 1's input only unit 3 still crosses zero (the rest are ties at no bend)
+    expect(result.layers[0].units).toEqual(BENT);
+    expect(result.layers[1].units).toContain(3);
+    for (const [i, l] of result.layers.entries()) {
+      expect(l.unexplained.fitted).toBeLessThan(1e-6);
+      expect(without.layers[i].units).toEqual([]);
+      expect(without.layers[i].unexplained.fitted).toBeGreaterThan(1e-3);
+    }
+    // the plugin recomputes the units from x: on data the fit never saw, the compiled model is the original
+    const fast = compiled(file, result.plugins, 'bent-fitted');
+    const r = await verifyModels(file, fast, { data: openData(heldOut, describeInputs(loadModel(file))) });
+    expect(r.outputs[0].maxAbs).toBeLessThan(1e-3);
+  });
+
+  it('are deterministic and recorded in the provenance and fit.json', async () => {
+    const file = path.join(dir, 'bent.onnx');
+    const a = await fitOn(file, calibration, { ratio: 4, scope: 'ffn', rank: 4, units: 2 });
+    const b = await fitOn(file, calibration, { ratio: 4, scope: 'ffn', rank: 4, units: 2 });
+    for (const [layer, plugin] of a.plugins) {
+      expect(Buffer.from(encodeModel(plugin)).equals(Buffer.from(encodeModel(b.plugins.get(layer)!)))).toBe(true);
+      expect(JSON.parse(plugin.getMetadata('vcompile.fit')!)).toMatchObject({ layer, rank: 4, units: a.layers[layer].units });
+      expect(a.layers[layer].units).toHaveLength(2);
+    }
+    const out = path.join(dir, 'units-cli');
+    const r = vcompile('plugin', 'fit', file, '--data', calibration, '--ratio', '2', '--units', '3', '-o', out, '--json');
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(fs.readFileSync(path.join(out, 'fit.json'), 'utf8'));
+    expect(summary.layers[0].units).toEqual(BENT);
+  });
+
+  const refusals: [string, string[], string][] = [
+    [
+      'units at attention scope',
+      ['--scope', 'attention', '--units', '2'],
+      "--units 2: full-length units are a feed-forward block's hidden units; scope attention has none",
+    ],
+    ['more units than the block has', ['--units', '40'], 'layer 0: --units 40: the feed-forward block has 32 hidden units'],
+    ['a fractional count', ['--units', '1.5'], "--units must be a whole number from 0, got '1.5'"],
+  ];
+  for (const [what, flags, message] of refusals) {
+    it(`refuses ${what}: one line, exit 2, nothing written`, () => {
+      const out = path.join(dir, `never-units-${what.replaceAll(' ', '-')}`);
+      const r = vcompile('plugin', 'fit', path.join(dir, 'bent.onnx'), '--data', calibration, '--ratio', '2', ...flags, '-o', out);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toBe(`vcompile: ${message}\n`);
+      expect(fs.existsSync(out)).toBe(false);
+    });
+  }
+
+  it('refuses --units in a compile without builtin:fit', () => {
+    const out = path.join(dir, 'never-units.onnx');
+    const r = vcompile(path.join(dir, 'bent.onnx'), '--plugin', 'builtin:mean:2', '--units', '2', '-o', out);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe('vcompile: --units goes with --plugin builtin:fit:K\n');
+    expect(fs.existsSync(out)).toBe(false);
+  });
+});
+
 describe('vcompile plugin fit', () => {
   const calibration = data('cli', 40);
   const short = path.join(dir, 'short.jsonl');
@@ -196,8 +271,9 @@ describe('vcompile plugin fit', () => {
       'target',
       'tokens',
       'unexplained',
+      'units',
     ]);
-    expect(r.stdout).toMatch(/^layer +unexplained: mean +fitted +x-only control +rank +lambda +tokens +seconds$/m);
+    expect(r.stdout).toMatch(/^layer +unexplained: mean +fitted +x-only control +rank +units +lambda +tokens +seconds$/m);
     const compiledOut = path.join(dir, 'cli-compiled.onnx');
     const c = vcompile(
       nonlinear,

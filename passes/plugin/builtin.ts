@@ -9,9 +9,10 @@
 //             adapter on [repeated inner ; hidden] (Variator), its input product written as two, the
 //             repeated half computed on the short sequence (the weights as PyTorch's Linear holds them)
 //   identity  k = 1: compressed = hidden, restored = inner (the plumbing check)
-//   fitted    compress = the mean's; restore = the mean's u + (u A_u + hidden A_x + a) B: a linear adapter on
-//             [u ; hidden] fitted in closed form from data (src/decide/fit-plugins.ts), stored factored
-//             (rank R: [d, R] twice, then [R, d]) or full (B absent)
+//   fitted    compress = the mean's; restore = the mean's u + (u A_u + hidden A_x + g A_g + a) B: a linear
+//             adapter on [u ; hidden ; g] fitted in closed form from data (src/decide/fit-plugins.ts), stored
+//             factored (rank R: [d, R] twice, then [R, d]) or full (B absent); g, at FFN scope only, are a few
+//             of the block's own hidden units computed at every position (passes/plugin/units.ts)
 // mean and variator declare the optional `keep` input ([batch, seq], 1 at real positions), which the pass
 // feeds; identity does not need it.
 import { type GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
@@ -20,6 +21,7 @@ import type { Model } from '../../src/ir/model.js';
 import { VersionedOps } from '../../src/ir/ops.js';
 import { DataType, tensorType } from '../../src/ir/types.js';
 import { Rng } from '../../src/random.js';
+import { buildUnits, type Units } from './units.js';
 
 export type Scope = 'ffn' | 'attention' | 'layer';
 export const SCOPES: readonly Scope[] = ['ffn', 'attention', 'layer'];
@@ -140,6 +142,8 @@ export interface FittedWeights {
   bias: Float32Array;
   /** [r, d], or undefined for a full-rank fit */
   up?: Float32Array;
+  /** FFN scope: the block's full-length units g and their coefficients A_g ([m, r]) */
+  units?: { units: Units; fromUnits: Float32Array };
 }
 
 export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, metadata: [string, string][] = []): Model {
@@ -149,6 +153,8 @@ export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, me
   checkLength('fromHidden', weights.fromHidden, d * rank);
   if (weights.up) checkLength('up', weights.up, rank * d);
   else if (rank !== d) throw new Error(`fitted weights: a full-rank fit has rank ${d}, got ${rank}`);
+  if (weights.units && shape.scope !== 'ffn') throw new Error(`fitted weights: units at ${shape.scope} scope`);
+  if (weights.units) checkLength('fromUnits', weights.units.fromUnits, weights.units.units.indices.length * rank);
   const model = buildPlugin(shape, 'fitted', meanCompress(shape), (b, ops, io) => {
     const u = b.floats('adapter_from_restored', [d, rank], weights.fromRestored);
     const x = b.floats('adapter_from_hidden', [d, rank], weights.fromHidden);
@@ -160,6 +166,11 @@ export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, me
       z = b.op.Add(b.op.MatMul(io.hidden, b.op.Add(u, x)), repeatGroups(b, ops, change, { ...shape, hidden: rank }));
     } else {
       z = b.op.Add(repeatGroups(b, ops, b.op.MatMul(io.inner, u), { ...shape, hidden: rank }), b.op.MatMul(io.hidden, x));
+    }
+    if (weights.units) {
+      const { units, fromUnits } = weights.units;
+      const g = b.floats('adapter_from_units', [units.indices.length, rank], fromUnits);
+      z = b.op.Add(z, b.op.MatMul(buildUnits(b, io.hidden, units), g));
     }
     z = b.op.Add(z, b.floats('adapter_bias', [rank], weights.bias));
     const adapter = weights.up ? b.op.MatMul(z, b.floats('adapter_up', [rank, d], weights.up)) : z;

@@ -10,6 +10,9 @@
 // post-LN, o is the original's output mapped back through the norm with the current pre-norm statistics
 // (Norm^-1(o) = (o - beta) / gamma * sigma + mu; RMSNorm: o / gamma * rms), and s the current pre-norm sum,
 // so that y* = Norm^-1(o) - stream_in. At layer scope the plugin's output is the stream: y* = o.
+//
+// With units (FFN scope), g is also captured: the block's own hidden units S at every position (columns S
+// of the down projection's input), what the fitted plugin recomputes from x (passes/plugin/units.ts).
 import type { Layer, NormMatch, Sublayer } from '../../src/analysis/index.js';
 import type { GraphBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
@@ -21,8 +24,14 @@ import { buildMeanPlugin, type Scope } from './builtin.js';
 import { checkPluginContract } from './contract.js';
 import { PluginRewriter, place } from './index.js';
 
-/** The graph outputs of a capture model, in this order. */
-export const CAPTURED = ['vcompile_capture_x', 'vcompile_capture_u', 'vcompile_capture_y', 'vcompile_capture_keep'] as const;
+/** The graph outputs of a capture model, in this order (the last only with units). */
+export const CAPTURED = [
+  'vcompile_capture_x',
+  'vcompile_capture_u',
+  'vcompile_capture_y',
+  'vcompile_capture_keep',
+  'vcompile_capture_g',
+] as const;
 /** With the stream target: the input taking the original model's stream at `streamAfter`. */
 export const CAPTURE_TARGET = 'vcompile_capture_target';
 
@@ -37,6 +46,8 @@ export interface CaptureOptions {
   ratio: number;
   /** 'stream': y is the stream target, from the input vcompile_capture_target (default 'block') */
   target?: FitTarget;
+  /** FFN scope: the hidden units captured as g */
+  units?: readonly number[];
 }
 
 /** The stream the stream target reproduces: the one leaving the block's sublayer (the layer's output at layer scope). */
@@ -51,8 +62,8 @@ function sublayerOf(layer: Layer, scope: 'ffn' | 'attention'): Sublayer {
   return sublayer;
 }
 
-/** Rewrite `model` (in place) into the capture model of `options.layer`; returns the four outputs. */
-export function captureBlock(model: Model, options: CaptureOptions): { x: Value; u: Value; y: Value; keep: Value } {
+/** Rewrite `model` (in place) into the capture model of `options.layer`; returns its outputs. */
+export function captureBlock(model: Model, options: CaptureOptions): { x: Value; u: Value; y: Value; keep: Value; g?: Value } {
   const analysis = analyzeFor(model, 'a capture');
   const layer = analysis.layers[options.layer];
   if (!layer) throw new Error(`internal: capture of layer ${options.layer}, but the model has ${analysis.layers.length}`);
@@ -73,10 +84,22 @@ export function captureBlock(model: Model, options: CaptureOptions): { x: Value;
     named(main, target, CAPTURED[2], stream),
     named(main, keep, CAPTURED[3], tensorType(DataType.FLOAT, ['batch', 'seq'])),
   ];
+  const units = options.units?.length
+    ? unitsAt(main, new VersionedOps(main, opset), layer, options.scope, options.units, p.hidden)
+    : undefined;
+  if (units) outputs.push(named(main, units, CAPTURED[4], tensorType(DataType.FLOAT, ['batch', 'seq', options.units!.length])));
   model.graph.outputs = outputs;
   rewriter.finish();
-  const [x, uOut, y, keepOut] = outputs;
-  return { x, u: uOut, y, keep: keepOut };
+  const [x, uOut, y, keepOut, g] = outputs;
+  return { x, u: uOut, y, keep: keepOut, ...(g ? { g } : {}) };
+}
+
+/** Columns `units` of the FFN's down projection input, as [batch, seq, m] (the block may work on [batch*seq, f]). */
+function unitsAt(b: GraphBuilder, ops: VersionedOps, layer: Layer, scope: Scope, units: readonly number[], x: Value): Value {
+  if (scope !== 'ffn') throw new Error(`internal: units at ${scope} scope`);
+  const picked = b.op.Gather(layer.ffn.down.input, b.int64s('units', units), { axis: -1 });
+  const rows = ops.slice(b.op.Shape(x), b.int64s('s', [0]), b.int64s('e', [2]), 0);
+  return b.op.Reshape(picked, b.op.Concat(rows, b.int64s('m', [units.length]), { axis: 0 }));
 }
 
 /** The block output y* that makes the stream after the block's sublayer the original model's (fed as CAPTURE_TARGET). */

@@ -82,8 +82,9 @@ export interface CompileOptions {
   data?: string;
   samples?: number;
   batch?: string;
-  /** --rank for builtin:fit plugins */
+  /** --rank and --units for builtin:fit plugins */
   rank?: string;
+  units?: number;
   /** --fit-target for builtin:fit plugins: block (default) or stream */
   fitTarget?: string;
 }
@@ -252,6 +253,7 @@ async function compileAndWrite(file: string, options: CompileOptions) {
   const { replacesInput } = checkSave(model, options.output, save);
   const fits = fitSpecs(options.plugins);
   if (options.fitTarget !== undefined && !fits.length) throw new VcompileError('--fit-target goes with --plugin builtin:fit:K');
+  if (options.units !== undefined && !fits.length) throw new VcompileError('--units goes with --plugin builtin:fit:K');
   const upgraded = runPasses(model, stages.before, { verify: options.verifyIr });
   // fitted modules first (on the model as it is), then fitted plugins on the layers that remain
   let fittedModules: FittedModules | undefined;

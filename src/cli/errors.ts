@@ -37,6 +37,7 @@ const FLAGS: Record<OptionName, string> = {
   sessions: '--sessions',
   fitTarget: '--fit-target',
   speedupSeq: '--speedup-seq',
+  units: '--units',
 };
 
 function asFlag(ref: OptionRef): string {

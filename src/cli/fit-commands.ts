@@ -1,4 +1,4 @@
-// `vcompile plugin fit MODEL --data PATH --ratio K --scope S [--rank R] -o DIR`: one fitted plugin per layer
+// `vcompile plugin fit MODEL --data PATH --ratio K --scope S [--rank R] [--units M] -o DIR`: one fitted plugin per layer
 // (DIR/L{i}.onnx) and DIR/fit.json, or nothing on any error. Also the fit behind `--plugin builtin:fit:K`.
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -28,6 +28,7 @@ export interface FitFlags {
   ratio: number;
   scope: string;
   rank?: string;
+  units?: number;
   /** --fit-target: 'block' (default) or 'stream' */
   fitTarget?: string;
   layers?: string;
@@ -43,6 +44,7 @@ export interface FitRequest {
   ratio: number;
   scope: Scope;
   rank?: number | 'full';
+  units?: number;
   layers?: number[];
   batchSize: number;
   threads?: number;
@@ -54,6 +56,7 @@ export function fitRequest(flags: {
   ratio: number;
   scope: string;
   rank?: string;
+  units?: number;
   fitTarget?: string;
   layers?: string;
   batch?: number;
@@ -68,12 +71,19 @@ export function fitRequest(flags: {
     if (rank !== 'full' && !(Number.isSafeInteger(rank) && rank >= 1))
       throw new VcompileError(`--rank must be a positive integer or full, got '${flags.rank}'`);
   }
+  if (flags.units !== undefined && !(Number.isSafeInteger(flags.units) && flags.units >= 0))
+    throw new VcompileError(`--units must be a whole number from 0, got '${flags.units}'`);
+  if (flags.units && flags.scope !== 'ffn')
+    throw new VcompileError(
+      `--units ${flags.units}: full-length units are a feed-forward block's hidden units; scope ${flags.scope} has none`,
+    );
   const batchSize = flags.batch ?? 8;
   if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new VcompileError(`--batch must be a positive integer, got ${flags.batch}`);
   return {
     ratio: flags.ratio,
     scope: flags.scope as Scope,
     rank,
+    ...(flags.units === undefined ? {} : { units: flags.units }),
     layers: flags.layers === undefined ? undefined : parseLayerList(flags.layers, '--layers'),
     batchSize,
     threads: flags.threads,
@@ -174,13 +184,14 @@ function refuseOverlap(dir: string, reads: string[]): void {
 }
 
 function formatFit(r: PluginFitResult, written: string[]): string {
-  const header = ['layer', 'unexplained: mean', 'fitted', 'x-only control', 'rank', 'lambda', 'tokens', 'seconds', ''];
+  const header = ['layer', 'unexplained: mean', 'fitted', 'x-only control', 'rank', 'units', 'lambda', 'tokens', 'seconds', ''];
   const rows = r.layers.map((l) => [
     String(l.layer),
     l.unexplained.mean.toFixed(4),
     l.unexplained.fitted.toFixed(4),
     l.unexplained.linearControl?.toFixed(4) ?? '-',
     String(l.rank),
+    String(l.units.length),
     l.lambda.toExponential(1),
     String(l.tokens),
     l.seconds.toFixed(1),
@@ -244,6 +255,7 @@ export interface CompileFitFlags {
   samples?: number;
   batch?: string;
   rank?: string;
+  units?: number;
   /** --fit-target for builtin:fit plugins */
   fitTarget?: string;
   layers?: string;
@@ -284,7 +296,14 @@ export async function fitForCompile(
   const plugins = new Map<string, Plugin>();
   const summary: object[] = [];
   for (const spec of specs) {
-    const request = fitRequest({ ratio: spec.ratio, scope: spec.scope, rank: flags.rank, fitTarget: flags.fitTarget, batch });
+    const request = fitRequest({
+      ratio: spec.ratio,
+      scope: spec.scope,
+      rank: flags.rank,
+      units: flags.units,
+      fitTarget: flags.fitTarget,
+      batch,
+    });
     const result = await runFit(file, bytes, data, { ...request, layers }, !flags.json);
     for (const [layer, plugin] of result.plugins) {
       const source = `${spec.source}:L${layerMap ? layerMap[layer] : layer}`;

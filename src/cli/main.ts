@@ -326,7 +326,12 @@ function pluginFitCommand(parser: Argv, out: Out): void {
           default: 'ffn' as const,
           describe: 'the block the plugins wrap',
         })
-        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: within 3% of the block with the units)' })
+        .option('units', {
+          type: 'number',
+          describe:
+            "ffn scope: the block's hidden units computed at full length (default: as many as 1.5% of the block's MACs buy; 0: none)",
+        })
         .option('fit-target', {
           choices: ['block', 'stream'] as const,
           describe: "what each restore is fitted to: the original block's output (block, default) or the original model's stream",
@@ -372,7 +377,7 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         .option('time-limit', { type: 'string', describe: 'stop the search after this long (90s, 20m, 1h) and keep the best so far' })
         .option('scopes', { type: 'string', describe: 'plugin scopes to try (default ffn,attention,layer)' })
         .option('ratios', { type: 'string', describe: 'compression ratios to try per layer (default 2,4)' })
-        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: the largest costing at most 3% of the block)' })
+        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: within 3% of the block with the units)' })
         .option('profiles', {
           type: 'string',
           choices: ['auto', 'measured', 'estimated'] as const,
@@ -652,7 +657,12 @@ function compileCommand(parser: Argv, out: Out): void {
             })
             .option('rank', {
               type: 'string',
-              describe: 'with --plugin builtin:fit:K: the adapter rank, or full (default: at most 3% of the block)',
+              describe: 'with --plugin builtin:fit:K: the adapter rank, or full (default: within 3% of the block with the units)',
+            })
+            .option('units', {
+              type: 'number',
+              describe:
+                "with --plugin builtin:fit:K:ffn: the block's hidden units computed at full length (default: 1.5% of the block's MACs; 0: none)",
             })
             .option('fit-target', {
               choices: ['block', 'stream'] as const,
@@ -736,6 +746,7 @@ function compileCommand(parser: Argv, out: Out): void {
         samples: args.samples,
         batch: args.batch,
         rank: args.rank,
+        units: args.units,
         fitTarget: args['fit-target'],
         verify: args.verify
           ? { ...checkArgs(args), batch: args.batch, dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }

@@ -12,6 +12,11 @@
 // each layer's statistics are accumulated batch by batch in float64 (src/decide/statistics.ts), the heavy
 // products running in ONNX Runtime. Padded positions never enter them.
 //
+// Units (FFN scope): the features also hold g, a few of the block's own hidden units computed at every
+// position (passes/plugin/units.ts): those whose activation is least affine in their pre-activation, weighted
+// by the size of their output row, measured on the first calibration samples. They give the restore the
+// curvature inside a group that no map linear in [u ; x] has.
+//
 // Lambda: chosen per layer from a grid by the error on a held-out fifth of the calibration samples (every
 // fifth sample). A fit that explains less of the held-out target than the mean restore keeps the mean.
 //
@@ -25,6 +30,7 @@ import { buildFittedPlugin, type FittedWeights, type Scope } from '../../passes/
 import { CAPTURE_TARGET, captureBlock, FIT_TARGETS, type FitTarget, streamAfter } from '../../passes/plugin/capture.js';
 import { checkPluginContract, type Plugin } from '../../passes/plugin/contract.js';
 import { pluginPass } from '../../passes/plugin/index.js';
+import { type Units, unitsOf, unitsRefusal } from '../../passes/plugin/units.js';
 import type { Layer } from '../analysis/index.js';
 import { analyzeTransformer, macsOf, shapesAt } from '../analysis/index.js';
 import { regionBetween } from '../analysis/region.js';
@@ -44,8 +50,10 @@ import { appendStatistics, NormalEquations, SHIFTS, shiftsOf, unshift } from './
 export interface PluginSetting {
   ratio: number;
   scope: Scope;
-  /** adapter rank; 'full' for the full-rank fit; default: the largest whose arithmetic stays under 3% of the block's */
+  /** adapter rank; 'full' for the full-rank fit; default: the largest whose arithmetic stays within budget (budgetFor) */
   rank?: number | 'full';
+  /** FFN scope: the block's hidden units computed at full length (default: as many as 1.5% of the block's MACs buy) */
+  units?: number;
 }
 
 export interface PluginFitOptions extends PluginSetting {
@@ -85,6 +93,8 @@ export interface LayerFit {
   heldOutTokens: number;
   lambda: number;
   rank: number | 'full';
+  /** the block's hidden units the restore computes at full length (FFN scope; empty: none) */
+  units: number[];
   /** held-out unexplained variance of the target: the mean restore's, the fit's, and x-only linear control's (null: not fitted) */
   unexplained: { mean: number; fitted: number; linearControl: number | null };
   /** 'mean': the fit did worse than the mean restore on held-out positions and was not used */
@@ -138,6 +148,7 @@ export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet,
   const context = fitContext(file, bytes, data, options);
   const targets = selectLayers(context.analysis.layers, options.layers);
   const plan = new Map(targets.map((l) => [l.index, [options.settings?.get(l.index) ?? options]]));
+  for (const l of targets) for (const setting of plan.get(l.index)!) budgetFor(setting, l, context.original, context.d);
   const fitted = await fitLayers(context, plan, true, target, options);
   const result: PluginFitResult = {
     plugins: new Map(fitted.map((f) => [f.fit.layer, f.plugin])),
@@ -161,6 +172,7 @@ export async function fitPluginVariants(file: string, bytes: Uint8Array, data: D
   const context = fitContext(file, bytes, data, options);
   const targets = selectLayers(context.analysis.layers, options.layers);
   const plan = new Map(targets.map((l) => [l.index, options.variants.map((v, i) => (options.skip?.(l.index, i) ? undefined : v))]));
+  for (const l of targets) for (const setting of plan.get(l.index)!) if (setting) budgetFor(setting, l, context.original, context.d);
   const fitted = await fitLayers(context, plan, false, 'block', options);
   const [model, dataSha] = [sha256(bytes), data.sha256];
   for (const f of fitted) stamp(f.plugin, f.fit, model, dataSha);
@@ -248,11 +260,12 @@ async function fitLayers(
     for (const [variant, setting] of settings.entries()) {
       if (!setting) continue;
       const targets = originalOut?.get(streamAfter(layer, setting.scope).name);
-      const stats = await capture(fresh(), layer, setting, splits, streams, targets, session, d, options.onProgress);
-      checkTokens(stats.fit, d, layer.index);
-      const { rank, note } = rankFor(setting, layer, original, d);
+      const { rank, units: count, note } = budgetFor(setting, layer, original, d);
+      const units = count ? unitsOf(layer.ffn, d, await selectUnits(fresh(), layer, count, splits, streams, session, d)) : undefined;
+      const stats = await capture(fresh(), layer, setting, units, splits, streams, targets, session, d, options.onProgress);
+      checkTokens(stats.fit, layer.index);
       options.onProgress?.({ layer: layer.index, stage: 'solve', done: 0, total: 1 });
-      const solved = await solve(stats, rank, d, options.control ?? true);
+      const solved = await solve(stats, rank, d, units, options.control ?? true);
       const model = buildFittedPlugin(
         { ratio: setting.ratio, hidden: d, scope: setting.scope, opset: original.opsetVersion('') ?? 17 },
         solved.weights,
@@ -268,6 +281,7 @@ async function fitLayers(
         heldOutTokens: stats.held.count,
         lambda: solved.lambda,
         rank,
+        units: solved.weights.units?.units.indices ?? [],
         unexplained: solved.unexplained,
         restore: solved.restore,
         seconds: (Date.now() - started) / 1000,
@@ -298,6 +312,7 @@ function stamp(plugin: Model, fit: LayerFit, model: string, data: string): void 
     samples: fit.samples,
     tokens: fit.tokens,
     rank: fit.rank,
+    ...(fit.units.length ? { units: fit.units } : {}),
     lambda: fit.lambda,
     restore: fit.restore,
   };
@@ -315,9 +330,24 @@ function selectLayers(layers: readonly Layer[], requested: number[] | undefined)
   return layers.filter((l) => requested.includes(l.index));
 }
 
-/** The adapter rank: as asked, or the largest whose MACs per position stay under 3% of the block's. */
-function rankFor(options: PluginSetting, layer: Layer, model: Model, d: number): { rank: number | 'full'; note?: string } {
-  if (options.rank !== undefined) return { rank: options.rank };
+/** Share of the block's MACs per position a default plugin's arithmetic may take (units and adapter together). */
+const BUDGET = 0.03;
+
+/**
+ * The adapter rank and the units: as asked, or by default within BUDGET of the block's MACs per position.
+ * At FFN scope the units take half (a unit costs d MACs a position, a rank about 2d), the adapter the rest;
+ * elsewhere the adapter takes it all. A rank is a multiple of 8, at least 8. Refuses units the block cannot have.
+ */
+function budgetFor(options: PluginSetting, layer: Layer, model: Model, d: number): { rank: number | 'full'; units: number; note?: string } {
+  const refusal = options.scope === 'ffn' ? unitsRefusal(layer.ffn, d) : `the ${options.scope} block has no hidden units of its own`;
+  if (options.units !== undefined && !(Number.isSafeInteger(options.units) && options.units >= 0))
+    throw new VcompileError(msg`${option('units', options.units, `units ${options.units}`)}: expected a whole number from 0`);
+  if (options.units && refusal)
+    throw new VcompileError(msg`layer ${layer.index}: ${option('units', options.units, `units ${options.units}`)}: ${refusal}`);
+  if (options.units && options.units > layer.ffn.inner)
+    throw new VcompileError(
+      msg`layer ${layer.index}: ${option('units', options.units, `units ${options.units}`)}: the feed-forward block has ${layer.ffn.inner} hidden units`,
+    );
   const bounds =
     options.scope === 'ffn'
       ? [layer.ffn.input, layer.ffn.output]
@@ -327,14 +357,71 @@ function rankFor(options: PluginSetting, layer: Layer, model: Model, d: number):
   const seq = 128;
   const block =
     macsOf(regionBetween(bounds[0], bounds[1], model.graph.nodes), shapesAt(model, { batch: 1, seq }), `layer ${layer.index}`) / seq;
+  const withUnits = !refusal && options.units !== 0;
+  const units = options.units ?? (withUnits ? Math.min(Math.floor(((BUDGET / 2) * block) / d), Math.floor(layer.ffn.inner / 4)) : 0);
+  if (options.rank !== undefined) return { rank: options.rank, units };
   // per position: hidden A_x (d r), z B (r d), and u A_u on the k-times shorter sequence (d r / k)
   const perRank = d * (2 + 1 / options.ratio);
-  const rank = Math.max(8, Math.floor((0.03 * block) / perRank / 8) * 8);
+  const share = units > 0 ? BUDGET / 2 : BUDGET;
+  const rank = Math.min(Math.max(8, Math.floor((share * block) / perRank / 8) * 8), d);
+  const cost = units * d + rank * (perRank + units);
+  const unitsPart = units ? ` and ${units} full-length unit${units === 1 ? '' : 's'}` : '';
   return {
-    rank: Math.min(rank, d),
-    note: `rank ${Math.min(rank, d)}: the largest multiple of 8 whose adapter costs at most 3% of the ${options.scope} block's MACs per position (${Math.round(block)})`,
+    rank,
+    units,
+    note: `rank ${rank}${unitsPart}: ${Math.round(cost)} MACs per position, ${((100 * cost) / block).toFixed(1)}% of the ${options.scope} block's ${Math.round(block)} (budget ${BUDGET * 100}%; the rank is at least 8)`,
   };
 }
+
+/**
+ * The `m` hidden units of `layer`'s FFN whose activation is least affine in its pre-activation, weighted by
+ * the squared norm of the unit's row of the down projection (what it adds to the output), over the real
+ * positions of the first UNIT_SAMPLES calibration samples. Ties go to the lower index; returned in order.
+ */
+async function selectUnits(model: Model, layer: Layer, m: number, splits: Splits, streams: Streams, session: SessionFlags, d: number) {
+  const { up, down, inner: f } = layer.ffn;
+  sliceAt(model, layer, [up.output.name, down.input.name], d);
+  const opened = await openSession(model, session);
+  // per unit: count, sum p, sum a, sum p^2, sum a^2, sum p a
+  const sums = Array.from({ length: 6 }, () => new Float64Array(f));
+  try {
+    let seen = 0;
+    for (const [i, batch] of splits.fit.entries()) {
+      if (seen >= UNIT_SAMPLES) break;
+      seen += batch.samples.length;
+      const out = await run(opened, feedsFor(opened, batch, streams.fit[i]));
+      const [p, a] = [out[up.output.name].readFloat32(), out[down.input.name].readFloat32()];
+      for (let row = 0; row * f < p.length; row++) {
+        if (batch.real && !batch.real[row]) continue;
+        for (let j = 0, o = row * f; j < f; j++, o++) {
+          sums[0][j]++;
+          sums[1][j] += p[o];
+          sums[2][j] += a[o];
+          sums[3][j] += p[o] * p[o];
+          sums[4][j] += a[o] * a[o];
+          sums[5][j] += p[o] * a[o];
+        }
+      }
+    }
+  } finally {
+    await opened.release();
+  }
+  const w = down.weight.tensor.toFloat32();
+  const score = (j: number) => {
+    const [n, sp, sa, spp, saa, spa] = sums.map((s) => s[j]);
+    const [vp, va, cpa] = [spp - (sp * sp) / n, saa - (sa * sa) / n, spa - (sp * sa) / n];
+    const bend = vp > 0 ? va - (cpa * cpa) / vp : va;
+    let out = 0;
+    for (let i = 0; i < d; i++) out += (down.weight.transposed ? w[i * f + j] : w[j * d + i]) ** 2;
+    return Math.max(bend, 0) * out;
+  };
+  const scores = Array.from({ length: f }, (_, j) => score(j));
+  const order = [...scores.keys()].sort((i, j) => scores[j] - scores[i] || i - j);
+  return order.slice(0, m).sort((i, j) => i - j);
+}
+
+/** Calibration samples that choose the units (their statistics are per unit: a few thousand positions do). */
+const UNIT_SAMPLES = 32;
 
 // ------------------------------------------------------------------------------------------ streams
 
@@ -383,6 +470,7 @@ async function capture(
   model: Model,
   layer: Layer,
   options: PluginSetting,
+  units: Units | undefined,
   splits: Splits,
   streams: Streams,
   targets: Streams | undefined,
@@ -391,15 +479,26 @@ async function capture(
   onProgress: ((event: FitProgress) => void) | undefined,
 ) {
   sliceAt(model, layer, [layer.output.name], d);
-  const captured = captureBlock(model, { layer: 0, scope: options.scope, ratio: options.ratio, target: targets ? 'stream' : 'block' });
-  appendStatistics(model, captured, d);
-  const stats = { fit: new NormalEquations(d), held: new NormalEquations(d) };
+  const m = units?.indices.length ?? 0;
+  const captured = captureBlock(model, {
+    layer: 0,
+    scope: options.scope,
+    ratio: options.ratio,
+    target: targets ? 'stream' : 'block',
+    units: units?.indices,
+  });
+  appendStatistics(model, captured, d, m);
+  const stats = { fit: new NormalEquations(d, m), held: new NormalEquations(d, m) };
   const opened = await openSession(model, session);
   try {
     // the shifts: means over the first batch's real positions (a run with zero shifts)
     const zero = new Float32Array(d);
     const target = (split: keyof Streams, i: number): Record<string, Tensor> => (targets ? { [CAPTURE_TARGET]: targets[split][i] } : {});
-    const probe = await run(opened, { ...feedsFor(opened, splits.fit[0], streams.fit[0]), ...target('fit', 0), ...shiftFeeds(zero, zero) });
+    const probe = await run(opened, {
+      ...feedsFor(opened, splits.fit[0], streams.fit[0]),
+      ...target('fit', 0),
+      ...shiftFeeds(zero, new Float32Array(d + m)),
+    });
     const shifts = shiftsOf(probe);
     const total = splits.fit.length + splits.held.length;
     let done = 0;
@@ -506,23 +605,24 @@ function shiftFeeds(shift: Float32Array, shiftX: Float32Array): Record<string, T
 
 // ------------------------------------------------------------------------------------------ solving
 
-function checkTokens(stats: NormalEquations, d: number, layer: number): void {
-  const n = 2 * d + 1;
-  if (stats.count < n) {
+function checkTokens(stats: NormalEquations, layer: number): void {
+  if (stats.count < stats.n) {
+    const units = stats.m ? ` + ${stats.m} units` : '';
     throw new VcompileError(
-      `layer ${layer}: ${stats.count} calibration positions cannot fit a restore with ${n} features per position (2 x hidden + 1); give more samples`,
+      `layer ${layer}: ${stats.count} calibration positions cannot fit a restore with ${stats.n} features per position (2 x hidden${units} + 1); give more samples`,
     );
   }
 }
 
-/** Ridge on [u ; x ; 1], then the reduced rank; the x-only control if asked; the mean restore when the fit is worse. */
+/** Ridge on [u ; x ; g ; 1], then the reduced rank; the x-only control if asked; the mean restore when the fit is worse. */
 async function solve(
   stats: { fit: NormalEquations; held: NormalEquations; shifts: { shift: Float32Array; shiftX: Float32Array } },
   rank: number | 'full',
   d: number,
+  units: Units | undefined,
   withControl: boolean,
 ) {
-  const n = 2 * d + 1;
+  const n = stats.fit.n;
   const { fit, held } = stats;
   const g = matrix(n, n, fit.g);
   const h = matrix(n, d, fit.h);
@@ -537,12 +637,12 @@ async function solve(
   const { shift, shiftX } = stats.shifts;
   if (rank === 'full') {
     unshift(full.w.data, d, d, shift, shiftX);
-    weights = split(full.w, d, undefined);
+    weights = split(full.w, d, undefined, units);
   } else {
     const reduced = await reducedRank(full.w, g, rank, { gHeld, hHeld, yyHeld: meanError });
     error = reduced.heldOutError!;
     unshift(reduced.a.data, rank, d, shift, shiftX);
-    weights = split(reduced.a, d, reduced.b);
+    weights = split(reduced.a, d, reduced.b, units);
   }
   const control = withControl ? await linearControl(fit, held, d) : null;
   const restore: 'fitted' | 'mean' = error < meanError ? 'fitted' : 'mean';
@@ -559,11 +659,18 @@ async function solve(
   };
 }
 
-/** [u ; x ; 1] x r coefficients as the plugin's matrices (rows 0..d-1: u, d..2d-1: x, 2d: the constant). */
-function split(a: Matrix, d: number, b: Matrix | undefined): FittedWeights {
+/** [u ; x ; g ; 1] x r coefficients as the plugin's matrices (rows 0..d-1: u, d..2d-1: x, then the m units, then the constant). */
+function split(a: Matrix, d: number, b: Matrix | undefined, units: Units | undefined): FittedWeights {
   const r = a.cols;
+  const m = units?.indices.length ?? 0;
   const rows = (from: number, count: number) => Float32Array.from(a.data.subarray(from * r, (from + count) * r));
-  return { fromRestored: rows(0, d), fromHidden: rows(d, d), bias: rows(2 * d, 1), up: b ? Float32Array.from(b.data) : undefined };
+  return {
+    fromRestored: rows(0, d),
+    fromHidden: rows(d, d),
+    bias: rows(2 * d + m, 1),
+    up: b ? Float32Array.from(b.data) : undefined,
+    ...(units ? { units: { units, fromUnits: rows(2 * d, m) } } : {}),
+  };
 }
 
 function zeroWeights(d: number, r: number): FittedWeights {
@@ -581,14 +688,15 @@ function zeroWeights(d: number, r: number): FittedWeights {
  */
 async function linearControl(fit: NormalEquations, held: NormalEquations, d: number): Promise<number> {
   const sub = (s: NormalEquations) => {
-    const n = 2 * d + 1;
-    const k = d + 1; // rows d..2d of [u ; x ; 1]
+    const n = s.n;
+    const k = d + 1; // rows d..2d-1 (x) and n-1 (the constant) of [u ; x ; g ; 1]
+    const row = (i: number) => (i < d ? d + i : n - 1);
     const g = matrix(k, k);
     const h = matrix(k, d);
     for (let i = 0; i < k; i++) {
-      for (let j = 0; j < k; j++) g.data[i * k + j] = s.g[(d + i) * n + (d + j)];
+      for (let j = 0; j < k; j++) g.data[i * k + j] = s.g[row(i) * n + row(j)];
       // x^T y = x^T r + x^T u: y = r + u
-      for (let j = 0; j < d; j++) h.data[i * d + j] = s.h[(d + i) * d + j] + s.g[(d + i) * n + j];
+      for (let j = 0; j < d; j++) h.data[i * d + j] = s.h[row(i) * d + j] + s.g[row(i) * n + j];
     }
     // y^T y = r^T r + u^T r + r^T u + u^T u (d x d)
     const yy = matrix(d, d);

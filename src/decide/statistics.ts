@@ -1,6 +1,7 @@
 // The normal equations of a fitted restore, accumulated batch by batch. The heavy products run in ONNX
 // Runtime, inside the capture model (nodes appended to it), in float32 over one batch's tokens; the sums
-// over batches are kept in float64 here. Features per real position: f = [u ; x ; 1] (n = 2d + 1), target
+// over batches are kept in float64 here. Features per real position: f = [u ; x ; g ; 1] (n = 2d + m + 1;
+// g: the m full-length units of an FFN-scope fit, passes/plugin/units.ts, none elsewhere), target
 // r = y - u (what the mean plugin's restore misses). Per batch the model returns
 //   G = F^T F (n x n), H = F^T R (n x d), C = R^T R (d x d), sum y (d), sum y^2 (d), the real positions;
 // padded positions have their rows zeroed (keep = 0), so they add nothing.
@@ -29,22 +30,27 @@ export const STATISTICS = [
   'vcompile_fit_sum_u',
   'vcompile_fit_sum_x',
 ] as const;
-/** The shift inputs of the statistics model: [d] each. */
+/** The shift inputs of the statistics model: [d] and [d + m]. */
 export const SHIFTS = ['vcompile_fit_shift', 'vcompile_fit_shift_x'] as const;
 /** Hidden sizes up to this get float64 products (n = 2d + 1 <= 1025: ~1 GFlop a batch of 1024 positions). */
 export const DOUBLE_UP_TO = 512;
 
-/** Append the statistics of the header to a capture model whose outputs are x, u, y, keep; they become its only outputs. */
-export function appendStatistics(model: Model, captured: { x: Value; u: Value; y: Value; keep: Value }, d: number): void {
+/**
+ * Append the statistics of the header to a capture model whose outputs are x, u, y, keep (and g, the m
+ * units, when m > 0); they become its only outputs.
+ */
+export function appendStatistics(model: Model, captured: { x: Value; u: Value; y: Value; keep: Value; g?: Value }, d: number, m = 0): void {
   const b = new Builder(model.graph, NameAuthority.forModel(model), { prefix: 'vcompile/fit/' });
   const ops = new VersionedOps(b, model.opsetVersion('') ?? 17);
-  const n = 2 * d + 1;
-  const [shift, shiftX] = SHIFTS.map((name) => {
+  const n = 2 * d + m + 1;
+  const [shift, shiftX] = SHIFTS.map((name, i) => {
     b.names.claim(name);
-    return model.graph.addInput(new IrValue(name, tensorType(DataType.FLOAT, [d])));
+    return model.graph.addInput(new IrValue(name, tensorType(DataType.FLOAT, [i === 0 ? d : d + m])));
   });
+  if (m > 0 !== (captured.g !== undefined)) throw new Error(`internal: statistics of ${m} units`);
+  const hidden = captured.g ? b.op.Concat(captured.x, captured.g, { axis: -1 }) : captured.x;
   const u = b.op.Sub(captured.u, shift);
-  const x = b.op.Sub(captured.x, shiftX);
+  const x = b.op.Sub(hidden, shiftX);
   const yShifted = b.op.Sub(captured.y, shift);
   const w = b.op.Reshape(captured.keep, b.int64s('column', [-1, 1]));
   const ones = b.op.Expand(
@@ -63,7 +69,7 @@ export function appendStatistics(model: Model, captured: { x: Value; u: Value; y
     ops.reduce('ReduceSum', b.op.Mul(y, y), [0], false),
     ops.reduce('ReduceSum', w, [0, 1], false),
     ops.reduce('ReduceSum', b.op.Mul(b.op.Reshape(captured.u, b.int64s('rows_u', [-1, d])), w), [0], false),
-    ops.reduce('ReduceSum', b.op.Mul(b.op.Reshape(captured.x, b.int64s('rows_x', [-1, d])), w), [0], false),
+    ops.reduce('ReduceSum', b.op.Mul(b.op.Reshape(hidden, b.int64s('rows_x', [-1, d + m])), w), [0], false),
   ];
   model.graph.outputs = outputs.map((v, i) => {
     b.names.claim(STATISTICS[i]);
@@ -87,8 +93,12 @@ export class NormalEquations {
   readonly sumYY: Float64Array;
   count = 0;
 
-  constructor(readonly d: number) {
-    const n = 2 * d + 1;
+  /** d: the hidden size; m: the units */
+  constructor(
+    readonly d: number,
+    readonly m = 0,
+  ) {
+    const n = 2 * d + m + 1;
     this.g = new Float64Array(n * n);
     this.h = new Float64Array(n * d);
     this.c = new Float64Array(d * d);
@@ -97,7 +107,7 @@ export class NormalEquations {
   }
 
   get n(): number {
-    return 2 * this.d + 1;
+    return 2 * this.d + this.m + 1;
   }
 
   /** Add one batch's outputs of the statistics model. */
@@ -126,7 +136,7 @@ export class NormalEquations {
   }
 }
 
-/** The shifts from one batch's outputs (run with zero shifts): the means of u and x over its real positions. */
+/** The shifts from one batch's outputs (run with zero shifts): the means of u and [x ; g] over its real positions. */
 export function shiftsOf(outputs: Record<string, Tensor>): { shift: Float32Array; shiftX: Float32Array } {
   const count = Math.max(outputs.vcompile_fit_count.toFloat32()[0], 1);
   const mean = (name: string) => outputs[name].toFloat32().map((v) => v / count);
@@ -135,13 +145,15 @@ export function shiftsOf(outputs: Record<string, Tensor>): { shift: Float32Array
 
 /**
  * The bias of a fit made on shifted features, for the unshifted ones: r ~ (u - s) A_u + (x - sx) A_x + b'
- * is r ~ u A_u + x A_x + (b' - s A_u - sx A_x). `a` is the n x r coefficient matrix (rows u, x, 1).
+ * is r ~ u A_u + x A_x + (b' - s A_u - sx A_x), x standing for [x ; g]. `a` is the n x r coefficient matrix
+ * (rows u, [x ; g], 1).
  */
 export function unshift(a: Float64Array, r: number, d: number, shift: Float32Array, shiftX: Float32Array): void {
-  const bias = 2 * d * r;
+  const bias = (d + shiftX.length) * r;
   for (let c = 0; c < r; c++) {
     let total = 0;
-    for (let i = 0; i < d; i++) total += shift[i] * a[i * r + c] + shiftX[i] * a[(d + i) * r + c];
+    for (let i = 0; i < d; i++) total += shift[i] * a[i * r + c];
+    for (let i = 0; i < shiftX.length; i++) total += shiftX[i] * a[(d + i) * r + c];
     a[bias + c] -= total;
   }
 }
