@@ -4,7 +4,7 @@
 // original's figure, 0% the mean plugins'.
 //
 //   npm run build && node dist/bench/calibration.js [--scopes ffn,attention,layer] [--ratios 2,4] [--ranks default,full]
-//     [--fit-targets block,stream]
+//     [--fit-targets block,stream] [--units default,0]
 //
 // Every step is the command line a user would type (printed as it runs), so the figures are the tool's.
 import { execFileSync } from 'node:child_process';
@@ -26,6 +26,8 @@ const { values } = parseArgs({
     ranks: { type: 'string', default: 'default,full' },
     // what the restores are fitted to (vcompile plugin fit --fit-target): one fitted row per target
     'fit-targets': { type: 'string', default: 'block' },
+    // full-length units at FFN scope (vcompile plugin fit --units): one fitted row per setting
+    units: { type: 'string', default: 'default' },
   },
 });
 
@@ -56,8 +58,10 @@ function score(rewritten: string): { original: Scores; rewritten: Scores } {
 const recovered = (fitted: number, mean: number, original: number) => `${(((fitted - mean) / (original - mean)) * 100).toFixed(0)}%`;
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
 
-console.log('| scope | k | plugins | fit target | rank | accuracy | loss | top-1 agreement | gap recovered (accuracy / loss) | fit s |');
-console.log('|---|---|---|---|---|---:|---:|---:|---:|---:|');
+console.log(
+  '| scope | k | plugins | fit target | rank | units | accuracy | loss | top-1 agreement | gap recovered (accuracy / loss) | fit s |',
+);
+console.log('|---|---|---|---|---|---|---:|---:|---:|---:|---:|');
 let original: Scores | undefined;
 for (const scope of values.scopes!.split(',')) {
   for (const k of values.ratios!.split(',')) {
@@ -66,12 +70,17 @@ for (const scope of values.scopes!.split(',')) {
     const mean = score(meanFile);
     if (!original) {
       original = mean.original;
-      console.log(`| — | — | original | — | — | ${pct(original.accuracy)} | ${original.loss.toFixed(4)} | 100% | | |`);
+      console.log(`| — | — | original | — | — | — | ${pct(original.accuracy)} | ${original.loss.toFixed(4)} | 100% | | |`);
     }
     const m = mean.rewritten;
-    console.log(`| ${scope} | ${k} | mean | — | — | ${pct(m.accuracy)} | ${m.loss.toFixed(4)} | ${pct(m.top1)} | 0% / 0% | |`);
-    for (const [rank, target] of values.ranks!.split(',').flatMap((r) => values['fit-targets']!.split(',').map((t) => [r, t]))) {
-      const dir = path.join(work, `fit_${scope}_${k}_${rank}_${target}`);
+    console.log(`| ${scope} | ${k} | mean | — | — | — | ${pct(m.accuracy)} | ${m.loss.toFixed(4)} | ${pct(m.top1)} | 0% / 0% | |`);
+    const settings = values
+      .ranks!.split(',')
+      .flatMap((r) =>
+        values['fit-targets']!.split(',').flatMap((t) => (scope === 'ffn' ? values.units!.split(',') : ['default']).map((u) => [r, t, u])),
+      );
+    for (const [rank, target, units] of settings) {
+      const dir = path.join(work, `fit_${scope}_${k}_${rank}_${target}_${units}`);
       const started = Date.now();
       const fit = JSON.parse(
         vcompile(
@@ -86,14 +95,15 @@ for (const scope of values.scopes!.split(',')) {
           scope,
           ...(rank === 'full' ? ['--rank', 'full'] : []),
           ...(target === 'block' ? [] : ['--fit-target', target]),
+          ...(units === 'default' ? [] : ['--units', units]),
           '-o',
           dir,
           '--json',
         ),
       );
       const seconds = (Date.now() - started) / 1000;
-      const layers: { layer: number; rank: number | 'full' }[] = fit.layers;
-      const fittedFile = path.join(work, `fit_${scope}_${k}_${rank}_${target}.onnx`);
+      const layers: { layer: number; rank: number | 'full'; units: number[] }[] = fit.layers;
+      const fittedFile = path.join(work, `fit_${scope}_${k}_${rank}_${target}_${units}.onnx`);
       vcompile(
         MODEL,
         ...layers.flatMap((l) => ['--plugin', `${l.layer}=${path.join(dir, `L${l.layer}.onnx`)}`]),
@@ -103,7 +113,7 @@ for (const scope of values.scopes!.split(',')) {
       );
       const f = score(fittedFile).rewritten;
       console.log(
-        `| ${scope} | ${k} | fitted | ${target} | ${layers[0].rank} | ${pct(f.accuracy)} | ${f.loss.toFixed(4)} | ${pct(f.top1)} | ${recovered(f.accuracy, m.accuracy, original.accuracy)} / ${recovered(f.loss, m.loss, original.loss)} | ${seconds.toFixed(0)} |`,
+        `| ${scope} | ${k} | fitted | ${target} | ${layers[0].rank} | ${layers[0].units.length} | ${pct(f.accuracy)} | ${f.loss.toFixed(4)} | ${pct(f.top1)} | ${recovered(f.accuracy, m.accuracy, original.accuracy)} / ${recovered(f.loss, m.loss, original.loss)} | ${seconds.toFixed(0)} |`,
       );
     }
   }

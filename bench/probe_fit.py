@@ -19,6 +19,12 @@ Variants (restore of position j in group g; x: block input, c = mean_g x, u = f(
             model's output of that layer (post-LN: the target mapped back through the
             norm with the current pre-norm statistics)
   local     spec fitted on the original model's stream (not sequential)
+  units     u + [u; x; g; 1] W, g: --units M of the FFN's own hidden units at every position (those
+            least affine in their pre-activation, weighted by their output row's norm; chosen on
+            the first batch), what vcompile's --units computes
+
+Variants combine with "+" (stream+units). --rank R reduces every fit to rank R (reduced-rank
+regression: the full fit projected onto the top R directions of its fitted values).
 """
 
 import argparse

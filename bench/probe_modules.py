@@ -17,6 +17,9 @@ output), a the FFN's hidden activation and y the target stream:
   res          ridge of z* - h on [a; h; 1]: refit plus a d x d map of h (an extra MatMul)
   iter         refit, then z* recomputed with the refitted module's statistics and refit again (x3)
   norm         refit, then the output norm's gamma and beta refitted per channel in output space
+  wideM        refit with M more hidden units (the span's last layer's, largest output rows first) added
+               to the module's FFN and their output rows fitted with the rest
+  last, refitlast, reslast   init, refit and res starting from the span's last layer instead
 Each may end with +stream: later spans' target is the original model's stream at the span's end
 (the target otherwise: the original span run on the stream the earlier fitted modules produce).
 """
@@ -89,10 +92,14 @@ class Module(torch.nn.Module):
         super().__init__()
         self.layer = copy.deepcopy(layer)
         self.res = None
+        self.extra = None  # (inner Linear, activation, [m, d] output weight): more hidden units
 
     def forward(self, x, additive):
         h, a = sublayers(self.layer, x, additive)
         inc = self.layer.ffn.output(a)
+        if self.extra is not None:
+            inner, act, w = self.extra
+            inc = inc + act(inner(h)) @ w
         if self.res is not None:
             inc = inc + h @ self.res
         return self.layer.ffn_norm(h + inc)
@@ -139,6 +146,19 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
             z = h + module.layer.ffn.output(a)
             t = preimage(module.layer.ffn_norm, y, z) - h
             feats = torch.cat([a, h], -1) if method.startswith("res") else a
+            if method.startswith("wide"):
+                if module.extra is None:
+                    src = layers[span[1]].ffn
+                    m = int(method[4:])
+                    keep = (src.output.weight ** 2).sum(0).argsort(descending=True)[:m].sort().values
+                    inner = torch.nn.Linear(src.inner.in_features, m).double()
+                    inner.weight.data = src.inner.weight.data[keep].clone()
+                    inner.bias.data = src.inner.bias.data[keep].clone()
+                    module.extra = (inner, src.activation, torch.zeros(m, src.output.out_features, dtype=torch.float64))
+                    module.extra_fit = True
+                feats = torch.cat([a, module.extra[1](module.extra[0](h))], -1)
+                z = h + module.layer.ffn.output(a) + module.extra[1](module.extra[0](h)) @ module.extra[2]
+                t = preimage(module.layer.ffn_norm, y, z) - h
             ridge.add(feats, t, mask.bool(), held_of(len(ids), lo))
             lo += len(ids)
         w, unexplained = ridge.solve()
@@ -147,6 +167,8 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
         module.layer.ffn.output.bias.copy_(w[-1])
         if method.startswith("res"):
             module.res = w[f:-1].clone()
+        if method.startswith("wide"):
+            module.extra = (module.extra[0], module.extra[1], w[f:-1].clone())
     if method == "norm":
         # per channel: y_j = gamma_j n_j + beta_j, n the normalised pre-norm stream
         sums = torch.zeros(5, module.layer.ffn_norm.weight.shape[0], dtype=torch.float64)
