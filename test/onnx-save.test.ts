@@ -197,7 +197,8 @@ describe('temporary files', () => {
     const writing = saveModelAsync(weighted(12 << 20), at('out.onnx'), { externalData: 'always' });
     const removed = removeTemporaryFiles();
     expect(removed).toHaveLength(1);
-    expect(path.basename(removed[0])).toMatch(/^\.out\.onnx\.data\.\d+\.[0-9a-f]{8}\.tmp$/);
+    expect(removed[0].folder).toBe(false);
+    expect(path.basename(removed[0].path)).toMatch(/^\.out\.onnx\.data\.\d+\.[0-9a-f]{8}\.tmp$/);
     await expect(writing).rejects.toThrow(VcompileError);
     expect(filesIn(dir)).toEqual([]);
     expect(removeTemporaryFiles()).toEqual([]);

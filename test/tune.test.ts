@@ -222,7 +222,7 @@ describe('vcompile tune', () => {
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
     expect(code).toBe(130);
     expect(stderr).toMatch(
-      /vcompile: stopping the search; writing the best model so far \(Ctrl-C again to quit\)\nvcompile: interrupted by SIGINT \(removed 1 temporary file\)\n$/,
+      /vcompile: stopping the search; writing the best model so far \(Ctrl-C again to quit\)\nvcompile: interrupted by SIGINT \(removed 1 temporary folder\)\n$/,
     );
     expect(work()).toEqual([]);
     expect(fs.existsSync(out)).toBe(false);

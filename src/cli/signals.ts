@@ -33,7 +33,10 @@ export function beforeWriting(): void {
 /** What the handlers do, apart from exiting: remove the temporary files and say so in one line. */
 function interruptedLine(signal: string): string {
   const removed = removeTemporaryFiles();
-  return `vcompile: interrupted by ${signal}${removed.length ? ` (removed ${removed.length} temporary file${removed.length === 1 ? '' : 's'})` : ''}\n`;
+  const count = (n: number, what: string) => (n ? [`${n} temporary ${what}${n === 1 ? '' : 's'}`] : []);
+  const folders = removed.filter((r) => r.folder).length;
+  const parts = [...count(removed.length - folders, 'file'), ...count(folders, 'folder')];
+  return `vcompile: interrupted by ${signal}${parts.length ? ` (removed ${parts.join(' and ')})` : ''}\n`;
 }
 
 /** Quit now on a signal (e.g. a second Ctrl-C a command caught itself): the same cleanup and line as the handlers. */

@@ -399,14 +399,16 @@ function writeBatch(fd: number, batch: Uint8Array[], expected: number): void {
 
 // ------------------------------------------------------------------------------------ temporaries
 
-/** Temporary files and folders that exist right now (writes in progress, kept originals). */
+/** Temporary files and folders that exist right now (writes in progress, kept originals), and which are folders. */
 const temporaries = new Set<string>();
+const folders = new Set<string>();
 
 /** Removes every temporary file and folder of this process (for signal handlers); returns them. */
-export function removeTemporaryFiles(): string[] {
-  const removed = [...temporaries];
-  for (const temp of removed) fs.rmSync(temp, { recursive: true, force: true });
+export function removeTemporaryFiles(): { path: string; folder: boolean }[] {
+  const removed = [...temporaries].map((temp) => ({ path: temp, folder: folders.has(temp) }));
+  for (const { path: temp } of removed) fs.rmSync(temp, { recursive: true, force: true });
   temporaries.clear();
+  folders.clear();
   return removed;
 }
 
@@ -414,11 +416,13 @@ export function removeTemporaryFiles(): string[] {
 export function temporaryFolder(prefix: string): { folder: string; release(): void } {
   const folder = fs.mkdtempSync(prefix);
   temporaries.add(folder);
+  folders.add(folder);
   return {
     folder,
     release() {
       fs.rmSync(folder, { recursive: true, force: true });
       temporaries.delete(folder);
+      folders.delete(folder);
     },
   };
 }
