@@ -302,7 +302,8 @@ describe('vcompile plugin fit', () => {
     const fitted = (ratio: number) => ['--plugin', `builtin:fit:${ratio}`];
     const compile = (name: string, ...args: string[]) => {
       const out = path.join(dir, `${name}.onnx`);
-      const r = vcompile(nonlinear, ...args, '--data', calibration, '--rank', '4', '--no-verify', '-o', out);
+      // with full-length units, so that their products run inside the branches too
+      const r = vcompile(nonlinear, ...args, '--data', calibration, '--rank', '4', '--units', '3', '--no-verify', '-o', out);
       expect(r.stderr).toBe('');
       return out;
     };
