@@ -223,7 +223,7 @@ describe('full-length units (FFN scope)', () => {
       "--units 2: full-length units are a feed-forward block's hidden units; scope attention has none",
     ],
     ['more units than the block has', ['--units', '40'], 'layer 0: --units 40: the feed-forward block has 32 hidden units'],
-    ['a fractional count', ['--units', '1.5'], "--units must be a whole number from 0, got '1.5'"],
+    ['a fractional count', ['--units', '1.5'], '--units 1.5: expected a whole number from 0'],
   ];
   for (const [what, flags, message] of refusals) {
     it(`refuses ${what}: one line, exit 2, nothing written`, () => {

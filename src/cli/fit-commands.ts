@@ -71,12 +71,6 @@ export function fitRequest(flags: {
     if (rank !== 'full' && !(Number.isSafeInteger(rank) && rank >= 1))
       throw new VcompileError(`--rank must be a positive integer or full, got '${flags.rank}'`);
   }
-  if (flags.units !== undefined && !(Number.isSafeInteger(flags.units) && flags.units >= 0))
-    throw new VcompileError(`--units must be a whole number from 0, got '${flags.units}'`);
-  if (flags.units && flags.scope !== 'ffn')
-    throw new VcompileError(
-      `--units ${flags.units}: full-length units are a feed-forward block's hidden units; scope ${flags.scope} has none`,
-    );
   const batchSize = flags.batch ?? 8;
   if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new VcompileError(`--batch must be a positive integer, got ${flags.batch}`);
   return {

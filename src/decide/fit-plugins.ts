@@ -148,7 +148,6 @@ export async function fitPlugins(file: string, bytes: Uint8Array, data: DataSet,
   const context = fitContext(file, bytes, data, options);
   const targets = selectLayers(context.analysis.layers, options.layers);
   const plan = new Map(targets.map((l) => [l.index, [options.settings?.get(l.index) ?? options]]));
-  for (const l of targets) for (const setting of plan.get(l.index)!) budgetFor(setting, l, context.original, context.d);
   const fitted = await fitLayers(context, plan, true, target, options);
   const result: PluginFitResult = {
     plugins: new Map(fitted.map((f) => [f.fit.layer, f.plugin])),
@@ -172,7 +171,6 @@ export async function fitPluginVariants(file: string, bytes: Uint8Array, data: D
   const context = fitContext(file, bytes, data, options);
   const targets = selectLayers(context.analysis.layers, options.layers);
   const plan = new Map(targets.map((l) => [l.index, options.variants.map((v, i) => (options.skip?.(l.index, i) ? undefined : v))]));
-  for (const l of targets) for (const setting of plan.get(l.index)!) if (setting) budgetFor(setting, l, context.original, context.d);
   const fitted = await fitLayers(context, plan, false, 'block', options);
   const [model, dataSha] = [sha256(bytes), data.sha256];
   for (const f of fitted) stamp(f.plugin, f.fit, model, dataSha);
@@ -240,6 +238,10 @@ async function fitLayers(
   const fitted: Fitted[] = [];
   const last = Math.max(-1, ...[...plan].filter(([, s]) => s.some((v) => v)).map(([layer]) => layer));
   if (last < 0) return fitted;
+  // every setting's rank and units, refused here, before any work
+  const budgets = new Map(
+    [...plan].map(([index, settings]) => [index, settings.map((s) => s && budgetFor(s, analysis.layers[index], original, d))]),
+  );
   let streams = await streamsInto(fresh(), analysis.layers[0], splits, session);
   let originals = target === 'stream' ? streams : undefined;
   for (const layer of analysis.layers) {
@@ -260,7 +262,7 @@ async function fitLayers(
     for (const [variant, setting] of settings.entries()) {
       if (!setting) continue;
       const targets = originalOut?.get(streamAfter(layer, setting.scope).name);
-      const { rank, units: count, note } = budgetFor(setting, layer, original, d);
+      const { rank, units: count, note } = budgets.get(layer.index)![variant]!;
       const units = count ? unitsOf(layer.ffn, d, await selectUnits(fresh(), layer, count, splits, streams, session, d)) : undefined;
       const stats = await capture(fresh(), layer, setting, units, splits, streams, targets, session, d, options.onProgress);
       checkTokens(stats.fit, layer.index);
@@ -339,15 +341,15 @@ const BUDGET = 0.03;
  * elsewhere the adapter takes it all. A rank is a multiple of 8, at least 8. Refuses units the block cannot have.
  */
 function budgetFor(options: PluginSetting, layer: Layer, model: Model, d: number): { rank: number | 'full'; units: number; note?: string } {
-  const refusal = options.scope === 'ffn' ? unitsRefusal(layer.ffn, d) : `the ${options.scope} block has no hidden units of its own`;
+  const asked = option('units', options.units, `units ${options.units}`);
   if (options.units !== undefined && !(Number.isSafeInteger(options.units) && options.units >= 0))
-    throw new VcompileError(msg`${option('units', options.units, `units ${options.units}`)}: expected a whole number from 0`);
-  if (options.units && refusal)
-    throw new VcompileError(msg`layer ${layer.index}: ${option('units', options.units, `units ${options.units}`)}: ${refusal}`);
+    throw new VcompileError(msg`${asked}: expected a whole number from 0`);
+  if (options.units && options.scope !== 'ffn')
+    throw new VcompileError(msg`${asked}: full-length units are a feed-forward block's hidden units; scope ${options.scope} has none`);
+  const refusal = options.scope === 'ffn' ? unitsRefusal(layer.ffn, d) : 'no hidden units';
+  if (options.units && refusal) throw new VcompileError(msg`layer ${layer.index}: ${asked}: ${refusal}`);
   if (options.units && options.units > layer.ffn.inner)
-    throw new VcompileError(
-      msg`layer ${layer.index}: ${option('units', options.units, `units ${options.units}`)}: the feed-forward block has ${layer.ffn.inner} hidden units`,
-    );
+    throw new VcompileError(msg`layer ${layer.index}: ${asked}: the feed-forward block has ${layer.ffn.inner} hidden units`);
   const bounds =
     options.scope === 'ffn'
       ? [layer.ffn.input, layer.ffn.output]
@@ -357,8 +359,7 @@ function budgetFor(options: PluginSetting, layer: Layer, model: Model, d: number
   const seq = 128;
   const block =
     macsOf(regionBetween(bounds[0], bounds[1], model.graph.nodes), shapesAt(model, { batch: 1, seq }), `layer ${layer.index}`) / seq;
-  const withUnits = !refusal && options.units !== 0;
-  const units = options.units ?? (withUnits ? Math.min(Math.floor(((BUDGET / 2) * block) / d), Math.floor(layer.ffn.inner / 4)) : 0);
+  const units = options.units ?? (refusal ? 0 : Math.min(Math.floor(((BUDGET / 2) * block) / d), Math.floor(layer.ffn.inner / 4)));
   if (options.rank !== undefined) return { rank: options.rank, units };
   // per position: hidden A_x (d r), z B (r d), and u A_u on the k-times shorter sequence (d r / k)
   const perRank = d * (2 + 1 / options.ratio);
