@@ -4,7 +4,6 @@
 // nonlinear span the fitted module beats the training-free ones on data the fit never saw; spans are
 // fitted in sequence; fits are deterministic; bad input is refused with nothing written.
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { captureModule } from '../passes/modular/capture.js';
@@ -28,13 +27,11 @@ import { type DataBatch, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { verifyModels } from '../src/verify/numeric.js';
 import { vcompile } from './helpers/cli.js';
+import { FitScratch, type WeightEdit } from './helpers/fit-scratch.js';
 import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
 
 const repo = path.resolve(import.meta.dirname, '..');
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-module-fit-'));
-const VOCAB = 50;
-
-const base: TransformerConfig = {
+const scratch = new FitScratch('vcompile-module-fit-', {
   layers: 4,
   hidden: 16,
   heads: 2,
@@ -44,56 +41,21 @@ const base: TransformerConfig = {
   bias: true,
   mask: true,
   causal: false,
-  vocab: VOCAB,
+  vocab: 50,
   seed: 3,
-};
+});
+const { dir, base } = scratch;
 
 /** A generated transformer (weights edited by name with `edit`), written; returns its path. */
-function model(name: string, config: Partial<TransformerConfig>, edit?: (values: Float32Array, weight: string) => void): string {
-  const m = buildTransformer({ ...base, ...config });
-  if (edit) {
-    for (const v of m.graph.initializers) {
-      if (v.initializer!.dataType !== DataType.FLOAT) continue;
-      const values = v.initializer!.toFloat32();
-      edit(values, v.name);
-      v.initializer = Tensor.fromArray(v.name, DataType.FLOAT, v.initializer!.dims, values);
-    }
-  }
-  const file = path.join(dir, `${name}.onnx`);
-  saveModel(m, file);
-  return file;
-}
-
-function data(name: string, samples: number, seed = 1, vocab = VOCAB, length = 12): string {
-  const rng = new Rng(seed, name);
-  const rows = Array.from({ length: samples }, (_, i) => ({
-    input_ids: Array.from({ length: length + (i % 9) }, () => Math.floor(rng.next() * vocab)),
-  }));
-  const file = path.join(dir, `${name}.jsonl`);
-  fs.writeFileSync(file, `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`);
-  return file;
-}
+const model = (name: string, config: Partial<TransformerConfig>, edit?: WeightEdit) => scratch.model(name, config, edit);
+const data = (name: string, samples: number, seed = 1, vocab?: number, length?: number) => scratch.data(name, samples, seed, vocab, length);
 
 async function fitOn(file: string, dataFile: string, options: ModuleFitOptions) {
   return fitModules(file, fs.readFileSync(file), openData(dataFile, describeInputs(loadModel(file))), options);
 }
 
-/** `file` with `modules` (key L{S}-{E} -> module) spliced in, written; returns its path. */
-function compiled(file: string, modules: Map<string, Model> | string[], name: string): string {
-  const args = [file, '-o', path.join(dir, `${name}.onnx`), '--no-verify'];
-  if (Array.isArray(modules)) {
-    for (const m of modules) args.push('--module', m);
-  } else {
-    for (const [key, module] of modules) {
-      const p = path.join(dir, `${name}-${key}.onnx`);
-      saveModel(module, p);
-      args.push('--module', `${key.slice(1)}=${p}`);
-    }
-  }
-  const r = vcompile(...args);
-  if (r.code !== 0) throw new Error(r.stderr);
-  return path.join(dir, `${name}.onnx`);
-}
+/** `file` with `modules` (key L{S}-{E} -> module, or --module values) spliced in, written; returns its path. */
+const compiled = (file: string, modules: Map<string, Model> | string[], name: string) => scratch.withModules(file, modules, name);
 
 describe('the fit engine', () => {
   it('recovers a linear map, and the projection it folds into, exactly on a linear problem', async () => {

@@ -4,7 +4,6 @@
 // on every norm form, a two-layer model where fitting layer 1 to the original's stream brings the output
 // closer, determinism and the default's bytes, provenance, and the flag on both commands.
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
@@ -16,18 +15,15 @@ import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { assertValid } from '../src/ir/verify.js';
-import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
-import { Rng } from '../src/random.js';
+import { encodeModel, loadModel } from '../src/onnx/file.js';
 import { openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { vcompile } from './helpers/cli.js';
 import { asCommandLineAsync } from './helpers/cli-message.js';
-import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
+import { FitScratch, type WeightEdit } from './helpers/fit-scratch.js';
+import type { TransformerConfig } from './helpers/transformer-gen.js';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-fit-stream-'));
-const VOCAB = 50;
-
-const base: TransformerConfig = {
+const scratch = new FitScratch('vcompile-fit-stream-', {
   layers: 2,
   hidden: 16,
   heads: 2,
@@ -37,51 +33,27 @@ const base: TransformerConfig = {
   bias: true,
   mask: true,
   causal: false,
-  vocab: VOCAB,
+  vocab: 50,
   seed: 5,
-};
+});
+const { dir } = scratch;
 
 /** A generated transformer, its weights scaled by `gain` (more nonlinear), written; `edit` changes initializers by name. */
-function model(name: string, config: Partial<TransformerConfig>, gain = 1, edit?: (values: Float32Array, name: string) => void): string {
-  const m = buildTransformer({ ...base, ...config });
-  for (const v of m.graph.initializers) {
-    if (!v.initializer || v.initializer.dataType !== DataType.FLOAT) continue;
-    const values = v.initializer.toFloat32();
-    if (gain !== 1 && /\.(ffn|attention)\..*weight/.test(v.name)) for (let i = 0; i < values.length; i++) values[i] *= gain;
-    edit?.(values, v.name);
-    v.initializer = Tensor.fromArray(v.name, DataType.FLOAT, v.initializer.dims, values);
-  }
-  const file = path.join(dir, `${name}.onnx`);
-  saveModel(m, file);
-  return file;
+function model(name: string, config: Partial<TransformerConfig>, gain = 1, edit?: WeightEdit): string {
+  return scratch.model(name, config, (values, weight) => {
+    if (gain !== 1 && /\.(ffn|attention)\..*weight/.test(weight)) for (let i = 0; i < values.length; i++) values[i] *= gain;
+    edit?.(values, weight);
+  });
 }
 
-function data(name: string, samples: number, seed = 1): string {
-  const rng = new Rng(seed, name);
-  const rows = Array.from({ length: samples }, (_, i) => ({
-    input_ids: Array.from({ length: 12 + (i % 9) }, () => Math.floor(rng.next() * VOCAB)),
-  }));
-  const file = path.join(dir, `${name}.jsonl`);
-  fs.writeFileSync(file, `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`);
-  return file;
-}
+const data = (name: string, samples: number, seed = 1) => scratch.data(name, samples, seed);
 
 async function fitOn(file: string, dataFile: string, options: PluginFitOptions) {
   return fitPlugins(file, fs.readFileSync(file), openData(dataFile, describeInputs(loadModel(file))), options);
 }
 
 /** The model with `plugins` (layer -> plugin model) applied, written; returns its path. */
-function compiled(file: string, plugins: Map<number, Model>, name: string): string {
-  const args = [file, '-o', path.join(dir, `${name}.onnx`), '--no-verify'];
-  for (const [layer, plugin] of plugins) {
-    const p = path.join(dir, `${name}-L${layer}.onnx`);
-    saveModel(plugin, p);
-    args.push('--plugin', `${layer}=${p}`);
-  }
-  const r = vcompile(...args);
-  if (r.code !== 0) throw new Error(r.stderr);
-  return path.join(dir, `${name}.onnx`);
-}
+const compiled = (file: string, plugins: Map<number, Model>, name: string) => scratch.withPlugins(file, plugins, name);
 
 /** The largest difference between the two plugins' weights, relative to the largest weight. */
 function weightDistance(a: Model, b: Model): number {

@@ -3,7 +3,6 @@
 // input (the compressed path carries information); layers are fitted in sequence; fits are deterministic;
 // bad input is refused with nothing written.
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { analyzeTransformer } from '../src/analysis/index.js';
@@ -14,18 +13,15 @@ import type { Model } from '../src/ir/model.js';
 import { Tensor } from '../src/ir/tensor.js';
 import { DataType } from '../src/ir/types.js';
 import { encodeModel, loadModel, saveModel } from '../src/onnx/file.js';
-import { Rng } from '../src/random.js';
 import { withFeedableRatio } from '../src/runtime/adaptive.js';
 import { type DataBatch, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { verifyModels } from '../src/verify/numeric.js';
 import { vcompile } from './helpers/cli.js';
-import { buildTransformer, type TransformerConfig } from './helpers/transformer-gen.js';
+import { FitScratch, type WeightEdit } from './helpers/fit-scratch.js';
+import type { TransformerConfig } from './helpers/transformer-gen.js';
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vcompile-fit-'));
-const VOCAB = 50;
-
-const base: TransformerConfig = {
+const scratch = new FitScratch('vcompile-fit-', {
   layers: 2,
   hidden: 16,
   heads: 2,
@@ -35,52 +31,24 @@ const base: TransformerConfig = {
   bias: true,
   mask: true,
   causal: false,
-  vocab: VOCAB,
+  vocab: 50,
   seed: 5,
-};
+});
+const { dir, base } = scratch;
 
-/** A generated transformer, its FFN first layers changed by `edit` (weights and biases by name). */
-function model(name: string, config: Partial<TransformerConfig>, edit?: (values: Float32Array, weight: string) => void): string {
-  const m = buildTransformer({ ...base, ...config });
-  if (edit) {
-    for (const v of m.graph.initializers) {
-      if (!/\.ffn\.inner\./.test(v.name)) continue;
-      const values = v.initializer!.toFloat32();
-      edit(values, v.name);
-      v.initializer = Tensor.fromArray(v.name, DataType.FLOAT, v.initializer!.dims, values);
-    }
-  }
-  const file = path.join(dir, `${name}.onnx`);
-  saveModel(m, file);
-  return file;
+/** A generated transformer, its FFN up projections (weights and biases, by name) changed by `edit`. */
+function model(name: string, config: Partial<TransformerConfig>, edit?: WeightEdit): string {
+  return scratch.model(name, config, edit && ((values, weight) => /\.ffn\.inner\./.test(weight) && edit(values, weight)));
 }
 
-function data(name: string, samples: number, seed = 1): string {
-  const rng = new Rng(seed, name);
-  const rows = Array.from({ length: samples }, (_, i) => ({
-    input_ids: Array.from({ length: 12 + (i % 9) }, () => Math.floor(rng.next() * VOCAB)),
-  }));
-  const file = path.join(dir, `${name}.jsonl`);
-  fs.writeFileSync(file, `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`);
-  return file;
-}
+const data = (name: string, samples: number, seed = 1) => scratch.data(name, samples, seed);
 
 async function fitOn(file: string, dataFile: string, options: Parameters<typeof fitPlugins>[3]) {
   return fitPlugins(file, fs.readFileSync(file), openData(dataFile, describeInputs(loadModel(file))), options);
 }
 
 /** The model with `plugins` (layer -> plugin model) applied, written; returns its path. */
-function compiled(file: string, plugins: Map<number, Model>, name: string): string {
-  const args = [file, '-o', path.join(dir, `${name}.onnx`), '--no-verify'];
-  for (const [layer, plugin] of plugins) {
-    const p = path.join(dir, `${name}-L${layer}.onnx`);
-    saveModel(plugin, p);
-    args.push('--plugin', `${layer}=${p}`);
-  }
-  const r = vcompile(...args);
-  if (r.code !== 0) throw new Error(r.stderr);
-  return path.join(dir, `${name}.onnx`);
-}
+const compiled = (file: string, plugins: Map<number, Model>, name: string) => scratch.withPlugins(file, plugins, name);
 
 describe('fitted plugins', () => {
   const calibration = data('calibration', 80);
