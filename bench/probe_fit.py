@@ -24,7 +24,9 @@ Variants (restore of position j in group g; x: block input, c = mean_g x, u = f(
             the first batch), what vcompile's --units computes
 
 Variants combine with "+" (stream+units). --rank R reduces every fit to rank R (reduced-rank
-regression: the full fit projected onto the top R directions of its fitted values).
+regression: the full fit projected onto the top R directions of its fitted values); with --outside
+only the [u; x; 1] part is reduced and the units keep full weights of their own (their effect
+regressed out first, then the reduced rank on what is left).
 """
 
 import argparse
@@ -86,6 +88,7 @@ def repeat(c, k):
 
 SELECTED = {}
 RANK = 0
+OUTSIDE = False
 UNITS = 16
 
 
@@ -151,6 +154,28 @@ class Fit:
             if best is None or err < best[1]:
                 best = (ws, err, rel)
         ws = best[0]
+        if RANK and OUTSIDE:
+            # the units outside the rank: W_g full, [u; x; 1] reduced (Frisch-Waugh, then reduced rank)
+            ws = []
+            for o in range(self.g.shape[1]):
+                g = self.g[0, o]
+                n, d = g.shape[0], self.h.shape[-1]
+                pen = torch.full((n,), float(best[2] * g.diagonal()[:-1].mean()), dtype=g.dtype)
+                pen[-1] = 0
+                gp, h = g + torch.diag(pen), self.h[0, o]
+                ib = torch.arange(2 * d, n - 1)
+                ia = torch.tensor([i for i in range(n) if i < 2 * d or i == n - 1])
+                gbb_inv = torch.linalg.inv(gp[ib][:, ib])
+                schur = gp[ia][:, ia] - gp[ia][:, ib] @ gbb_inv @ gp[ib][:, ia]
+                wa = torch.linalg.solve(schur, h[ia] - gp[ia][:, ib] @ gbb_inv @ h[ib])
+                vals, vecs = torch.linalg.eigh(wa.T @ schur @ wa)
+                v = vecs[:, -RANK:]
+                wa = wa @ v @ v.T
+                w = torch.zeros(n, d, dtype=g.dtype)
+                w[ia] = wa
+                w[ib] = gbb_inv @ (h[ib] - gp[ib][:, ia] @ wa)
+                ws.append(w)
+            return ws, best[2]
         if RANK:
             # reduced-rank regression: the full fit projected onto the top RANK directions of its fitted values
             ws = []
@@ -249,10 +274,12 @@ def main():
     parser.add_argument("--variants", default="mean,spec,control,offset,centred,stream,local")
     parser.add_argument("--units", type=int, default=16)
     parser.add_argument("--rank", type=int, default=0)
+    parser.add_argument("--outside", action="store_true", help="with --rank: the units' weights full, outside the rank")
     args = parser.parse_args()
-    global UNITS, RANK
+    global UNITS, RANK, OUTSIDE
     UNITS = args.units
     RANK = args.rank
+    OUTSIDE = args.outside
     model = load_model()
     calib, evals = load("calib"), load("eval")
     k = args.ratio
