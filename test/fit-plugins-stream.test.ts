@@ -158,7 +158,7 @@ describe('the stream target', () => {
           assertValid(m, 'captureBlock');
           expect(m.graph.inputs.some((v) => v.name === CAPTURE_TARGET)).toBe(target === 'stream');
           const session = await openSession(m);
-          const extra =
+          const extra: Record<string, Tensor> =
             target === 'stream'
               ? { [CAPTURE_TARGET]: Tensor.fromArray(CAPTURE_TARGET, DataType.FLOAT, streamOut.dims, streamOut.toFloat32()) }
               : {};

@@ -112,7 +112,7 @@ function gaussSolve(a: Matrix, b: Matrix): Matrix {
 function jacobiEigen(s: Matrix): { values: number[]; vectors: Matrix } {
   const n = s.rows;
   const A = Array.from({ length: n }, (_, i) => Array.from(s.data.subarray(i * n, (i + 1) * n)));
-  const V = Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j) => (i === j ? 1 : 0)));
+  const V = Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j): number => (i === j ? 1 : 0)));
   for (let sweep = 0; sweep < 100; sweep++) {
     let off = 0;
     for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += A[p][q] ** 2;

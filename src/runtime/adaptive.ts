@@ -63,7 +63,7 @@ export function queueDepth(thresholds: Record<number, number>): Policy {
 export function latencyBudget(
   budgetMs: number,
   options: { window?: number } = {},
-): Policy & { predict(ratio: number, tokens: number): number | undefined } {
+): Policy & Required<Pick<Policy, 'observe'>> & { predict(ratio: number, tokens: number): number | undefined } {
   const window = options.window ?? 64;
   const seen = new Map<number, { tokens: number; ms: number }[]>();
   const predict = (ratio: number, tokens: number) => fitLine(seen.get(ratio) ?? [])?.(tokens);
