@@ -257,7 +257,8 @@ async function fitLayers(
     if (originals) {
       const wanted = new Set(settings.flatMap((s) => (s ? [streamAfter(layer, s.scope).name] : [])));
       if (layer.index < last && (wanted.size || originals !== streams)) wanted.add(layer.output.name);
-      if (wanted.size) originalOut = await runOriginal(fresh(), layer, [...wanted], splits, originals, session, d);
+      const names = [...wanted];
+      if (names.length) originalOut = await runSplits(sliceAt(fresh(), layer, names, d), splits, originals, session, names);
     }
     for (const [variant, setting] of settings.entries()) {
       if (!setting) continue;
@@ -443,7 +444,7 @@ export async function streamsInto(model: Model, layer: Layer, splits: Splits, op
   if (!value) throw new Error(`internal: no value ${layer.input.name}`);
   model.graph.outputs = [value];
   eliminateDeadCode(model.graph);
-  return runSplits(model, splits, undefined, options, value.name);
+  return (await runSplits(model, splits, undefined, options, [value.name])).get(value.name)!;
 }
 
 export interface SessionFlags {
@@ -529,55 +530,31 @@ async function propagate(
   const d = streams.fit[0]?.dims[2] ?? streams.held[0].dims[2];
   sliceAt(model, layer, [layer.output.name], d);
   if (plugin) pluginPass({ plugins: [{ source: plugin.source }], layers: [0] }, () => plugin).run(model);
-  const outputs = await runSplits(model, splits, streams, session, model.graph.outputs[0].name, (done, total) =>
+  const output = model.graph.outputs[0].name;
+  const outputs = await runSplits(model, splits, streams, session, [output], (done, total) =>
     onProgress?.({ layer: layer.index, stage: 'propagate', done, total }),
   );
-  return outputs;
+  return outputs.get(output)!;
 }
 
-/** The original `layer` run on the original model's streams: the values `outputs` names, for every batch. */
-async function runOriginal(
-  model: Model,
-  layer: Layer,
-  outputs: string[],
-  splits: Splits,
-  originals: Streams,
-  options: SessionFlags,
-  d: number,
-): Promise<Map<string, Streams>> {
-  sliceAt(model, layer, outputs, d);
-  const opened = await openSession(model, options);
-  const out = new Map(outputs.map((name) => [name, { fit: [], held: [] } as Streams]));
-  try {
-    for (const split of ['fit', 'held'] as const) {
-      for (const [i, batch] of splits[split].entries()) {
-        const result = await run(opened, feedsFor(opened, batch, originals[split][i]));
-        for (const name of outputs) out.get(name)![split].push(result[name]);
-      }
-    }
-  } finally {
-    await opened.release();
-  }
-  return out;
-}
-
-export async function runSplits(
+/** `model` run on every batch of both splits (with `streams` as its stream input): the values `outputs` names. */
+async function runSplits(
   model: Model,
   splits: Splits,
   streams: Streams | undefined,
   options: SessionFlags,
-  output: string,
+  outputs: string[],
   progress?: (done: number, total: number) => void,
-): Promise<Streams> {
+): Promise<Map<string, Streams>> {
   const opened = await openSession(model, options);
-  const out: Streams = { fit: [], held: [] };
+  const out = new Map(outputs.map((name) => [name, { fit: [], held: [] } as Streams]));
   try {
     const total = splits.fit.length + splits.held.length;
     let done = 0;
     for (const split of ['fit', 'held'] as const) {
       for (const [i, batch] of splits[split].entries()) {
         const result = await run(opened, feedsFor(opened, batch, streams?.[split][i]));
-        out[split].push(result[output]);
+        for (const name of outputs) out.get(name)![split].push(result[name]);
         progress?.(++done, total);
       }
     }
