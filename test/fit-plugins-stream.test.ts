@@ -20,22 +20,10 @@ import { openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { vcompile } from './helpers/cli.js';
 import { asCommandLineAsync } from './helpers/cli-message.js';
-import { FitScratch, type WeightEdit } from './helpers/fit-scratch.js';
+import { FitScratch, PLUGIN_FIT_BASE, type WeightEdit } from './helpers/fit-scratch.js';
 import type { TransformerConfig } from './helpers/transformer-gen.js';
 
-const scratch = new FitScratch('vcompile-fit-stream-', {
-  layers: 2,
-  hidden: 16,
-  heads: 2,
-  ffnInner: 32,
-  norm: 'post',
-  activation: 'relu',
-  bias: true,
-  mask: true,
-  causal: false,
-  vocab: 50,
-  seed: 5,
-});
+const scratch = new FitScratch('vcompile-fit-stream-', PLUGIN_FIT_BASE);
 const { dir } = scratch;
 
 /** A generated transformer, its weights scaled by `gain` (more nonlinear), written; `edit` changes initializers by name. */

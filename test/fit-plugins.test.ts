@@ -18,22 +18,10 @@ import { type DataBatch, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { verifyModels } from '../src/verify/numeric.js';
 import { vcompile } from './helpers/cli.js';
-import { FitScratch, type WeightEdit } from './helpers/fit-scratch.js';
+import { FitScratch, PLUGIN_FIT_BASE, type WeightEdit } from './helpers/fit-scratch.js';
 import type { TransformerConfig } from './helpers/transformer-gen.js';
 
-const scratch = new FitScratch('vcompile-fit-', {
-  layers: 2,
-  hidden: 16,
-  heads: 2,
-  ffnInner: 32,
-  norm: 'post',
-  activation: 'relu',
-  bias: true,
-  mask: true,
-  causal: false,
-  vocab: 50,
-  seed: 5,
-});
+const scratch = new FitScratch('vcompile-fit-', PLUGIN_FIT_BASE);
 const { dir, base } = scratch;
 
 /** A generated transformer, its FFN up projections (weights and biases, by name) changed by `edit`. */

@@ -11,6 +11,21 @@ import { Rng } from '../../src/random.js';
 import { vcompile } from './cli.js';
 import { buildTransformer, type TransformerConfig } from './transformer-gen.js';
 
+/** The plugin fit tests' transformer: 2 post-LN layers, hidden 16, ReLU FFN of 32, padding mask. */
+export const PLUGIN_FIT_BASE: TransformerConfig = {
+  layers: 2,
+  hidden: 16,
+  heads: 2,
+  ffnInner: 32,
+  norm: 'post',
+  activation: 'relu',
+  bias: true,
+  mask: true,
+  causal: false,
+  vocab: 50,
+  seed: 5,
+};
+
 /** Changes a float initializer's values in place, by its name. */
 export type WeightEdit = (values: Float32Array, name: string) => void;
 
