@@ -49,6 +49,17 @@ def sublayers(layer, x, additive):
     return h, a
 
 
+def context(h, additive):
+    """[h at t-1 ; h at t+1 ; the mean of h over the sequence], each over real positions only (0 elsewhere)."""
+    keep = (additive[:, 0, 0, :] == 0).to(h.dtype)[..., None]
+    hk = h * keep
+    zero = torch.zeros_like(hk[:, :1])
+    prev = torch.cat([zero, hk[:, :-1]], 1)
+    nxt = torch.cat([hk[:, 1:], zero], 1)
+    mean = hk.sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
+    return torch.cat([prev, nxt, mean.expand_as(h)], -1)
+
+
 def preimage(norm, y, z):
     mu, sd = z.mean(-1, keepdim=True), (z.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
     return mu + sd * (y - norm.bias) / norm.weight
@@ -93,10 +104,13 @@ class Module(torch.nn.Module):
         self.layer = copy.deepcopy(layer)
         self.res = None
         self.extra = None  # (inner Linear, activation, [m, d] output weight): more hidden units
+        self.ctx = None  # [3d, d]: a map of context(h), the neighbours and the sequence mean
 
     def forward(self, x, additive):
         h, a = sublayers(self.layer, x, additive)
         inc = self.layer.ffn.output(a)
+        if self.ctx is not None:
+            inc = inc + context(h, additive) @ self.ctx
         if self.extra is not None:
             inner, act, w = self.extra
             inc = inc + act(inner(h)) @ w
@@ -146,6 +160,8 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
             z = h + module.layer.ffn.output(a)
             t = preimage(module.layer.ffn_norm, y, z) - h
             feats = torch.cat([a, h], -1) if method.startswith("res") else a
+            if method.startswith("ctx"):
+                feats = torch.cat([a, context(h, additive)], -1)
             if method.startswith("wide"):
                 if module.extra is None:
                     src = layers[span[1]].ffn
@@ -167,6 +183,8 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
         module.layer.ffn.output.bias.copy_(w[-1])
         if method.startswith("res"):
             module.res = w[f:-1].clone()
+        if method.startswith("ctx"):
+            module.ctx = w[f:-1].clone()
         if method.startswith("wide"):
             module.extra = (module.extra[0], module.extra[1], w[f:-1].clone())
     if method == "norm":

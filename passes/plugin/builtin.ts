@@ -159,13 +159,14 @@ export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, me
     const u = b.floats('adapter_from_restored', [d, rank], weights.fromRestored);
     const x = b.floats('adapter_from_hidden', [d, rank], weights.fromHidden);
     // u A_u is computed on the short sequence and repeated (u is a repeat there): k times fewer MACs
+    const byRank = { ...shape, hidden: rank };
     let z: Value;
     if (shape.scope === 'layer') {
       // u = hidden + repeat(inner - compressed), so u A_u + hidden A_x = hidden (A_u + A_x) + repeat((inner - compressed) A_u)
       const change = b.op.MatMul(b.op.Sub(io.inner, io.compressed), u);
-      z = b.op.Add(b.op.MatMul(io.hidden, b.op.Add(u, x)), repeatGroups(b, ops, change, { ...shape, hidden: rank }));
+      z = addRepeated(b, ops, b.op.MatMul(io.hidden, b.op.Add(u, x)), change, byRank);
     } else {
-      z = b.op.Add(repeatGroups(b, ops, b.op.MatMul(io.inner, u), { ...shape, hidden: rank }), b.op.MatMul(io.hidden, x));
+      z = addRepeated(b, ops, b.op.MatMul(io.hidden, x), b.op.MatMul(io.inner, u), byRank);
     }
     if (weights.units) {
       const { units, fromUnits } = weights.units;
@@ -174,7 +175,9 @@ export function buildFittedPlugin(shape: PluginShape, weights: FittedWeights, me
     }
     z = b.op.Add(z, b.floats('adapter_bias', [rank], weights.bias));
     const adapter = weights.up ? b.op.MatMul(z, b.floats('adapter_up', [rank, d], weights.up)) : z;
-    return b.op.Add(baseRestore(b, ops, io, shape), adapter);
+    return shape.scope === 'layer'
+      ? addRepeated(b, ops, b.op.Add(io.hidden, adapter), b.op.Sub(io.inner, io.compressed), shape)
+      : addRepeated(b, ops, adapter, io.inner, shape);
   });
   model.metadataProps = [...(model.metadataProps ?? []), ...metadata];
   return model;
@@ -250,7 +253,18 @@ function buildPlugin(shape: PluginShape, kind: PluginKind, compress: Compress, r
  */
 function baseRestore(b: GraphBuilder, ops: VersionedOps, io: RestoreInputs, shape: PluginShape): Value {
   if (shape.scope !== 'layer') return repeatGroups(b, ops, io.inner, shape);
-  return b.op.Add(io.hidden, repeatGroups(b, ops, b.op.Sub(io.inner, io.compressed), shape));
+  return addRepeated(b, ops, io.hidden, b.op.Sub(io.inner, io.compressed), shape);
+}
+
+/**
+ * full + repeat(short): [b, n, w] + [b, n/k, w] -> [b, n, w], each vector of short added to the k positions
+ * of its group by broadcasting over [b, n/k, k, w], so the repeat is never written out (the same sums as
+ * adding the repeated copy, bit for bit, with one full-length pass fewer).
+ */
+function addRepeated(b: GraphBuilder, ops: VersionedOps, full: Value, short: Value, shape: PluginShape): Value {
+  const grouped = b.op.Reshape(full, b.int64s('grouped_shape', [0, -1, shape.ratio, shape.hidden]));
+  const sum = b.op.Add(grouped, ops.unsqueeze(short, [2]));
+  return b.op.Reshape(sum, b.int64s('ungrouped_shape', [0, -1, shape.hidden]));
 }
 
 /** [b, n/k, d] -> [b, n, d], each vector repeated k times in place. */

@@ -31,8 +31,9 @@ export interface UnitProjection {
 /** The activations a unit can be rebuilt with (the names src/analysis/ffn.ts gives). */
 const ACTIVATIONS: Record<string, (b: GraphBuilder, p: Value) => Value> = {
   relu: (b, p) => b.op.Relu(p),
+  // written as PyTorch exports it (x / sqrt 2, not x times 1 / sqrt 2), the spelling ONNX Runtime fuses into one Gelu
   gelu: (b, p) =>
-    b.op.Mul(b.op.Mul(p, b.scalar('half', 0.5)), b.op.Add(b.op.Erf(b.op.Mul(p, b.scalar('rsqrt2', Math.SQRT1_2))), b.scalar('one', 1))),
+    b.op.Mul(b.op.Mul(p, b.scalar('half', 0.5)), b.op.Add(b.op.Erf(b.op.Div(p, b.scalar('sqrt2', Math.SQRT2))), b.scalar('one', 1))),
   gelu_tanh: (b, p) => {
     const cubic = b.op.Add(p, b.op.Mul(b.op.Mul(b.op.Mul(p, p), p), b.scalar('c', 0.044715)));
     const t = b.op.Tanh(b.op.Mul(cubic, b.scalar('sqrt_2_pi', Math.sqrt(2 / Math.PI))));

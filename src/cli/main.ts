@@ -3,6 +3,7 @@
 // command modules beside this file.
 import * as fs from 'node:fs';
 import yargs, { type Argv } from 'yargs';
+import { BUDGET } from '../decide/fit-plugins.js';
 import { VcompileError } from '../errors.js';
 import { MAX_ORT_OPSET } from '../ir/op-versions.js';
 import { VCOMPILE_VERSION } from '../version.js';
@@ -326,11 +327,13 @@ function pluginFitCommand(parser: Argv, out: Out): void {
           default: 'ffn' as const,
           describe: 'the block the plugins wrap',
         })
-        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: within 3% of the block with the units)' })
+        .option('rank', {
+          type: 'string',
+          describe: `adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
+        })
         .option('units', {
           type: 'number',
-          describe:
-            "ffn scope: the block's hidden units computed at full length (default: as many as 1.5% of the block's MACs buy; 0: none)",
+          describe: `ffn scope: the block's hidden units computed at full length (default: as many as ${BUDGET * 50}% of the block's MACs buy; 0: none)`,
         })
         .option('fit-target', {
           choices: ['block', 'stream'] as const,
@@ -377,7 +380,10 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         .option('time-limit', { type: 'string', describe: 'stop the search after this long (90s, 20m, 1h) and keep the best so far' })
         .option('scopes', { type: 'string', describe: 'plugin scopes to try (default ffn,attention,layer)' })
         .option('ratios', { type: 'string', describe: 'compression ratios to try per layer (default 2,4)' })
-        .option('rank', { type: 'string', describe: 'adapter rank, or full (default: within 3% of the block with the units)' })
+        .option('rank', {
+          type: 'string',
+          describe: `adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
+        })
         .option('profiles', {
           type: 'string',
           choices: ['auto', 'measured', 'estimated'] as const,
@@ -657,12 +663,11 @@ function compileCommand(parser: Argv, out: Out): void {
             })
             .option('rank', {
               type: 'string',
-              describe: 'with --plugin builtin:fit:K: the adapter rank, or full (default: within 3% of the block with the units)',
+              describe: `with --plugin builtin:fit:K: the adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
             })
             .option('units', {
               type: 'number',
-              describe:
-                "with --plugin builtin:fit:K:ffn: the block's hidden units computed at full length (default: 1.5% of the block's MACs; 0: none)",
+              describe: `with --plugin builtin:fit:K:ffn: the block's hidden units computed at full length (default: ${BUDGET * 50}% of the block's MACs; 0: none)`,
             })
             .option('fit-target', {
               choices: ['block', 'stream'] as const,

@@ -148,7 +148,7 @@ const FIT_SPLIT = (i: number) => i % 5 <= 2;
 const VALIDATION_SPLIT = (i: number) => i % 5 === 3;
 const TEST_SPLIT = (i: number) => i % 5 === 4;
 /** bump when what a cached entry means changes */
-const CACHE_VERSION = 2;
+const CACHE_VERSION = 3;
 const MAX_SEARCH_STEPS = 8;
 /** 'auto' profiles are estimated when evaluating them all would take longer than this */
 const PROFILE_SECONDS = 300;
