@@ -19,6 +19,9 @@ output), a the FFN's hidden activation and y the target stream:
   norm         refit, then the output norm's gamma and beta refitted per channel in output space
   wideM        refit with M more hidden units (the span's last layer's, largest output rows first) added
                to the module's FFN and their output rows fitted with the rest
+  ctxW         ridge of z* - h on [a; context(h); 1]: refit plus maps of h at the W positions either side
+               (h at t-1..t-W and t+1..t+W, 0 past the real positions; W = 1 when omitted) and of the mean
+               of h over the sequence's real positions: position mixing a per-token fit cannot do
   last, refitlast, reslast   init, refit and res starting from the span's last layer instead
 Each may end with +stream: later spans' target is the original model's stream at the span's end
 (the target otherwise: the original span run on the stream the earlier fitted modules produce).
@@ -49,15 +52,16 @@ def sublayers(layer, x, additive):
     return h, a
 
 
-def context(h, additive):
-    """[h at t-1 ; h at t+1 ; the mean of h over the sequence], each over real positions only (0 elsewhere)."""
+def context(h, additive, window=1):
+    """[h at t-j and t+j for j = 1..window ; the mean of h over the sequence], over real positions only (0 elsewhere)."""
     keep = (additive[:, 0, 0, :] == 0).to(h.dtype)[..., None]
     hk = h * keep
-    zero = torch.zeros_like(hk[:, :1])
-    prev = torch.cat([zero, hk[:, :-1]], 1)
-    nxt = torch.cat([hk[:, 1:], zero], 1)
+    parts = []
+    for j in range(1, window + 1):
+        zero = torch.zeros_like(hk[:, :j])
+        parts += [torch.cat([zero, hk[:, :-j]], 1), torch.cat([hk[:, j:], zero], 1)]
     mean = hk.sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp(min=1)
-    return torch.cat([prev, nxt, mean.expand_as(h)], -1)
+    return torch.cat(parts + [mean.expand_as(h)], -1)
 
 
 def preimage(norm, y, z):
@@ -104,13 +108,14 @@ class Module(torch.nn.Module):
         self.layer = copy.deepcopy(layer)
         self.res = None
         self.extra = None  # (inner Linear, activation, [m, d] output weight): more hidden units
-        self.ctx = None  # [3d, d]: a map of context(h), the neighbours and the sequence mean
+        self.ctx = None  # [(2 window + 1) d, d]: a map of context(h), the neighbours and the sequence mean
+        self.window = 1
 
     def forward(self, x, additive):
         h, a = sublayers(self.layer, x, additive)
         inc = self.layer.ffn.output(a)
         if self.ctx is not None:
-            inc = inc + context(h, additive) @ self.ctx
+            inc = inc + context(h, additive, self.window) @ self.ctx
         if self.extra is not None:
             inner, act, w = self.extra
             inc = inc + act(inner(h)) @ w
@@ -161,7 +166,8 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
             t = preimage(module.layer.ffn_norm, y, z) - h
             feats = torch.cat([a, h], -1) if method.startswith("res") else a
             if method.startswith("ctx"):
-                feats = torch.cat([a, context(h, additive)], -1)
+                module.window = int(method[3:] or 1)
+                feats = torch.cat([a, context(h, additive, module.window)], -1)
             if method.startswith("wide"):
                 if module.extra is None:
                     src = layers[span[1]].ffn
