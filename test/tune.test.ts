@@ -178,6 +178,19 @@ describe('vcompile tune', () => {
     expect(fs.existsSync(required)).toBe(false);
   }, 240_000);
 
+  it('--units gives the FFN plugins it fits that many full-length units', async () => {
+    const unitWeights = (r: TuneResult) =>
+      r.model!.graph.initializers.filter((v) => v.name.includes('units_up_weight')).map((v) => v.initializer!.dims);
+    const [three, none] = await Promise.all([
+      tuneWith('kl<=1000', { scopes: ['ffn'], ratios: [2], units: 3 }),
+      tuneWith('kl<=1000', { scopes: ['ffn'], ratios: [2], units: 0 }),
+    ]);
+    const compressed = Object.keys(three.chosen?.configuration ?? {}).length;
+    expect(compressed).toBeGreaterThan(0);
+    expect(unitWeights(three)).toEqual(Array.from({ length: compressed }, () => [32, 3]));
+    expect(unitWeights(none)).toEqual([]);
+  }, 240_000);
+
   it('refuses bad flags before any work, in one line', () => {
     const out = path.join(dir, 'never.onnx');
     for (const [flags, message] of [
@@ -192,6 +205,11 @@ describe('vcompile tune', () => {
       ],
       [['--samples', '7'], /.*data\.jsonl: 7 samples are too few to tune: .*; give at least 10/],
       [['--profiles', 'guessed'], /--profiles guessed: expected one of auto, measured, estimated/],
+      [['--units', '1.5'], /--units must be a whole number from 0, got 1\.5/],
+      [
+        ['--units', '2', '--scopes', 'attention'],
+        /--units: full-length units are a feed-forward block's hidden units, and --scopes attention leaves out ffn/,
+      ],
     ] as const) {
       const r = vcompile('tune', modelFile, '--data', dataFile, ...flags, '-o', out);
       expect(r.code).toBe(2);

@@ -384,6 +384,10 @@ function tuneModelCommand(parser: Argv, out: Out): void {
           type: 'string',
           describe: `adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
         })
+        .option('units', {
+          type: 'number',
+          describe: `ffn scope: the block's hidden units computed at full length (default: as many as ${BUDGET * 50}% of the block's MACs buy; 0: none)`,
+        })
         .option('profiles', {
           type: 'string',
           choices: ['auto', 'measured', 'estimated'] as const,
@@ -415,6 +419,7 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         scopes: args.scopes,
         ratios: args.ratios,
         rank: args.rank,
+        units: args.units,
         profiles: args.profiles as TuneFlags['profiles'],
         samples: args.samples,
         fitSamples: args['fit-samples'],

@@ -29,6 +29,7 @@ export interface TuneFlags {
   scopes?: string;
   ratios?: string;
   rank?: string;
+  units?: number;
   profiles?: 'auto' | 'measured' | 'estimated';
   samples?: number;
   fitSamples?: number;
@@ -85,6 +86,7 @@ interface Settings {
   scopes?: Scope[];
   ratios?: number[];
   rank?: number | 'full';
+  units?: number;
 }
 
 /** Every flag checked before any work. */
@@ -108,6 +110,15 @@ function tuneSettings(flags: TuneFlags): Settings {
     if (rank !== 'full' && !(Number.isSafeInteger(rank) && rank >= 1))
       throw new VcompileError(`--rank must be a positive integer or full, got '${flags.rank}'`);
     settings.rank = rank;
+  }
+  if (flags.units !== undefined) {
+    if (!(Number.isSafeInteger(flags.units) && flags.units >= 0))
+      throw new VcompileError(`--units must be a whole number from 0, got ${flags.units}`);
+    if (settings.scopes && !settings.scopes.includes('ffn'))
+      throw new VcompileError(
+        `--units: full-length units are a feed-forward block's hidden units, and --scopes ${flags.scopes} leaves out ffn`,
+      );
+    settings.units = flags.units;
   }
   const positive: [string, number | undefined][] = [
     ['--batch', flags.batch],
@@ -158,6 +169,7 @@ async function searchWithProgress(
       scopes: settings.scopes,
       ratios: settings.ratios,
       rank: settings.rank,
+      units: settings.units,
       profiles: flags.profiles,
       fitSamples: flags.fitSamples,
       batchSize: flags.runBatch,

@@ -61,6 +61,8 @@ export interface TuneOptions {
   /** compression ratios tried per layer (default 2 and 4) */
   ratios?: readonly number[];
   rank?: number | 'full';
+  /** full-length units of the FFN-scope plugins (passes/plugin/units.ts; default: the fit's budget) */
+  units?: number;
   /** samples per run (default 8) */
   batchSize?: number;
   threads?: number;
@@ -212,7 +214,11 @@ class Tuner {
     for (const r of ratios)
       if (!Number.isSafeInteger(r) || r < 2 || r > 1024) throw new VcompileError(`ratio ${r}: ratios must be integers from 2 to 1024`);
     const scopes = options.scopes ?? SCOPES;
-    this.variants = scopes.flatMap((scope) => ratios.map((ratio) => ({ scope, ratio, rank: options.rank, key: `${scope}:${ratio}` })));
+    // units are a feed-forward block's own: the other scopes' variants have none to take
+    const units = (scope: Scope) => (scope === 'ffn' ? options.units : undefined);
+    this.variants = scopes.flatMap((scope) =>
+      ratios.map((ratio) => ({ scope, ratio, rank: options.rank, units: units(scope), key: `${scope}:${ratio}` })),
+    );
     if (this.variants.length === 0) throw new VcompileError('nothing to tune: no scope or no ratio given');
     this.splits = splitData(data, options.fitSamples);
     this.batch = options.batch ?? 8;
@@ -228,7 +234,9 @@ class Tuner {
     const dataKey = `${data.sha256}:${data.size}`;
     this.cache = new Cache(
       options.cacheDir,
-      [CACHE_VERSION, this.modelHash, dataKey, options.rank ?? 'default', options.fitSamples ?? 'all'].join('|'),
+      [CACHE_VERSION, this.modelHash, dataKey, options.rank ?? 'default', options.units ?? 'default', options.fitSamples ?? 'all'].join(
+        '|',
+      ),
     );
     // registered as a temporary: a signal that ends the process (a second Ctrl-C) removes it too
     this.work = temporaryFolder(path.join(options.cacheDir ?? os.tmpdir(), options.cacheDir ? '.work-' : 'vcompile-tune-'));
