@@ -9,9 +9,10 @@
 //   npm run build && node dist/bench/recovery.js ORIGINAL BASELINE CANDIDATE... --data PATH [--resamples 4000]
 import { parseArgs } from 'node:util';
 import { describeInputs } from '../src/analysis/inputs.js';
+import { quantile } from '../src/bench/paired.js';
 import { loadModel } from '../src/onnx/file.js';
 import { Rng } from '../src/random.js';
-import { IGNORE_LABEL, openData } from '../src/runtime/data.js';
+import { type DataSet, IGNORE_LABEL, openData } from '../src/runtime/data.js';
 import { openSession, run } from '../src/runtime/session.js';
 import { argmax, logSumExp } from '../src/verify/metrics.js';
 
@@ -28,26 +29,28 @@ interface Tally {
   loss: Float64Array;
 }
 
-async function tally(file: string): Promise<Tally> {
-  const data = openData(values.data!, describeInputs(loadModel(file)));
-  if (!data.hasLabels) throw new Error(`${values.data}: no labels`);
+async function tally(file: string, data: DataSet): Promise<Tally> {
   const t = { labelled: new Float64Array(data.size), correct: new Float64Array(data.size), loss: new Float64Array(data.size) };
   const session = await openSession(file);
-  for (const batch of data.batches(Number(values.batch))) {
-    const outputs = await run(session, batch.feeds);
-    const logits = outputs[session.outputNames[0]!]!;
-    const labels = batch.labels!.toNumbers();
-    const x = logits.readFloat32();
-    const width = logits.dims[logits.dims.length - 1]!;
-    const perSample = labels.length / batch.samples.length;
-    for (let i = 0; i < labels.length; i++) {
-      const label = labels[i]!;
-      if (label === IGNORE_LABEL) continue;
-      const sample = batch.samples[Math.floor(i / perSample)]!;
-      t.labelled[sample]! += 1;
-      t.correct[sample]! += argmax(x, i * width, width) === label ? 1 : 0;
-      t.loss[sample]! += logSumExp(x, i * width, width) - x[i * width + label]!;
+  try {
+    for (const batch of data.batches(Number(values.batch))) {
+      const outputs = await run(session, batch.feeds);
+      const logits = outputs[session.outputNames[0]!]!;
+      const labels = batch.labels!.toNumbers();
+      const x = logits.readFloat32();
+      const width = logits.dims[logits.dims.length - 1]!;
+      const perSample = labels.length / batch.samples.length;
+      for (let i = 0; i < labels.length; i++) {
+        const label = labels[i]!;
+        if (label === IGNORE_LABEL) continue;
+        const sample = batch.samples[Math.floor(i / perSample)]!;
+        t.labelled[sample]! += 1;
+        t.correct[sample]! += argmax(x, i * width, width) === label ? 1 : 0;
+        t.loss[sample]! += logSumExp(x, i * width, width) - x[i * width + label]!;
+      }
     }
+  } finally {
+    await session.release();
   }
   return t;
 }
@@ -69,11 +72,10 @@ function shares(o: Tally, b: Tally, c: Tally, pick: (i: number) => number, n: nu
   return [(sum.c[0]! - sum.b[0]!) / (sum.o[0]! - sum.b[0]!), (sum.b[1]! - sum.c[1]!) / (sum.b[1]! - sum.o[1]!)];
 }
 
-function quantile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
-}
-
-const [original, baseline, ...candidates] = await Promise.all(positionals.map(tally));
+// the models are compared on the same samples: the data is read and checked once, against the original
+const data = openData(values.data, describeInputs(loadModel(positionals[0]!)));
+if (!data.hasLabels) throw new Error(`${values.data}: no labels`);
+const [original, baseline, ...candidates] = await Promise.all(positionals.map((file) => tally(file, data)));
 const n = original!.labelled.length;
 const labelled = original!.labelled.reduce((a, x) => a + x, 0);
 const rate = (t: Tally) =>
@@ -92,10 +94,7 @@ for (const [i, candidate] of candidates.entries()) {
     if (Number.isFinite(a)) draws[0].push(a);
     draws[1].push(l);
   }
-  const interval = (d: number[]) => {
-    const s = [...d].sort((x, y) => x - y);
-    return `${(100 * quantile(s, 0.05)).toFixed(0)}-${(100 * quantile(s, 0.95)).toFixed(0)}%`;
-  };
+  const interval = (d: number[]) => `${(100 * quantile(d, 0.05)).toFixed(0)}-${(100 * quantile(d, 0.95)).toFixed(0)}%`;
   console.log(
     `${positionals[i + 2]}: ${rate(candidate)}; gap recovered: accuracy ${(100 * accuracy).toFixed(0)}% (${interval(draws[0])}), loss ${(100 * loss).toFixed(0)}% (${interval(draws[1])})`,
   );

@@ -18,6 +18,10 @@ import { enableSignalCleanup } from './signals.js';
 import { type TuneFlags, tuneCommand } from './tune-commands.js';
 import { verifyCommand } from './verify-commands.js';
 
+/** How --rank and --units of a plugin fit read in every command that fits plugins. */
+const FIT_RANK = `adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`;
+const FIT_UNITS = `the block's hidden units computed at full length (default: as many as ${BUDGET * 50}% of the block's MACs buy; 0: none)`;
+
 export async function main(argv: string[]): Promise<number> {
   enableSignalCleanup();
   const out = { code: 0 };
@@ -329,11 +333,11 @@ function pluginFitCommand(parser: Argv, out: Out): void {
         })
         .option('rank', {
           type: 'string',
-          describe: `adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
+          describe: FIT_RANK,
         })
         .option('units', {
           type: 'number',
-          describe: `ffn scope: the block's hidden units computed at full length (default: as many as ${BUDGET * 50}% of the block's MACs buy; 0: none)`,
+          describe: `ffn scope: ${FIT_UNITS}`,
         })
         .option('fit-target', {
           choices: ['block', 'stream'] as const,
@@ -382,11 +386,11 @@ function tuneModelCommand(parser: Argv, out: Out): void {
         .option('ratios', { type: 'string', describe: 'compression ratios to try per layer (default 2,4)' })
         .option('rank', {
           type: 'string',
-          describe: `adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
+          describe: FIT_RANK,
         })
         .option('units', {
           type: 'number',
-          describe: `ffn scope: the block's hidden units computed at full length (default: as many as ${BUDGET * 50}% of the block's MACs buy; 0: none)`,
+          describe: `ffn scope: ${FIT_UNITS}`,
         })
         .option('profiles', {
           type: 'string',
@@ -668,11 +672,11 @@ function compileCommand(parser: Argv, out: Out): void {
             })
             .option('rank', {
               type: 'string',
-              describe: `with --plugin builtin:fit:K: the adapter rank, or full (default: within ${BUDGET * 100}% of the block with the units)`,
+              describe: `with --plugin builtin:fit:K: the ${FIT_RANK}`,
             })
             .option('units', {
               type: 'number',
-              describe: `with --plugin builtin:fit:K:ffn: the block's hidden units computed at full length (default: ${BUDGET * 50}% of the block's MACs; 0: none)`,
+              describe: `with --plugin builtin:fit:K:ffn: ${FIT_UNITS}`,
             })
             .option('fit-target', {
               choices: ['block', 'stream'] as const,

@@ -52,7 +52,7 @@ export interface PluginSetting {
   scope: Scope;
   /** adapter rank; 'full' for the full-rank fit; default: the largest whose arithmetic stays within budget (budgetFor) */
   rank?: number | 'full';
-  /** FFN scope: the block's hidden units computed at full length (default: as many as 1.5% of the block's MACs buy) */
+  /** FFN scope: the block's hidden units computed at full length (default: as many as half of BUDGET buys) */
   units?: number;
 }
 
