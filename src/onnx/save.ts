@@ -278,7 +278,7 @@ function* saveSteps(model: Model, file: string, options: SaveOptions): Generator
   const temporary = (final: string) => {
     const temp = path.join(path.dirname(final), `.${path.basename(final)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
     temps.push(temp);
-    temporaries.add(temp);
+    temporaries.set(temp, false);
     return temp;
   };
   try {
@@ -399,30 +399,26 @@ function writeBatch(fd: number, batch: Uint8Array[], expected: number): void {
 
 // ------------------------------------------------------------------------------------ temporaries
 
-/** Temporary files and folders that exist right now (writes in progress, kept originals), and which are folders. */
-const temporaries = new Set<string>();
-const folders = new Set<string>();
+/** Temporary files and folders that exist right now (writes in progress, kept originals): path -> whether a folder. */
+const temporaries = new Map<string, boolean>();
 
 /** Removes every temporary file and folder of this process (for signal handlers); returns them. */
 export function removeTemporaryFiles(): { path: string; folder: boolean }[] {
-  const removed = [...temporaries].map((temp) => ({ path: temp, folder: folders.has(temp) }));
+  const removed = [...temporaries].map(([temp, folder]) => ({ path: temp, folder }));
   for (const { path: temp } of removed) fs.rmSync(temp, { recursive: true, force: true });
   temporaries.clear();
-  folders.clear();
   return removed;
 }
 
 /** A fresh folder (fs.mkdtempSync(prefix)) registered as a temporary until `release()`, which removes it. */
 export function temporaryFolder(prefix: string): { folder: string; release(): void } {
   const folder = fs.mkdtempSync(prefix);
-  temporaries.add(folder);
-  folders.add(folder);
+  temporaries.set(folder, true);
   return {
     folder,
     release() {
       fs.rmSync(folder, { recursive: true, force: true });
       temporaries.delete(folder);
-      folders.delete(folder);
     },
   };
 }
@@ -441,7 +437,7 @@ export interface KeptOriginal {
  */
 export function keepOriginal(file: string, externalFiles: readonly ExternalFile[]): KeptOriginal {
   const folder = path.join(path.dirname(file), `.${path.basename(file)}.original.${process.pid}.${randomBytes(4).toString('hex')}`);
-  temporaries.add(folder);
+  temporaries.set(folder, true);
   const release = () => {
     fs.rmSync(folder, { recursive: true, force: true });
     temporaries.delete(folder);
