@@ -3,8 +3,8 @@
 //   quality   on a trained masked LM (default fixtures/mlm/mlm.onnx, calibration fixtures/mlm/calib, evaluation
 //             fixtures/mlm/eval: data the fit never sees), one span of 2 layers and two disjoint spans: task
 //             accuracy and loss of the original and with each span dropped (identity), keep-first, average,
-//             and fitted (from keep-first and from average), and how much of the loss gap the best
-//             training-free module leaves the fitted one recovers.
+//             and fitted (from keep-first and from average, with and without context maps), and how much of
+//             the loss gap the best training-free module leaves the fitted one recovers.
 //   assemble  --target-speedup R --fit-modules on the same model and data for each target: the plan, its
 //             fidelity on the held-out calibration samples, and its speed-up timed against the original
 //             (interleaved runs, medians) set against the MACs prediction.
@@ -114,22 +114,25 @@ async function quality(options: Options): Promise<void> {
         kind,
         spans.map(([start, end]) => ({ start, end, source: `builtin:${kind}` })),
       );
-    for (const init of ['keep-first', 'average'] as const) {
-      const started = Date.now();
-      const fitted = await fitModules(options.model, bytes, calib, {
-        spans: spans.map(([start, end]) => ({ start, end })),
-        init,
-        threads: options.threads,
-      });
-      const seconds = (Date.now() - started) / 1000;
-      const loaded = new Map([...fitted.modules].map(([key, m]) => [`fitted:${key}`, m]));
-      await measure(
-        `fitted from ${init}`,
-        spans.map(([start, end]) => ({ start, end, source: `fitted:L${start}-${end}` })),
-        loaded,
-      );
-      const chosen = fitted.spans.map((s) => `${s.start}-${s.end}: ${s.chosen}`).join(', ');
-      rows[rows.length - 1].variant += ` (${chosen}; ${seconds.toFixed(1)} s)`;
+    for (const context of [false, true]) {
+      for (const init of ['keep-first', 'average'] as const) {
+        const started = Date.now();
+        const fitted = await fitModules(options.model, bytes, calib, {
+          spans: spans.map(([start, end]) => ({ start, end })),
+          init,
+          context,
+          threads: options.threads,
+        });
+        const seconds = (Date.now() - started) / 1000;
+        const loaded = new Map([...fitted.modules].map(([key, m]) => [`fitted:${key}`, m]));
+        await measure(
+          `fitted from ${init}${context ? '' : ', --no-context'}`,
+          spans.map(([start, end]) => ({ start, end, source: `fitted:L${start}-${end}` })),
+          loaded,
+        );
+        const chosen = fitted.spans.map((s) => `${s.start}-${s.end}: ${s.chosen}`).join(', ');
+        rows[rows.length - 1].variant += ` (${chosen}; ${seconds.toFixed(1)} s)`;
+      }
     }
     results[text] = rows;
     printQuality(text, rows);

@@ -22,7 +22,11 @@ output), a the FFN's hidden activation and y the target stream:
   ctxW         ridge of z* - h on [a; context(h); 1]: refit plus maps of h at the W positions either side
                (h at t-1..t-W and t+1..t+W, 0 past the real positions; W = 1 when omitted) and of the mean
                of h over the sequence's real positions: position mixing a per-token fit cannot do
+  resctx       ridge of z* - h on [a; h; context(h); 1]: res and ctx together
+  ctxsW[rN]    ctxW fitted in two stages: refit, then the context maps on what refit leaves (vcompile's method);
+               rN: N rounds of the two (backfitting, at the penalties the first round chose)
   last, refitlast, reslast   init, refit and res starting from the span's last layer instead
+  avg, avg:METHOD   builtin:average (the span's mean weights), as it is or as METHOD's starting point
 Each may end with +stream: later spans' target is the original model's stream at the span's end
 (the target otherwise: the original span run on the stream the earlier fitted modules produce).
 """
@@ -64,6 +68,15 @@ def context(h, additive, window=1):
     return torch.cat(parts + [mean.expand_as(h)], -1)
 
 
+def average_layer(model, span):
+    """One layer whose every parameter is the mean of the span's layers' (builtin:average)."""
+    layers = list(model.bert.encoder)[span[0]:span[1] + 1]
+    out = copy.deepcopy(layers[0])
+    for name, p in out.named_parameters():
+        p.data = torch.stack([dict(layer.named_parameters())[name].data for layer in layers]).mean(0)
+    return out
+
+
 def preimage(norm, y, z):
     mu, sd = z.mean(-1, keepdim=True), (z.var(-1, unbiased=False, keepdim=True) + norm.eps).sqrt()
     return mu + sd * (y - norm.bias) / norm.weight
@@ -88,16 +101,40 @@ class Ridge:
             self.yy[s] += float((to * to).sum())
 
     def solve(self):
-        best = None
-        for rel in GRID:
-            g = self.g[0]
-            pen = torch.full((g.shape[0],), float(rel * g.diagonal()[:-1].mean()), dtype=g.dtype)
-            pen[-1] = 0
-            w = torch.linalg.solve(g + torch.diag(pen), self.h[0])
-            err = self.yy[1] - 2 * float((w * self.h[1]).sum()) + float((w * (self.g[1] @ w)).sum())
-            if best is None or err < best[1]:
-                best = (w, err, rel)
-        return best[0], best[1] / self.yy[1]
+        w, err, _ = solve_ridge(self.g, self.h, self.yy)
+        return w, err / self.yy[1]
+
+    def staged(self, f, rounds=1):
+        """Ridge on [a; 1] (the first f features and the constant), then the residual's ridge on [the rest; 1];
+        then `rounds` - 1 more of each on what the other leaves, at the penalties the first round chose (backfitting)."""
+        first = torch.cat([torch.arange(f), torch.tensor([-1])]) % self.g[0].shape[0]
+        rest = torch.arange(f, self.g[0].shape[0])
+        sub = lambda m, r, c: m[r][:, c]  # noqa: E731
+        w1, _, pen1 = solve_ridge([sub(g, first, first) for g in self.g], [h[first] for h in self.h], self.yy)
+        h2 = [h[rest] - sub(g, rest, first) @ w1 for g, h in zip(self.g, self.h)]
+        yy2 = [yy - 2 * float((w1 * h[first]).sum()) + float((w1 * (sub(g, first, first) @ w1)).sum())
+               for g, h, yy in zip(self.g, self.h, self.yy)]
+        w2, err, pen2 = solve_ridge([sub(g, rest, rest) for g in self.g], h2, yy2)
+        g, h = self.g[0], self.h[0]
+        for _ in range(rounds - 1):
+            w1 = torch.linalg.solve(sub(g, first, first) + torch.diag(pen1), h[first] - sub(g, first, rest) @ w2)
+            w2 = torch.linalg.solve(sub(g, rest, rest) + torch.diag(pen2), h[rest] - sub(g, rest, first) @ w1)
+        w = torch.cat([w1[:f], w2[:-1], w1[-1:] + w2[-1:]])
+        err = self.yy[1] - 2 * float((w * self.h[1]).sum()) + float((w * (self.g[1] @ w)).sum())
+        return w, err / self.yy[1]
+
+
+def solve_ridge(g, h, yy):
+    """Ridge of [features; 1] -> target on the fit split's normal equations, the penalty chosen on the held-out split's."""
+    best = None
+    for rel in GRID:
+        pen = torch.full((g[0].shape[0],), float(rel * g[0].diagonal()[:-1].mean()), dtype=g[0].dtype)
+        pen[-1] = 0
+        w = torch.linalg.solve(g[0] + torch.diag(pen), h[0])
+        err = yy[1] - 2 * float((w * h[1]).sum()) + float((w * (g[1] @ w)).sum())
+        if best is None or err < best[1]:
+            best = (w, err, pen)
+    return best
 
 
 class Module(torch.nn.Module):
@@ -143,7 +180,11 @@ def run(model, spans, modules, x, additive, upto=None):
 @torch.no_grad()
 def fit_span(model, span, modules, spans, method, data, stream_target):
     layers = list(model.bert.encoder)
-    module = Module(layers[span[1] if "last" in method else span[0]])
+    if method.startswith("avg:"):
+        method = method[4:]
+        module = Module(average_layer(model, span))
+    else:
+        module = Module(layers[span[1] if "last" in method else span[0]])
     held_of = lambda n, lo: (torch.arange(lo, lo + n) % 5) == 4  # noqa: E731
     rounds = 3 if method == "iter" else 1
     for _ in range(rounds):
@@ -166,8 +207,10 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
             t = preimage(module.layer.ffn_norm, y, z) - h
             feats = torch.cat([a, h], -1) if method.startswith("res") else a
             if method.startswith("ctx"):
-                module.window = int(method[3:] or 1)
+                module.window = int(method.partition("r")[0].lstrip("ctxs") or 1)
                 feats = torch.cat([a, context(h, additive, module.window)], -1)
+            if method == "resctx":
+                feats = torch.cat([a, h, context(h, additive)], -1)
             if method.startswith("wide"):
                 if module.extra is None:
                     src = layers[span[1]].ffn
@@ -183,7 +226,9 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
                 t = preimage(module.layer.ffn_norm, y, z) - h
             ridge.add(feats, t, mask.bool(), held_of(len(ids), lo))
             lo += len(ids)
-        w, unexplained = ridge.solve()
+        backfit = int(method.partition("r")[2] or 1) if method.startswith("ctxs") else 1
+        f = module.layer.ffn.output.weight.shape[1]
+        w, unexplained = ridge.staged(f, backfit) if method.startswith("ctxs") else ridge.solve()
         f = module.layer.ffn.output.weight.shape[1]
         module.layer.ffn.output.weight.copy_(w[:f].T)
         module.layer.ffn.output.bias.copy_(w[-1])
@@ -191,6 +236,9 @@ def fit_span(model, span, modules, spans, method, data, stream_target):
             module.res = w[f:-1].clone()
         if method.startswith("ctx"):
             module.ctx = w[f:-1].clone()
+        if method == "resctx":
+            d = w.shape[1]
+            module.res, module.ctx = w[f:f + d].clone(), w[f + d:-1].clone()
         if method.startswith("wide"):
             module.extra = (module.extra[0], module.extra[1], w[f:-1].clone())
     if method == "norm":
@@ -251,6 +299,8 @@ def main():
         for span in spans:
             if method == "drop":
                 modules[span] = Identity()
+            elif method == "avg":
+                modules[span] = Module(average_layer(model, span))
             elif method in ("init", "last"):
                 modules[span] = Module(list(model.bert.encoder)[span[1] if method == "last" else span[0]])
             else:
@@ -259,10 +309,10 @@ def main():
                 notes.append(f"{unexplained:.3f}")
         r = evaluate(model, spans, modules, *evals)
         results[variant] = r
-        best = min((results[v]["loss"] for v in ("init",) if v in results), default=None)
+        best = min((results[v]["loss"] for v in ("init", "avg") if v in results), default=None)
         gap = ""
-        if best is not None and method not in ("drop", "init"):
-            gap = f" recovers {(best - r['loss']) / (best - base['loss']):.0%} of keep-first's loss gap"
+        if best is not None and method not in ("drop", "init", "avg"):
+            gap = f" recovers {(best - r['loss']) / (best - base['loss']):.0%} of the best training-free module's loss gap"
         print(f"{args.spans} {variant}: acc {r['accuracy']:.4f} loss {r['loss']:.4f}{gap} (target unexplained {' '.join(notes)})",
               flush=True)
 

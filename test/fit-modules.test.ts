@@ -7,14 +7,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { captureModule } from '../passes/modular/capture.js';
+import { addContextMaps, CONTEXT_PARTS } from '../passes/modular/context.js';
 import { extractModule } from '../passes/modular/extract.js';
 import { downBias, downWeight, fitSite, setDownProjection } from '../passes/modular/fitted.js';
+import { attentionBias, constantDerived, describeSpan } from '../passes/modular/span.js';
+import { biasKeepRule, findPaddingMask } from '../passes/plugin/keep.js';
 import { analyzeTransformer } from '../src/analysis/index.js';
 import { describeInputs } from '../src/analysis/inputs.js';
+import { makeContext } from '../src/analysis/patterns.js';
 import { loadModule } from '../src/compile/load.js';
 import { fitModules, type ModuleFitOptions } from '../src/decide/fit-modules.js';
 import { appendModuleStatistics, foldMap, ModuleEquations, moduleShiftsOf, solveMap, solveRefit } from '../src/decide/module-statistics.js';
 import { GraphBuilder, ModelBuilder } from '../src/ir/builder.js';
+import type { Value } from '../src/ir/graph.js';
 import type { Model } from '../src/ir/model.js';
 import { NameAuthority } from '../src/ir/names.js';
 import { Tensor } from '../src/ir/tensor.js';
@@ -161,6 +166,119 @@ describe('the fit engine', () => {
   });
 });
 
+describe('context maps', () => {
+  it('add [h(t-1) ; h(t+1) ; mean(h)] C over real positions to the layer, as a float64 reference computes it', async () => {
+    const file = model('context', { norm: 'pre', seed: 21 });
+    const original = loadModel(file);
+    const analysis = analyzeTransformer(original);
+    const layer = analysis.layers[0];
+    const bias = attentionBias(describeSpan(analysis, 0, 0, constantDerived(original.graph), 'test'), analysis, 'test')!;
+    const mask = findPaddingMask(layer.selfAttention, layer.input, analysis.context)!;
+    expect(biasKeepRule(bias, mask, analysis.context)).toEqual({ rule: 'zero' });
+    // the stream entering layer 0 and its attention bias, for a padded batch
+    const batch = openData(data('context-data', 5, 4), describeInputs(original)).batches(5)[0];
+    expect(batch.real).toBeDefined();
+    const session = await openSession(file, { extraOutputs: [layer.input.name, bias.name] });
+    const entering = await run(session, batch.feeds).finally(() => session.release());
+    const feeds = { hidden: entering[layer.input.name], attention_bias: entering[bias.name] };
+    const d = 16;
+    const rng = new Rng(7, 'context maps');
+    const maps = Float32Array.from({ length: CONTEXT_PARTS * d * d }, () => rng.next() - 0.5);
+    // layer 0 as a module, with h (the feed-forward residual input) as a second output; with and without maps
+    const runLayer = async (withMaps: boolean) => {
+      const m = loadModel(file);
+      const a = analyzeTransformer(m);
+      const { module, values } = extractModule(m, 0, 0, a);
+      const site = fitSite(a, 0, 'test');
+      if (withMaps) addContextMaps(module, values, site, maps, 'zero');
+      assertValid(module, 'context maps');
+      const [analyzed] = analyzeTransformer(module).layers;
+      module.graph.outputs.push(values.get(site.ffn.streamIn)!);
+      const s = await openSession(module);
+      try {
+        const out = await run(s, feeds);
+        return { outputs: module.graph.outputs.map((v) => out[v.name].toFloat32()), analyzed };
+      } finally {
+        await s.release();
+      }
+    };
+    const {
+      outputs: [plain, h],
+      analyzed: before,
+    } = await runLayer(false);
+    const {
+      outputs: [withMaps, sameH],
+      analyzed: after,
+    } = await runLayer(true);
+    expect(sameH).toEqual(h);
+    // still one layer to the analysis: the maps are a side term of its feed-forward sublayer, counted in its weights
+    expect(before.sublayers[1].side).toBeUndefined();
+    expect(after.sublayers[1].side?.add.opType).toBe('Add');
+    expect(after.ffn.output).toBe(after.sublayers[1].side?.add.inputs.find((v) => v !== after.sublayers[1].side?.value));
+    expect(after.paramCount - before.paramCount).toBe(CONTEXT_PARTS * d * d);
+    const [rows, seq] = feeds.hidden.dims;
+    const real = (r: number, t: number) => t >= 0 && t < seq && batch.real![r * seq + t] === 1;
+    let worst = 0;
+    let largest = 0;
+    for (let r = 0; r < rows; r++) {
+      const mean = new Float64Array(d);
+      let count = 0;
+      for (let t = 0; t < seq; t++)
+        if (real(r, t)) {
+          count++;
+          for (let i = 0; i < d; i++) mean[i] += h[(r * seq + t) * d + i];
+        }
+      for (let t = 0; t < seq; t++) {
+        const c = new Float64Array(CONTEXT_PARTS * d);
+        for (let i = 0; i < d; i++) {
+          if (real(r, t - 1)) c[i] = h[(r * seq + t - 1) * d + i];
+          if (real(r, t + 1)) c[d + i] = h[(r * seq + t + 1) * d + i];
+          c[2 * d + i] = mean[i] / count;
+        }
+        for (let j = 0; j < d; j++) {
+          let expected = 0;
+          for (let i = 0; i < CONTEXT_PARTS * d; i++) expected += c[i] * maps[i * d + j];
+          const at = (r * seq + t) * d + j;
+          worst = Math.max(worst, Math.abs(withMaps[at] - plain[at] - expected));
+          largest = Math.max(largest, Math.abs(expected));
+        }
+      }
+    }
+    expect(largest).toBeGreaterThan(0.1);
+    expect(worst).toBeLessThan(1e-5 * Math.max(1, largest));
+  });
+});
+
+describe('real positions off an attention bias', () => {
+  /** biasKeepRule for `bias(mask)`, mask an int64 [batch, seq] input (1 at real positions) */
+  const ruleOf = (bias: (b: ModelBuilder, mask: Value) => Value) => {
+    const b = new ModelBuilder(17);
+    const mask = b.input('attention_mask', tensorType(DataType.INT64, ['batch', 'seq']));
+    const value = bias(b, mask);
+    b.output(value, 'bias');
+    const ctx = makeContext(b.model);
+    return biasKeepRule(value, { input: mask, realWhen: 'nonzero', elemType: DataType.INT64 }, ctx);
+  };
+  const perKey = (b: ModelBuilder, v: Value) => b.op.Unsqueeze(v, b.int64s('axes', [1, 2]));
+  const float = (b: ModelBuilder, v: Value) => b.op.Cast(v, { to: DataType.FLOAT });
+
+  it('as its zeros (an additive 0 / -10000 bias), its non-zeros (the mask itself), or the values above -10000', () => {
+    const additive = (b: ModelBuilder, m: Value) => b.op.Mul(b.op.Sub(b.scalar('one', 1), float(b, perKey(b, m))), b.scalar('big', -10000));
+    expect(ruleOf(additive)).toEqual({ rule: 'zero' });
+    expect(ruleOf((b, m) => float(b, perKey(b, m)))).toEqual({ rule: 'nonzero' });
+    expect(ruleOf((b, m) => b.op.Cast(perKey(b, m), { to: DataType.BOOL }))).toEqual({ rule: 'nonzero' });
+    expect(ruleOf((b, m) => b.op.Add(additive(b, m), b.scalar('offset', -0.5)))).toEqual({ rule: 'above' });
+  });
+
+  it('not from a bias with one value per query and key, nor one that masks no key', () => {
+    const square = ruleOf((b, m) => b.op.Mul(perKey(b, m), b.op.Unsqueeze(m, b.int64s('axes', [1, 3]))));
+    expect(square).toEqual({ why: 'it has shape [6, 1, 6, 6] for a [6, 6] mask, not one value per key ([batch, 1, ..., 1, seq])' });
+    expect(ruleOf((b, m) => b.op.Add(b.op.Mul(float(b, perKey(b, m)), b.scalar('zero', 0)), b.scalar('three', 3)))).toEqual({
+      why: "the keys it masks are not the padding mask's",
+    });
+  });
+});
+
 describe('fitted modules', () => {
   const calibration = data('calibration', 60);
   const heldOut = data('held-out', 20, 2);
@@ -175,6 +293,7 @@ describe('fitted modules', () => {
     expect(fit.heldOut.init).toBeLessThan(1e-10);
     expect(fit.heldOut.map).toBeLessThan(1e-8);
     expect(fit.heldOut.refit).toBeLessThan(1e-8);
+    expect(fit.heldOut.context).toBeLessThan(1e-8);
     expect(fit.target.map).toBeLessThan(1e-8);
     expect(fit.target.refit).toBeLessThan(1e-8);
     expect(fit.heldOut.identity).toBeGreaterThan(0.01);
@@ -231,9 +350,17 @@ describe('fitted modules', () => {
     expect(encodeModel(result.modules.get('L2-3')!)).not.toEqual(encodeModel(alone.modules.get('L2-3')!));
   });
 
+  it('leave the context maps out of causal layers, saying why', async () => {
+    const file = model('causal', { causal: true, norm: 'pre', seed: 13 });
+    const result = await fitOn(file, calibration, { spans: [{ start: 0, end: 1 }] });
+    expect(result.spans[0].context).toEqual({ skipped: 'causal self-attention: the maps would read the next position' });
+    expect(result.spans[0].heldOut.context).toBeUndefined();
+    expect(result.spans[0].chosen).not.toBe('context');
+  });
+
   it('are deterministic, pass the module contract and record their provenance', async () => {
     const file = path.join(dir, 'nonlinear-pre.onnx');
-    const options: ModuleFitOptions = { spans: [{ start: 1, end: 3 }], init: 'average', rank: 4 };
+    const options: ModuleFitOptions = { spans: [{ start: 1, end: 3 }], init: 'average', rank: 4, context: false };
     const a = await fitOn(file, calibration, options);
     const b = await fitOn(file, calibration, options);
     const module = a.modules.get('L1-3')!;
@@ -248,6 +375,17 @@ describe('fitted modules', () => {
     const layer = extractModule(loadModel(file), 1, 1).module;
     const count = (m: Model) => m.graph.nodes.filter((n) => n.opType === 'MatMul').length;
     expect(count(module)).toBe(count(layer));
+    // with context maps (the default): deterministic too, two more MatMuls (the neighbours' [d, 2d], the mean's [d, d])
+    const withContext: ModuleFitOptions = { spans: [{ start: 0, end: 1 }] };
+    const c = await fitOn(file, calibration, withContext);
+    const d = await fitOn(file, calibration, withContext);
+    const contextModule = c.modules.get('L0-1')!;
+    expect(Buffer.from(encodeModel(contextModule)).equals(Buffer.from(encodeModel(d.modules.get('L0-1')!)))).toBe(true);
+    expect(c.spans[0]).toMatchObject({
+      chosen: 'context',
+      context: { keep: 'zero', macs: { perPosition: 2 * 16 * 16, perSequence: 16 * 16 } },
+    });
+    expect(count(contextModule)).toBe(count(layer) + 2);
   });
 
   it('capture a post-LN target that maps back through the norm', () => {
@@ -274,9 +412,25 @@ describe('vcompile module fit', () => {
     const r = vcompile('module', 'fit', file, '--layers', '1-2', '--data', calibration, '-o', one);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^layers +drop +keep-first +map +refit +chosen +lambda map +lambda refit +tokens +seconds$/m);
-    expect(r.stdout).toMatch(/^1-2 +\d\.\d{4} +\d\.\d{4} +\d\.\d{4} +\d\.\d{4} +(keep-first|map|refit) /m);
-    expect(vcompile(file, '--module', `1-2=${one}`, '-o', path.join(dir, 'one-compiled.onnx'), '--no-verify').code).toBe(0);
+    expect(r.stdout).toMatch(/^layers +drop +keep-first +map +refit +context +chosen +lambda map +lambda refit +tokens +seconds$/m);
+    expect(r.stdout).toMatch(/^1-2 +\d\.\d{4} +\d\.\d{4} +\d\.\d{4} +\d\.\d{4} +\d\.\d{4} +context /m);
+    expect(r.stdout).toMatch(/^layers 1-2: context maps add 512 MACs per position and 256 per sequence to the module's layer$/m);
+    const compiledOne = path.join(dir, 'one-compiled.onnx');
+    expect(vcompile(file, '--module', `1-2=${one}`, '-o', compiledOne, '--no-verify').code).toBe(0);
+    // the module's layer is still a layer: plugins around its blocks, not around the whole layer (the maps read the mask)
+    expect(vcompile(compiledOne, '--plugin', '1=builtin:mean:2:ffn', '-o', path.join(dir, 'one-ffn.onnx'), '--no-verify').code).toBe(0);
+    const layerScope = vcompile(compiledOne, '--plugin', '1=builtin:mean:2:layer', '-o', path.join(dir, 'one-layer.onnx'));
+    expect(layerScope.code).toBe(2);
+    expect(layerScope.stderr).toMatch(
+      /^vcompile: layer 1 \(layer scope\): the block reads .* which follows the sequence length; it cannot run on the compressed sequence\n$/,
+    );
+    // --no-context: no context column value, and the module is one layer's nodes
+    const plain = path.join(dir, 'one-plain.onnx');
+    const p = vcompile('module', 'fit', file, '--layers', '1-2', '--data', calibration, '--no-context', '-o', plain, '--json');
+    expect(p.code).toBe(0);
+    const span = JSON.parse(p.stdout).spans[0];
+    expect(span.context).toEqual({ skipped: 'not asked for' });
+    expect(Object.keys(span.heldOut).sort()).toEqual(['identity', 'init', 'map', 'refit']);
 
     const out = path.join(dir, 'modules');
     const s = vcompile('module', 'fit', file, '--layers', '0-1,2-3', '--init', 'average', '--data', calibration, '-o', out, '--json');
@@ -288,6 +442,7 @@ describe('vcompile module fit', () => {
     expect(Object.keys(summary.spans[0]).sort()).toEqual([
       'addedBias',
       'chosen',
+      'context',
       'end',
       'heldOut',
       'heldOutTokens',
@@ -335,6 +490,7 @@ describe('vcompile module fit', () => {
     const report = JSON.parse(r.stdout);
     expect(report.moduleFit).toMatchObject({ samples: 32, init: 'keep-first' });
     expect(report.moduleFit.spans.map((s: { start: number }) => s.start)).toEqual([0]);
+    expect(report.moduleFit.spans[0].context).toMatchObject({ keep: 'zero' });
     // the plugins go on the original layers 2 and 3, fitted on the stream the fitted module produces
     expect(report.fit[0].layers.map((l: { layer: number }) => l.layer)).toEqual([1, 2]);
     expect(report.passes.find((p: { name: string }) => p.name === 'modules').report.layerMap).toEqual([null, 2, 3]);
@@ -419,7 +575,7 @@ describe('vcompile module fit', () => {
     );
   });
 
-  it('refuses builtin:fit beside other modules, and without data', () => {
+  it('refuses builtin:fit beside other modules, without data, and --no-context without a module fit', () => {
     const out = path.join(dir, 'never-compile.onnx');
     const mixed = vcompile(file, '--module', '0-1=builtin:fit', '--module', '2-3=builtin:average', '--data', calibration, '-o', out);
     expect(mixed.code).toBe(2);
@@ -430,6 +586,11 @@ describe('vcompile module fit', () => {
     expect(bare.stderr).toBe('vcompile: --module 0-1=builtin:fit needs --data PATH (the calibration inputs)\n');
     const noData = vcompile(file, '--target-speedup', '1.5', '--fit-modules', '-o', out);
     expect(noData.stderr).toBe('vcompile: --fit-modules needs --data PATH (the calibration inputs)\n');
+    const needless = 'vcompile: --no-context goes with --module S-E=builtin:fit or --fit-modules\n';
+    const noFit = vcompile(file, '--module', '0-1=builtin:average', '--no-context', '-o', out);
+    expect([noFit.code, noFit.stderr]).toEqual([2, needless]);
+    const folder = vcompile(file, '--target-speedup', '1.5', '--modules', dir, '--no-context', '-o', out);
+    expect([folder.code, folder.stderr]).toEqual([2, needless]);
     expect(fs.existsSync(out)).toBe(false);
   });
 });

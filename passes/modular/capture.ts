@@ -15,7 +15,8 @@
 // A fit that makes inc equal t per position makes out equal y (pre-LN), or puts z where y maps back
 // (post-LN: the fitted module's error is measured in its output, after the norm, to choose a variant).
 // Outputs: a [batch, seq, f], inc, t and y [batch, seq, d], keep [batch, seq] (1 at real positions, from
-// the model's padding mask: passes/plugin/keep.ts). Everything else is dropped.
+// the model's padding mask: passes/plugin/keep.ts), and with `context` the context features c [batch, seq,
+// 3d] of h (passes/modular/context.ts). Everything else is dropped.
 import { analyzeTransformer } from '../../src/analysis/index.js';
 import type { GraphBuilder } from '../../src/ir/builder.js';
 import { GraphBuilder as Builder } from '../../src/ir/builder.js';
@@ -27,6 +28,7 @@ import { cloneNodes, eliminateDeadCode, toposort } from '../../src/ir/transforms
 import { DataType, type IrType, tensorType } from '../../src/ir/types.js';
 import { findPaddingMask, keepOf } from '../plugin/keep.js';
 import { averageLayers } from './average.js';
+import { CONTEXT_PARTS, contextFeatures } from './context.js';
 import { fitSite } from './fitted.js';
 import { constantDerived, describeSpan } from './span.js';
 
@@ -38,6 +40,7 @@ export const MODULE_CAPTURED = [
   'vcompile_capture_y',
   'vcompile_capture_keep',
 ] as const;
+export const MODULE_CAPTURED_CONTEXT = 'vcompile_capture_context';
 
 export type ModuleInit = 'keep-first' | 'average';
 export const MODULE_INITS: readonly ModuleInit[] = ['keep-first', 'average'];
@@ -48,6 +51,8 @@ export interface ModuleCapture {
   target: Value;
   y: Value;
   keep: Value;
+  /** c [batch, seq, 3d], when asked for */
+  context?: Value;
 }
 
 /** Below this |gamma| a post-LN target component keeps the candidate's own value. */
@@ -58,7 +63,7 @@ const TINY_GAMMA = 1e-6;
  * capture model of a module replacing layers 0..`end` that starts as `init`. The span was checked on
  * the whole model before (fitSite, averageLayers): a failure here is internal.
  */
-export function captureModule(model: Model, end: number, init: ModuleInit): ModuleCapture {
+export function captureModule(model: Model, end: number, init: ModuleInit, options: { context?: boolean } = {}): ModuleCapture {
   const analysis = analyzeTransformer(model);
   if (analysis.error) throw new Error(`internal: the sliced model does not analyze: ${analysis.error.message}`);
   const what = 'module capture';
@@ -116,11 +121,14 @@ export function captureModule(model: Model, end: number, init: ModuleInit): Modu
     named(b, y, MODULE_CAPTURED[3], rows(d)),
     named(b, keep, MODULE_CAPTURED[4], tensorType(DataType.FLOAT, ['batch', 'seq'])),
   ];
-  model.graph.outputs = outputs;
+  const context = options.context
+    ? named(b, contextFeatures(b, ops, h, keep), MODULE_CAPTURED_CONTEXT, rows(CONTEXT_PARTS * d))
+    : undefined;
+  model.graph.outputs = context ? [...outputs, context] : outputs;
   eliminateDeadCode(model.graph);
   toposort(model.graph);
   const [aOut, incOut, targetOut, yOut, keepOut] = outputs;
-  return { a: aOut, inc: incOut, target: targetOut, y: yOut, keep: keepOut };
+  return { a: aOut, inc: incOut, target: targetOut, y: yOut, keep: keepOut, context };
 }
 
 /** An Identity of `v` under the name `name` (graph outputs must not alias inputs or each other). */

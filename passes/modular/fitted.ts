@@ -40,6 +40,10 @@ export function fitSite(analysis: TransformerAnalysis, index: number, what: Labe
   const refuse = (why: string) => new VcompileError(msg`${what}: layer ${index}: ${why}`);
   const ffn = layer.sublayers[layer.sublayers.length - 1];
   if (ffn?.kind !== 'ffn' || !ffn.ffn) throw refuse('the layer does not end in a feed-forward block');
+  if (ffn.side)
+    throw refuse(
+      `a term is added to the feed-forward block's output before its residual add (a fitted module's context maps); fit modules on the original model`,
+    );
   const add = ffn.residualAdd;
   if (add.opType !== 'Add' || add.domain)
     throw refuse(

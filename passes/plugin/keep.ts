@@ -7,6 +7,9 @@
 // of the layer's self-attention scores reads. Which of its values mean "real" is not assumed (HF's
 // attention_mask is 1 for real tokens, PyTorch's key_padding_mask is true for padding): the term is
 // evaluated on a probe mask, and the keys it masks must be exactly the probe's zeros, or its non-zeros.
+//
+// A fitted module's context maps (passes/modular/context.ts) need the same positions inside a module, whose
+// only mask is attention_bias: `biasKeepRule` finds, on the same probe, the rule that reads them off it.
 
 import { EvaluationError, evaluate, type NumTensor, tensorOf } from '../../src/analysis/evaluate.js';
 import type { AttentionBlock, ShapeTable } from '../../src/analysis/index.js';
@@ -57,6 +60,49 @@ export function keepOf(b: GraphBuilder, ops: VersionedOps, mask: PaddingMask | u
   }
   const nonzero = mask.elemType === DataType.BOOL ? mask.input : b.op.Cast(mask.input, { to: DataType.BOOL });
   return b.op.Cast(mask.realWhen === 'nonzero' ? nonzero : b.op.Not(nonzero), { to: DataType.FLOAT });
+}
+
+/**
+ * How a module reads real keys off its attention_bias (no mask input of its own): `zero` where the bias is 0
+ * (an additive 0 / -10000 bias, a key_padding_mask), `nonzero` where it is not (an attention_mask), `above`
+ * where it is above MASKED (an additive bias with finite values at real keys).
+ */
+export type BiasKeep = 'zero' | 'nonzero' | 'above';
+const BIAS_KEEPS: readonly BiasKeep[] = ['zero', 'nonzero', 'above'];
+
+/**
+ * Which rule gives `mask`'s real positions from `bias` (a value computed from the mask): the bias is evaluated
+ * for the probe mask, and must be one value per key ([batch, 1, ..., 1, seq]) that the rule maps to exactly
+ * the probe's real keys; else why no rule does.
+ */
+export function biasKeepRule(bias: Value, mask: PaddingMask, ctx: Context): { rule: BiasKeep } | { why: string } {
+  let value: NumTensor;
+  try {
+    value = evaluate([bias], probeFeeds(bias, mask.input, ctx), { shapeOf: (v) => probeShape(v, ctx.shapes) })[0];
+  } catch (error) {
+    if (error instanceof EvaluationError) return { why: `its value for a probe mask cannot be worked out (${error.message})` };
+    throw error;
+  }
+  const dims = value.dims;
+  if (dims.length < 2 || dims.slice(1, -1).some((n) => n !== 1) || dims[dims.length - 1] !== PROBE_LENGTH)
+    return {
+      why: `it has shape [${dims.join(', ')}] for a [${PROBE_LENGTH}, ${PROBE_LENGTH}] mask, not one value per key ([batch, 1, ..., 1, seq])`,
+    };
+  const real = (rule: BiasKeep, x: number) => (rule === 'zero' ? x === 0 : rule === 'nonzero' ? x !== 0 : x > MASKED);
+  const rule = BIAS_KEEPS.find((r) => value.data.every((x, flat) => real(r, x) === (probeReal(flat % PROBE_LENGTH) !== 0)));
+  return rule ? { rule } : { why: "the keys it masks are not the padding mask's" };
+}
+
+/** keep [batch, seq, 1] as float from a module's attention_bias, by `rule` (biasKeepRule checked it). */
+export function keepFromBias(b: GraphBuilder, bias: Value, rule: BiasKeep): Value {
+  const perKey = b.op.Reshape(bias, b.int64s('per_key', [0, -1, 1]));
+  const real =
+    rule === 'above'
+      ? b.op.Greater(b.op.Cast(perKey, { to: DataType.FLOAT }), b.scalar('masked', MASKED))
+      : rule === 'nonzero'
+        ? b.op.Cast(perKey, { to: DataType.BOOL })
+        : b.op.Not(b.op.Cast(perKey, { to: DataType.BOOL }));
+  return b.op.Cast(real, { to: DataType.FLOAT });
 }
 
 /** Evaluate `term` with `input` set to the probe: which values of `input` leave a key unmasked. */

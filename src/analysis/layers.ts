@@ -22,6 +22,7 @@ import {
   skipBack,
   skipForward,
 } from './patterns.js';
+import { regionBetween } from './region.js';
 import type { Expr } from './symbolic.js';
 
 export type Placement = 'pre' | 'post';
@@ -38,7 +39,13 @@ export interface Sublayer {
   residualAdd: Node;
   attention?: AttentionBlock;
   ffn?: FfnBlock;
-  /** block, norm and residual add nodes */
+  /**
+   * A term added to the feed-forward block's output before the residual add, computed from the sublayer's
+   * stream but not by the block (a fitted module's context maps: passes/modular/context.ts): its Add, and
+   * the value it adds.
+   */
+  side?: { add: Node; value: Value };
+  /** block, norm and residual add nodes (and the side term's, from the stream on) */
   nodes: Node[];
 }
 
@@ -228,7 +235,9 @@ function ffnSublayer(t: Value, placement: Placement, ctx: Context): Match<Sublay
   }
   const ffn = matchFfn(input, ctx);
   if (!ffn.ok) return fail(`feed-forward block: ${ffn.reason}`, ffn.node);
-  const y = skipForward(ffn.value.output);
+  const block = skipForward(ffn.value.output);
+  const side = residualJoin(block, t, ctx) ? undefined : sideTerm(block, t, ctx);
+  const y = side ? skipForward(side.add.outputs[0]!) : block;
   const join = residualJoin(y, t, ctx);
   const at = ffn.value.down.biasAdd ?? ffn.value.down.matmul;
   if (!join)
@@ -236,15 +245,33 @@ function ffnSublayer(t: Value, placement: Placement, ctx: Context): Match<Sublay
       `no residual add after the feed-forward block at node ${nodeLabel(at, ctx)}: its output ${y.name} is used by ${usesOf(y, ctx)}`,
       at,
     );
-  ffn.value.down.bias ??= join.bias;
+  if (!side) ffn.value.down.bias ??= join.bias;
+  const nodes = side ? [...ffn.value.nodes, ...regionBetween(t, side.value, ctx.graph.nodes), side.add] : ffn.value.nodes;
+  let made: Sublayer;
   if (placement === 'pre') {
     if (!join.sum)
       return fail(`the residual ${nodeLabel(join.node, ctx)} of the feed-forward block does not output the stream it computes`, join.node);
-    return ok(sublayer('ffn', 'pre', t, join.sum, preNorm!, join.node, { ffn: ffn.value }, ffn.value.nodes));
+    made = sublayer('ffn', 'pre', t, join.sum, preNorm!, join.node, { ffn: ffn.value }, nodes);
+  } else {
+    const norm = join.norm ?? (join.sum && findNormAfter(join.sum, ctx));
+    if (!norm) return fail(`no norm after the residual add ${nodeLabel(join.node, ctx)} of the feed-forward block`, join.node);
+    made = sublayer('ffn', 'post', t, norm.output, norm, join.node, { ffn: ffn.value }, nodes);
   }
-  const norm = join.norm ?? (join.sum && findNormAfter(join.sum, ctx));
-  if (!norm) return fail(`no norm after the residual add ${nodeLabel(join.node, ctx)} of the feed-forward block`, join.node);
-  return ok(sublayer('ffn', 'post', t, norm.output, norm, join.node, { ffn: ffn.value }, ffn.value.nodes));
+  return ok(side ? { ...made, side } : made);
+}
+
+/**
+ * A side term between the feed-forward block's output `y` and the residual add: y's one use is a plain Add of
+ * a value that does not depend on y, and that Add's result joins the stream `t`.
+ */
+function sideTerm(y: Value, t: Value, ctx: Context): Sublayer['side'] {
+  const uses = dataUses(y);
+  if (uses.length !== 1 || y.isGraphOutput) return undefined;
+  const add = uses[0].node;
+  if (add.opType !== 'Add' || add.domain) return undefined;
+  const value = otherOperand(add, y);
+  if (!value || value === y || dependsOn(value, y) || !residualJoin(skipForward(add.outputs[0]!), t, ctx)) return undefined;
+  return { add, value };
 }
 
 /** Follows the stream stack by stack; records layers, or the first error, in `result`. */

@@ -87,6 +87,8 @@ export interface CompileOptions {
   units?: number;
   /** --fit-target for builtin:fit plugins: block (default) or stream */
   fitTarget?: string;
+  /** --context / --no-context for builtin:fit modules (default: context maps fitted) */
+  context?: boolean;
 }
 
 /**
@@ -258,6 +260,8 @@ async function compileAndWrite(file: string, options: CompileOptions) {
   // fitted modules first (on the model as it is), then fitted plugins on the layers that remain
   let fittedModules: FittedModules | undefined;
   const moduleRequests = parseModuleFlags(options.modules);
+  if (options.context !== undefined && !moduleRequests.some((m) => isFitModule(m.source)))
+    throw new VcompileError(`--${options.context ? '' : 'no-'}context goes with --module S-E=builtin:fit or --fit-modules`);
   if (moduleRequests.some((m) => isFitModule(m.source))) {
     fittedModules = await fitModulesForCompile(file, upgraded.model, moduleRequests, options);
     if (check?.data) check = { ...check, data: { ...check.data, samples: undefined, skip: fittedModules.fittedSamples } };

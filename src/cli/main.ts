@@ -487,6 +487,12 @@ function moduleFitCliCommand(parser: Argv, out: Out): void {
           describe: "the module's starting point: the span's first layer, or one layer of the span's mean weights",
         })
         .option('rank', { type: 'string', describe: 'rank of the fitted output map, or full (default full)' })
+        .option('context', {
+          type: 'boolean',
+          default: true,
+          describe:
+            "also fit context maps (the neighbours' and the sequence mean's share of the dropped layers' attention, 2d² MACs per position); --no-context: modules cost exactly their first layer",
+        })
         .option('samples', { type: 'number', describe: 'use the first N samples of the data' })
         .option('batch', { type: 'number', default: 8, describe: 'samples per run' })
         .option('threads', { type: 'number', describe: 'ONNX Runtime intra-op threads (default: one per core)' })
@@ -661,6 +667,11 @@ function compileCommand(parser: Argv, out: Out): void {
               default: false,
               describe: 'with --target-speedup: fit modules for every 2- and 3-layer span from --data and choose by data-measured fidelity',
             })
+            .option('context', {
+              type: 'boolean',
+              describe:
+                'with --module S-E=builtin:fit or --fit-modules: fit context maps too (the default); --no-context: fitted modules cost exactly their first layer',
+            })
             .option('speedup-batch', {
               type: 'number',
               default: 1,
@@ -723,6 +734,8 @@ function compileCommand(parser: Argv, out: Out): void {
         overwrite: args.overwrite,
       };
       if (args['fit-modules'] && args['target-speedup'] === undefined) throw new VcompileError('--fit-modules goes with --target-speedup');
+      if (args.context !== undefined && args['target-speedup'] !== undefined && !args['fit-modules'])
+        throw new VcompileError(`--${args.context ? '' : 'no-'}context goes with --module S-E=builtin:fit or --fit-modules`);
       if (args['target-speedup'] !== undefined) {
         if (!args.modules && !args['fit-modules'])
           throw new VcompileError('--target-speedup needs --modules DIR, or --fit-modules --data PATH');
@@ -735,7 +748,7 @@ function compileCommand(parser: Argv, out: Out): void {
           verifyIr: args['verify-ir'],
           json: args.json,
           modules: args.modules,
-          fit: args['fit-modules'] ? { data: args.data!, samples: args.samples, batch: args.batch } : undefined,
+          fit: args['fit-modules'] ? { data: args.data!, samples: args.samples, batch: args.batch, context: args.context } : undefined,
           targetSpeedup: args['target-speedup'],
           batch: args['speedup-batch'],
           seq: args['speedup-seq'],
@@ -762,6 +775,7 @@ function compileCommand(parser: Argv, out: Out): void {
         rank: args.rank,
         units: args.units,
         fitTarget: args['fit-target'],
+        context: args.context,
         verify: args.verify
           ? { ...checkArgs(args), batch: args.batch, dim: args.dim, ep: args.ep, deviceId: args['device-id'], graphOptimization: 'all' }
           : undefined,

@@ -126,7 +126,7 @@ export interface AssembleFlags extends WriteFlags {
   /** folder of module files (or `fit`) */
   modules?: string;
   /** fit the candidate modules from data instead (--fit-modules --data PATH [--samples N] [--batch B]) */
-  fit?: { data: string; samples?: number; batch?: string };
+  fit?: { data: string; samples?: number; batch?: string; context?: boolean };
   targetSpeedup: number;
   /** where MACs are counted and the quick timing runs (seq: default 128, or the position table's length) */
   batch: number;
@@ -205,7 +205,7 @@ async function assembleFromData(
     throw new VcompileError(`--samples must be a positive integer, got ${fit.samples}`);
   const { bytes, model } = fittableBytes(file);
   const data = openData(fit.data, describeInputs(model), { samples: fit.samples });
-  return assembleFitted(file, bytes, data, { ...options, batchSize });
+  return assembleFitted(file, bytes, data, { ...options, batchSize, context: fit.context });
 }
 
 interface PlanSummary {

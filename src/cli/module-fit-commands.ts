@@ -1,5 +1,6 @@
 // Modules fitted from data on the command line:
-//   vcompile module fit MODEL --layers S-E[,S-E...] --data PATH [--init keep-first|average] [--rank R] -o OUT
+//   vcompile module fit MODEL --layers S-E[,S-E...] --data PATH [--init keep-first|average] [--rank R]
+//       [--no-context] -o OUT
 //     one span: OUT is the module file; several: OUT is a folder (OUT/L{S}-{E}.onnx and OUT/fit.json),
 //     written all or nothing once every span is fitted
 //   vcompile MODEL --module S-E=builtin:fit[:INIT] ... --data PATH -o OUT    (fitModulesForCompile)
@@ -27,6 +28,7 @@ export interface ModuleFitFlags {
   data: string;
   init: string;
   rank?: string;
+  context?: boolean;
   samples?: number;
   batch?: number;
   threads?: number;
@@ -94,7 +96,13 @@ export async function moduleFitCommand(file: string, flags: ModuleFitFlags): Pro
   const data = openData(flags.data, describeInputs(model), { samples: flags.samples });
   const folder = spans.length > 1;
   refuseOutput(flags.output, folder, [file, flags.data]);
-  const result = await runModuleFit(file, bytes, data, { spans, init, rank, batchSize, threads: flags.threads }, !flags.json);
+  const result = await runModuleFit(
+    file,
+    bytes,
+    data,
+    { spans, init, rank, context: flags.context, batchSize, threads: flags.threads },
+    !flags.json,
+  );
   const written = folder ? writeFolder(flags.output, result) : [writeOne(flags.output, [...result.modules.values()][0], file, flags)];
   const report = { output: flags.output, modules: written, ...moduleFitSummary(result) };
   print(flags.json ? JSON.stringify(report, null, 2) : formatModuleFit(result, written));
@@ -133,13 +141,14 @@ function writeFolder(dir: string, r: ModuleFitResult): string[] {
 }
 
 export function formatModuleFit(r: ModuleFitResult, written: string[]): string {
-  const header = ['layers', 'drop', r.init, 'map', 'refit', 'chosen', 'lambda map', 'lambda refit', 'tokens', 'seconds'];
+  const header = ['layers', 'drop', r.init, 'map', 'refit', 'context', 'chosen', 'lambda map', 'lambda refit', 'tokens', 'seconds'];
   const rows = r.spans.map((s) => [
     `${s.start}-${s.end}`,
     s.heldOut.identity.toFixed(4),
     s.heldOut.init.toFixed(4),
     s.heldOut.map.toFixed(4),
     s.heldOut.refit.toFixed(4),
+    s.heldOut.context?.toFixed(4) ?? '-',
     s.chosen === 'init' ? r.init : s.chosen,
     s.lambda.map.toExponential(1),
     s.lambda.refit.toExponential(1),
@@ -155,6 +164,14 @@ export function formatModuleFit(r: ModuleFitResult, written: string[]): string {
         .join('  ')
         .trimEnd(),
     );
+  for (const s of r.spans) {
+    if (s.chosen === 'context' && 'keep' in s.context)
+      lines.push(
+        `${spanName(s.start, s.end)}: context maps add ${s.context.macs.perPosition.toLocaleString('en-US')} MACs per position and ${s.context.macs.perSequence.toLocaleString('en-US')} per sequence to the module's layer`,
+      );
+    else if ('skipped' in s.context && s.context.skipped !== 'not asked for')
+      lines.push(`${spanName(s.start, s.end)}: no context maps: ${s.context.skipped}`);
+  }
   for (const s of r.spans.filter((s) => s.addedBias))
     lines.push(`${spanName(s.start, s.end)}: the feed-forward output projection had no bias; the module adds the fitted one`);
   lines.push(`wrote ${written.join(', ')}`);
@@ -188,7 +205,7 @@ export async function fitModulesForCompile(
   file: string,
   model: Model,
   requests: readonly ModuleRequest[],
-  flags: { data?: string; samples?: number; batch?: string; json: boolean },
+  flags: { data?: string; samples?: number; batch?: string; context?: boolean; json: boolean },
 ): Promise<FittedModules> {
   const fits = requests.filter((r) => isFitModule(r.source));
   const other = requests.find((r) => !isFitModule(r.source));
@@ -217,7 +234,7 @@ export async function fitModulesForCompile(
   if (!Number.isSafeInteger(batch) || batch < 1) throw new VcompileError(`--batch must be a positive integer, got ${flags.batch}`);
   const spans = fits.map((r) => ({ start: r.start, end: r.end, label: option('modules', `${r.start}-${r.end}=${r.source}`) }));
   const bytes = encodeModel(model);
-  const result = await runModuleFit(file, bytes, data, { spans, init: inits[0], batchSize: batch }, !flags.json);
+  const result = await runModuleFit(file, bytes, data, { spans, init: inits[0], context: flags.context, batchSize: batch }, !flags.json);
   const loaded = new Map<string, Module>();
   const placed = fits.map((r) => {
     const source = `${r.source}@L${r.start}-${r.end}`;

@@ -6,18 +6,21 @@
 // the original's when the model has class outputs (e.g. a masked LM's logits), else the smallest output
 // cosine. It runs on the calibration samples the fits held out (every fifth). The chosen plan's spans are
 // then refitted in sequence (each on the stream the earlier fitted modules produce) before the model is
-// written. A fitted module costs what its span's first layer costs, so the placements are known before any
-// fit: only the spans some tied placement uses are fitted, and an unreachable target is refused at once.
+// written. A fitted module costs at most its span's first layer plus the context maps (when asked for:
+// passes/modular/context.ts), so the placements are known before any fit, from stand-ins of that cost: only
+// the spans some tied placement uses are fitted, and an unreachable target is refused at once. (A module
+// whose fit chose no context maps costs less than its stand-in: the plan is then faster than planned.)
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { ModuleInit } from '../../passes/modular/capture.js';
+import { addContextMaps, CONTEXT_PARTS } from '../../passes/modular/context.js';
 import { checkModuleContract, type Module } from '../../passes/modular/contract.js';
 import { extractModule } from '../../passes/modular/extract.js';
 import { fitSite } from '../../passes/modular/fitted.js';
 import { checkRemovable, spanName } from '../../passes/modular/span.js';
-import { analyzeTransformer } from '../analysis/index.js';
+import { analyzeTransformer, type TransformerAnalysis } from '../analysis/index.js';
 import type { FoundModule } from '../compile/load.js';
 import { msg, option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
@@ -29,6 +32,8 @@ import { fitModules, type ModuleFitProgress, type SpanFit, type SpanRequest } fr
 
 export interface FittedAssembleOptions extends Omit<AssembleOptions, 'modulesDir' | 'modules' | 'fidelity' | 'refit' | 'bytes'> {
   init?: ModuleInit;
+  /** fit context maps too (default true) */
+  context?: boolean;
   /** samples per run (default 8) */
   batchSize?: number;
   onFitProgress?: (event: ModuleFitProgress) => void;
@@ -48,12 +53,15 @@ export async function assembleFitted(
 ): Promise<FittedAssembleResult> {
   if (!(options.target > 1)) throw new VcompileError(msg`${option('targetSpeedup')} must be a number > 1, got ${options.target}`);
   const model = decodeModel(bytes, { label: file });
-  const { spans: all, skipped } = candidateSpans(model);
+  const { spans: all, skipped, analysis } = candidateSpans(model);
   const describe = `modules fitted for its 2- and 3-layer spans (${all.map((s) => `${s.start}-${s.end}`).join(', ')})`;
   // the placements, from unfitted stand-ins of the same cost: which spans to fit
   const standIns = all.map((s) => {
     const label = `fitted L${s.start}-${s.end}`;
-    const { module } = extractModule(model, s.start, s.start, undefined, { replaces: s.end - s.start + 1, label });
+    const { module, values } = extractModule(model, s.start, s.start, analysis, { replaces: s.end - s.start + 1, label });
+    const d = analysis.hidden!;
+    if (options.context !== false)
+      addContextMaps(module, values, fitSite(analysis, s.start, label), new Float32Array(CONTEXT_PARTS * d * d), 'all');
     return { file: label, module: contract(module, label), start: s.start, end: s.end, startFrom: 'metadata' as const };
   });
   const dry = await assemble(file, {
@@ -66,7 +74,13 @@ export async function assembleFitted(
   });
   const used = new Set(dry.tied.flatMap((plan) => plan.candidates.map((c) => c.file)));
   const spans = all.filter((s) => used.has(`fitted L${s.start}-${s.end}`));
-  const fitOptions = { init: options.init, batchSize: options.batchSize, threads: options.threads, onProgress: options.onFitProgress };
+  const fitOptions = {
+    init: options.init,
+    context: options.context,
+    batchSize: options.batchSize,
+    threads: options.threads,
+    onProgress: options.onFitProgress,
+  };
   options.onProgress?.(`fitting ${spans.map((s) => spanName(s.start, s.end)).join(', ')} (the spans the tied placements use)`);
   const candidates = await fitModules(file, bytes, data, { ...fitOptions, spans, mode: 'independent' });
   const found: FoundModule[] = candidates.spans.map((fit) => {
@@ -93,7 +107,7 @@ export async function assembleFitted(
 }
 
 /** Every 2- and 3-layer span of consecutive non-causal layers of one stack that a fitted module can replace. */
-function candidateSpans(model: Model): { spans: SpanRequest[]; skipped: string[] } {
+function candidateSpans(model: Model): { spans: SpanRequest[]; skipped: string[]; analysis: TransformerAnalysis } {
   const analysis = analyzeTransformer(model);
   if (analysis.error) throw new VcompileError(`cannot fit modules: transformer analysis stopped: ${analysis.error.message}`);
   const spans: SpanRequest[] = [];
@@ -124,7 +138,7 @@ function candidateSpans(model: Model): { spans: SpanRequest[]; skipped: string[]
     throw new VcompileError(
       `no 2- or 3-layer span of non-causal layers to fit modules for${skipped.length ? ` (${skipped.join('; ')})` : ''}`,
     );
-  return { spans, skipped };
+  return { spans, skipped, analysis };
 }
 
 /** Fidelity on the data: top-1 agreement of the class outputs with the original's, or the output cosine. */

@@ -6,12 +6,16 @@
 // span's output, the teacher, on the calibration data. What is fitted is what is linear given the rest:
 // the last feed-forward output projection ("down projection", inc = a W + b). Per real position, with h
 // the stream entering that sublayer, the target is t = y - h (pre-LN) or the teacher mapped back through
-// the final norm (post-LN, passes/modular/capture.ts says how), and two variants fit it:
+// the final norm (post-LN, passes/modular/capture.ts says how), and three variants fit it:
 //   map    ridge of t on [inc ; 1]: a d x d map T and offset t0 on the projection's output, folded into it
 //          (W' = W T, b' = b T + t0); `rank` makes T reduced-rank;
-//   refit  ridge of t on [a ; 1]: the projection's weight and bias refitted directly.
+//   refit  ridge of t on [a ; 1]: the projection's weight and bias refitted directly;
+//   context  refit, then ridge of what it leaves on the context features [h(t-1) ; h(t+1) ; mean(h) ; 1]
+//          (passes/modular/context.ts): some of the dropped layers' position mixing, for 2d² more MACs
+//          per position (a sixth of a BERT layer's); not fitted with `context: false`, nor where the
+//          module cannot read its real positions off attention_bias (the report says why).
 // A projection without a bias gets one (an Add after it). Lambda is chosen per variant on held-out
-// calibration samples (every fifth). Then each candidate module (init, map, refit) runs on the held-out
+// calibration samples (every fifth). Then each candidate module (init and the fitted ones) runs on the held-out
 // samples and the one whose output is closest to the span's (squared error over real positions) is
 // kept: the choice is made in the output space, after the norm, where target errors are only a proxy.
 // The report keeps every variant's error, and the error of dropping the span (identity).
@@ -23,10 +27,12 @@
 import { createHash } from 'node:crypto';
 import { averageLayers } from '../../passes/modular/average.js';
 import { captureModule, type ModuleInit } from '../../passes/modular/capture.js';
+import { addContextMaps, CONTEXT_PARTS, type ContextKeep, contextMacs } from '../../passes/modular/context.js';
 import { checkModuleContract } from '../../passes/modular/contract.js';
 import { extractModule } from '../../passes/modular/extract.js';
 import { downBias, downWeight, type FitSite, fitSite, setDownProjection } from '../../passes/modular/fitted.js';
-import { checkRemovable, constantDerived, describeSpan, spanName } from '../../passes/modular/span.js';
+import { attentionBias, checkRemovable, constantDerived, describeSpan, spanName } from '../../passes/modular/span.js';
+import { biasKeepRule, findPaddingMask } from '../../passes/plugin/keep.js';
 import { analyzeTransformer, type TransformerAnalysis } from '../analysis/index.js';
 import { modularPass } from '../compile/passes.js';
 import { type Label, msg, VcompileError } from '../errors.js';
@@ -40,10 +46,13 @@ import { openSession, run } from '../runtime/session.js';
 import { feedsFor, type SessionFlags, type Splits, type Streams, sliceAt, streamsInto } from './fit-plugins.js';
 import {
   appendModuleStatistics,
+  CONTEXT_SHIFT,
   MODULE_SHIFTS,
   ModuleEquations,
+  type ModuleShifts,
   moduleShiftsOf,
   type Projection,
+  solveContext,
   solveMap,
   solveRefit,
 } from './module-statistics.js';
@@ -61,6 +70,8 @@ export interface ModuleFitOptions {
   init?: ModuleInit;
   /** rank of the map variant's T (default: full) */
   rank?: number;
+  /** fit the context variant too (default true) */
+  context?: boolean;
   /** 'sequence' (default): each span on the stream the earlier fitted modules produce; 'independent': all on the original's */
   mode?: 'sequence' | 'independent';
   /** samples per run (default 8) */
@@ -78,7 +89,7 @@ export interface ModuleFitProgress {
   total: number;
 }
 
-export const VARIANTS = ['init', 'map', 'refit'] as const;
+export const VARIANTS = ['init', 'map', 'refit', 'context'] as const;
 export type Variant = (typeof VARIANTS)[number];
 
 export interface SpanFit {
@@ -90,10 +101,12 @@ export interface SpanFit {
    * Held-out squared error of the module's output against the span's, over the span output's variance
    * (real positions): for each variant, and for dropping the span (identity).
    */
-  heldOut: { identity: number } & Record<Variant, number>;
+  heldOut: { identity: number; init: number; map: number; refit: number; context?: number };
   /** held-out unexplained variance of the fitted target (the pre-norm residual sum for post-LN layers) */
-  target: { map: number; refit: number };
-  lambda: { map: number; refit: number };
+  target: { map: number; refit: number; context?: number };
+  lambda: { map: number; refit: number; context?: number };
+  /** the context variant: how the module finds its real positions and what the maps cost, or why it was not fitted */
+  context: { keep: ContextKeep; macs: { perPosition: number; perSequence: number } } | { skipped: string };
   /** the map's rank */
   rank: number | 'full';
   placement: 'pre' | 'post';
@@ -232,7 +245,9 @@ class Fitter {
     if (this.options.onStream)
       for (const split of ['fit', 'held'] as const)
         this.splits[split].forEach((b, i) => this.options.onStream!(span.start, b, streams[split][i]));
-    const stats = await this.capture(span, site, streams);
+    const context = this.contextKeep(span, what);
+    const keep = 'keep' in context ? context.keep : undefined;
+    const stats = await this.capture(span, site, streams, keep);
     const f = site.inner;
     if (stats.fit.count < f + 1)
       throw new VcompileError(
@@ -244,31 +259,40 @@ class Fitter {
     const equations = { fit: stats.fit, held: stats.held };
     const refit = await solveRefit(equations, stats.shifts.a);
     const map = await solveMap(equations, stats.shifts.inc, down, this.options.rank);
-    const built = {
+    const withContext = keep && (await solveContext(equations, refit, stats.shifts.a, stats.shifts.context!));
+    const built: Partial<Record<Variant, { model: Model; addedBias: boolean }>> = {
       init: this.build(span, site),
       map: this.build(span, site, map),
       refit: this.build(span, site, refit),
     };
+    if (keep && withContext) built.context = this.build(span, site, withContext, { maps: withContext.maps, keep });
     const measured = await this.measure(span, built, stats.teacher, streams);
     let chosen: Variant = 'init';
-    for (const v of VARIANTS) if (measured.errors[v] < measured.errors[chosen]) chosen = v;
+    for (const v of VARIANTS) if (measured.errors[v] !== undefined && measured.errors[v] < measured.errors[chosen]!) chosen = v;
     const fit: SpanFit = {
       start: span.start,
       end: span.end,
       init: this.init,
       chosen,
-      heldOut: { identity: measured.identity, init: measured.errors.init, map: measured.errors.map, refit: measured.errors.refit },
-      target: { map: map.unexplained, refit: refit.unexplained },
-      lambda: { map: map.lambda, refit: refit.lambda },
+      heldOut: {
+        identity: measured.identity,
+        init: measured.errors.init!,
+        map: measured.errors.map!,
+        refit: measured.errors.refit!,
+        ...(withContext ? { context: measured.errors.context } : {}),
+      },
+      target: { map: map.unexplained, refit: refit.unexplained, ...(withContext ? { context: withContext.unexplained } : {}) },
+      lambda: { map: map.lambda, refit: refit.lambda, ...(withContext ? { context: withContext.lambda } : {}) },
+      context: 'skipped' in context ? context : { keep: context.keep, macs: contextMacs(this.d) },
       rank: this.options.rank !== undefined && this.options.rank < this.d ? this.options.rank : 'full',
       placement: site.ffn.placement,
-      addedBias: chosen !== 'init' && built[chosen].addedBias,
+      addedBias: chosen !== 'init' && built[chosen]!.addedBias,
       samples: this.samples,
       tokens: stats.fit.count,
       heldOutTokens: stats.held.count,
       seconds: 0,
     };
-    const module = built[chosen].model;
+    const module = built[chosen]!.model;
     let next: Streams | undefined;
     if (carry) {
       const spliced = this.spliced(span, module);
@@ -276,7 +300,7 @@ class Fitter {
       const fitStreams = await this.runOn(spliced, this.splits.fit, streams.fit, (done) =>
         this.options.onProgress?.({ span: name, stage: 'propagate', done, total }),
       );
-      next = { fit: fitStreams, held: measured.outputs[chosen] };
+      next = { fit: fitStreams, held: measured.outputs[chosen]! };
     }
     fit.seconds = (Date.now() - started) / 1000;
     module.metadataProps = [...(module.metadataProps ?? []), [FIT_KEY, JSON.stringify(this.provenance(fit))]];
@@ -288,18 +312,46 @@ class Fitter {
     return { model: sha256(this.bytes), data: this.data.sha256, ...rest };
   }
 
+  /**
+   * How a module for `span` finds its real positions for the context maps (off its attention_bias, or all
+   * of them without one), or why it cannot (then the context variant is not fitted).
+   */
+  private contextKeep(span: SpanRequest, what: Label): { keep: ContextKeep } | { skipped: string } {
+    if (this.options.context === false) return { skipped: 'not asked for' };
+    if (this.analysis.layers.slice(span.start, span.end + 1).some((l) => l.selfAttention.causal))
+      return { skipped: 'causal self-attention: the maps would read the next position' };
+    const described = describeSpan(this.analysis, span.start, span.end, this.constants, what);
+    const bias = attentionBias(described, this.analysis, what);
+    if (!bias) return { keep: 'all' };
+    const layer = this.analysis.layers[span.start];
+    const mask = findPaddingMask(layer.selfAttention, layer.input, this.analysis.context);
+    if (!mask) return { skipped: `the attention bias ${bias.name} does not come from a padding mask among the model's inputs` };
+    const rule = biasKeepRule(bias, mask, this.analysis.context);
+    return 'rule' in rule
+      ? { keep: rule.rule }
+      : { skipped: `the module cannot read real positions off the attention bias ${bias.name}: ${rule.why}` };
+  }
+
   /** The span's normal equations (fit and held-out splits), the shifts, and the teacher on held-out batches. */
-  private async capture(span: SpanRequest, site: FitSite, streams: Streams) {
+  private async capture(span: SpanRequest, site: FitSite, streams: Streams, context: ContextKeep | undefined) {
     const layers = this.analysis.layers;
     const model = sliceAt(this.fresh(), layers[span.start], [layers[span.end].output.name], this.d);
-    const captured = captureModule(model, span.end - span.start, this.init);
+    const captured = captureModule(model, span.end - span.start, this.init, { context: context !== undefined });
     appendModuleStatistics(model, captured, site.inner, this.d);
-    const stats = { fit: new ModuleEquations(site.inner, this.d), held: new ModuleEquations(site.inner, this.d) };
+    const withContext = context !== undefined;
+    const stats = {
+      fit: new ModuleEquations(site.inner, this.d, withContext),
+      held: new ModuleEquations(site.inner, this.d, withContext),
+    };
     const teacher: Tensor[] = [];
     const session = await openSession(model, this.session);
     const name = spanName(span.start, span.end);
     try {
-      const zero = { a: new Float32Array(site.inner), inc: new Float32Array(this.d) };
+      const zero: ModuleShifts = {
+        a: new Float32Array(site.inner),
+        inc: new Float32Array(this.d),
+        ...(withContext ? { context: new Float32Array(CONTEXT_PARTS * this.d) } : {}),
+      };
       const probe = await run(session, { ...feedsFor(session, this.splits.fit[0], streams.fit[0]), ...shiftFeeds(zero) });
       const shifts = moduleShiftsOf(probe);
       const total = this.splits.fit.length + this.splits.held.length;
@@ -319,7 +371,12 @@ class Fitter {
   }
 
   /** The module for `span`: layer S's structure (with the span's mean weights for average), and the fitted projection. */
-  private build(span: SpanRequest, site: FitSite, projection?: Projection): { model: Model; addedBias: boolean } {
+  private build(
+    span: SpanRequest,
+    site: FitSite,
+    projection?: Projection,
+    context?: { maps: Float32Array; keep: ContextKeep },
+  ): { model: Model; addedBias: boolean } {
     const what = span.label ?? spanName(span.start, span.end);
     const weights = this.means(span);
     const count = span.end - span.start + 1;
@@ -329,8 +386,9 @@ class Fitter {
       label: what,
     });
     const addedBias = projection ? setDownProjection(module, values, site, projection.weight, projection.bias).addedBias : false;
+    if (context) addContextMaps(module, values, site, context.maps, context.keep);
     module.graph.name = `vcompile_module_L${span.start}-${span.end}`;
-    module.docString = `a module for ${spanName(span.start, span.end)} of a ${this.original.graph.name ?? 'model'} graph: layer ${span.start}'s structure (${this.init}), ${projection ? 'its feed-forward output projection fitted from data' : 'as it is'}, by vcompile`;
+    module.docString = `a module for ${spanName(span.start, span.end)} of a ${this.original.graph.name ?? 'model'} graph: layer ${span.start}'s structure (${this.init}), ${projection ? `its feed-forward output projection fitted from data${context ? ', with context maps' : ''}` : 'as it is'}, by vcompile`;
     return { model: module, addedBias };
   }
 
@@ -353,21 +411,23 @@ class Fitter {
   }
 
   /** Each candidate's output on the held-out batches, and its error against the teacher's (and dropping the span's). */
-  private async measure(span: SpanRequest, built: Record<Variant, { model: Model }>, teacher: Tensor[], streams: Streams) {
+  private async measure(span: SpanRequest, built: Partial<Record<Variant, { model: Model }>>, teacher: Tensor[], streams: Streams) {
     const name = spanName(span.start, span.end);
-    const outputs = {} as Record<Variant, Tensor[]>;
-    const errors = {} as Record<Variant, number>;
+    const outputs: Partial<Record<Variant, Tensor[]>> = {};
+    const errors: Partial<Record<Variant, number>> = {};
+    const variants = VARIANTS.filter((v) => built[v]);
     const variance = new ErrorSum(this.d);
     this.splits.held.forEach((batch, i) => variance.addVariance(teacher[i], batch));
     const identity = new ErrorSum(this.d);
     this.splits.held.forEach((batch, i) => identity.add(streams.held[i], teacher[i], batch));
     let done = 0;
-    for (const v of VARIANTS) {
-      outputs[v] = await this.runOn(this.spliced(span, built[v].model), this.splits.held, streams.held);
+    for (const v of variants) {
+      const out = await this.runOn(this.spliced(span, built[v]!.model), this.splits.held, streams.held);
+      outputs[v] = out;
       const sum = new ErrorSum(this.d);
-      this.splits.held.forEach((batch, i) => sum.add(outputs[v][i], teacher[i], batch));
+      this.splits.held.forEach((batch, i) => sum.add(out[i], teacher[i], batch));
       errors[v] = sum.squared / variance.variance();
-      this.options.onProgress?.({ span: name, stage: 'measure', done: ++done, total: VARIANTS.length });
+      this.options.onProgress?.({ span: name, stage: 'measure', done: ++done, total: variants.length });
     }
     return { outputs, errors, identity: identity.squared / variance.variance() };
   }
@@ -432,12 +492,14 @@ function forReal(t: Tensor, batch: DataBatch, d: number, each: (row: number) => 
   for (let p = 0; p < positions; p++) if (!batch.real || batch.real[p]) each(p * d);
 }
 
-function shiftFeeds(shifts: { a: Float32Array; inc: Float32Array }): Record<string, Tensor> {
+function shiftFeeds(shifts: ModuleShifts): Record<string, Tensor> {
   const [a, inc] = MODULE_SHIFTS;
-  return {
+  const feeds: Record<string, Tensor> = {
     [a]: Tensor.fromArray(a, DataType.FLOAT, [shifts.a.length], shifts.a),
     [inc]: Tensor.fromArray(inc, DataType.FLOAT, [shifts.inc.length], shifts.inc),
   };
+  if (shifts.context) feeds[CONTEXT_SHIFT] = Tensor.fromArray(CONTEXT_SHIFT, DataType.FLOAT, [shifts.context.length], shifts.context);
+  return feeds;
 }
 
 function sha256(bytes: Uint8Array): string {

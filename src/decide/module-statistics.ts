@@ -12,6 +12,14 @@
 // of products keep their precision; the constant feature absorbs the shift and `unshift` maps it back.
 // Feature sets of up to DOUBLE_UP_TO columns are multiplied in float64 (the map's always, up to d = 1024;
 // the refit's up to f = 1024), larger ones in float32 on the shifted features.
+//
+// The context variant (passes/modular/context.ts) adds the context features c (3d wide): the ridge of t
+// on [a ; 1 ; c] with one penalty per block (solveContext). Its normal equations come from the same capture,
+// which adds [c;1]^T [c;1], [c;1]^T [a;1] and [c;1]^T t. Penalties are chosen by stages (the refit's for a,
+// then for c the ridge of what the refit leaves) so that each penalty tried costs a factorization at f + 1 or
+// 3d + 1, not at f + 3d + 1 (5377 at BERT-base size: minutes per penalty); the blocks are then solved together.
+
+import { CONTEXT_PARTS } from '../../passes/modular/context.js';
 import { GraphBuilder } from '../ir/builder.js';
 import { Value as IrValue, type Value } from '../ir/graph.js';
 import type { Model } from '../ir/model.js';
@@ -19,7 +27,8 @@ import { NameAuthority } from '../ir/names.js';
 import { VersionedOps } from '../ir/ops.js';
 import type { Tensor } from '../ir/tensor.js';
 import { DataType, tensorType } from '../ir/types.js';
-import { gemm, matrix, reducedRank, ridge } from './linalg.js';
+import { block } from './gemm.js';
+import { cholesky, choleskySolve, gemm, type Matrix, matrix, reducedRank, ridge, transpose } from './linalg.js';
 import { valuesOf } from './statistics.js';
 
 export const MODULE_STATISTICS = [
@@ -32,8 +41,16 @@ export const MODULE_STATISTICS = [
   'vcompile_fit_sum_a',
   'vcompile_fit_sum_inc',
 ] as const;
-/** The shift inputs of the statistics model: [f] for a, [d] for inc. */
+/** With context features: [c;1]^T [c;1], [c;1]^T [a;1], [c;1]^T t and the sum of c. */
+export const CONTEXT_STATISTICS = [
+  'vcompile_fit_context_g',
+  'vcompile_fit_context_cross',
+  'vcompile_fit_context_h',
+  'vcompile_fit_sum_context',
+] as const;
+/** The shift inputs of the statistics model: [f] for a, [d] for inc (and [3d] for c, with context). */
 export const MODULE_SHIFTS = ['vcompile_fit_shift_a', 'vcompile_fit_shift_inc'] as const;
+export const CONTEXT_SHIFT = 'vcompile_fit_shift_context';
 /** Feature sets up to this many columns (the constant included) are multiplied in float64. */
 export const DOUBLE_UP_TO = 1025;
 
@@ -43,7 +60,7 @@ export const DOUBLE_UP_TO = 1025;
  */
 export function appendModuleStatistics(
   model: Model,
-  captured: { a: Value; inc: Value; target: Value; y: Value; keep: Value },
+  captured: { a: Value; inc: Value; target: Value; y: Value; keep: Value; context?: Value },
   f: number,
   d: number,
 ): void {
@@ -62,7 +79,8 @@ export function appendModuleStatistics(
   const features = (v: Value, shift: Value, width: number) => rows(b.op.Concat(b.op.Sub(v, shift), ones, { axis: -1 }), width + 1);
   const precise = (v: Value, columns: number) => (columns <= DOUBLE_UP_TO ? b.op.Cast(v, { to: DataType.DOUBLE }) : v);
   const target = rows(captured.target, d);
-  const fa = precise(features(captured.a, shiftA, f), f + 1);
+  const rawA = features(captured.a, shiftA, f);
+  const fa = precise(rawA, f + 1);
   const ta = precise(target, f + 1);
   const fi = precise(features(captured.inc, shiftInc, d), d + 1);
   const ti = precise(target, d + 1);
@@ -77,11 +95,29 @@ export function appendModuleStatistics(
     ops.reduce('ReduceSum', rows(captured.a, f), [0], false),
     ops.reduce('ReduceSum', rows(captured.inc, d), [0], false),
   ];
-  const doubles = [f + 1, f + 1, d + 1, d + 1, d + 1].map((n) => n <= DOUBLE_UP_TO);
+  // which outputs are float64: the products of features of up to DOUBLE_UP_TO columns (not the count and sums)
+  const doubles = [f + 1, f + 1, d + 1, d + 1, d + 1].map((n) => n <= DOUBLE_UP_TO).concat([false, false, false]);
+  const names: string[] = [...MODULE_STATISTICS];
+  if (captured.context) {
+    const c = CONTEXT_PARTS * d;
+    b.names.claim(CONTEXT_SHIFT);
+    const shiftC = model.graph.addInput(new IrValue(CONTEXT_SHIFT, tensorType(DataType.FLOAT, [c])));
+    const rawC = features(captured.context, shiftC, c);
+    const fc = precise(rawC, c + 1);
+    const both = c + 1 <= DOUBLE_UP_TO && f + 1 <= DOUBLE_UP_TO;
+    outputs.push(
+      gram(fc, fc),
+      both ? gram(fc, fa) : gram(rawC, rawA),
+      gram(fc, precise(target, c + 1)),
+      ops.reduce('ReduceSum', rows(captured.context, c), [0], false),
+    );
+    doubles.push(c + 1 <= DOUBLE_UP_TO, both, c + 1 <= DOUBLE_UP_TO, false);
+    names.push(...CONTEXT_STATISTICS);
+  }
   model.graph.outputs = [
     ...outputs.map((v, i) => {
-      b.names.claim(MODULE_STATISTICS[i]);
-      v.name = MODULE_STATISTICS[i];
+      b.names.claim(names[i]);
+      v.name = names[i];
       v.type = tensorType(doubles[i] ? DataType.DOUBLE : DataType.FLOAT);
       return v;
     }),
@@ -95,6 +131,8 @@ export class ModuleEquations {
   readonly refitH: Float64Array;
   readonly mapG: Float64Array;
   readonly mapH: Float64Array;
+  /** with context features: [c;1]^T [c;1], [c;1]^T [a;1], [c;1]^T t */
+  readonly context?: { g: Float64Array; cross: Float64Array; h: Float64Array };
   /** sum over positions of ||t||^2 */
   tt = 0;
   count = 0;
@@ -102,11 +140,14 @@ export class ModuleEquations {
   constructor(
     readonly f: number,
     readonly d: number,
+    context = false,
   ) {
     this.refitG = new Float64Array((f + 1) * (f + 1));
     this.refitH = new Float64Array((f + 1) * d);
     this.mapG = new Float64Array((d + 1) * (d + 1));
     this.mapH = new Float64Array((d + 1) * d);
+    const n = CONTEXT_PARTS * d + 1;
+    if (context) this.context = { g: new Float64Array(n * n), cross: new Float64Array(n * (f + 1)), h: new Float64Array(n * d) };
   }
 
   /** Add one batch's outputs of the statistics model. */
@@ -118,6 +159,12 @@ export class ModuleEquations {
     addInto(this.mapH, mh);
     this.tt += tt[0];
     this.count += count[0];
+    if (this.context) {
+      const [cg, cross, ch] = CONTEXT_STATISTICS.slice(0, 3).map((name) => valuesOf(outputs[name]));
+      addInto(this.context.g, cg);
+      addInto(this.context.cross, cross);
+      addInto(this.context.h, ch);
+    }
   }
 
   /** Sum over positions of ||t - mean(t)||^2 (the constant feature's row of H holds sum t). */
@@ -129,11 +176,18 @@ export class ModuleEquations {
   }
 }
 
-/** The shifts from one batch's outputs (run with zero shifts): the means of a and inc over its real positions. */
-export function moduleShiftsOf(outputs: Record<string, Tensor>): { a: Float32Array; inc: Float32Array } {
+export interface ModuleShifts {
+  a: Float32Array;
+  inc: Float32Array;
+  context?: Float32Array;
+}
+
+/** The shifts from one batch's outputs (run with zero shifts): the means of a, inc (and c) over its real positions. */
+export function moduleShiftsOf(outputs: Record<string, Tensor>): ModuleShifts {
   const count = Math.max(valuesOf(outputs.vcompile_fit_count)[0], 1);
   const mean = (name: string) => Float32Array.from(valuesOf(outputs[name]), (v) => v / count);
-  return { a: mean('vcompile_fit_sum_a'), inc: mean('vcompile_fit_sum_inc') };
+  const context = outputs[CONTEXT_STATISTICS[3]] ? mean(CONTEXT_STATISTICS[3]) : undefined;
+  return { a: mean('vcompile_fit_sum_a'), inc: mean('vcompile_fit_sum_inc'), ...(context ? { context } : {}) };
 }
 
 /** A new down projection: W [f][d] row-major and b [d]. */
@@ -154,7 +208,7 @@ interface Splits {
 }
 
 /** Ridge of t on [a ; 1], lambda by held-out error: the down projection's weight and bias. */
-export async function solveRefit(s: Splits, shiftA: Float32Array): Promise<SolvedVariant> {
+export async function solveRefit(s: Splits, shiftA: Float32Array): Promise<SolvedVariant & { shifted: Matrix }> {
   const { f, d } = s.fit;
   const n = f + 1;
   const solved = await ridge(
@@ -174,7 +228,102 @@ export async function solveRefit(s: Splits, shiftA: Float32Array): Promise<Solve
     bias: Float32Array.from(coefficients.subarray(f * d)),
     lambda: solved.lambda,
     unexplained: solved.heldOutError / s.held.targetVariance(),
+    shifted: solved.w,
   };
+}
+
+/**
+ * The context variant, the ridge of t on [a ; 1 ; c] with one penalty per block: lambda_a is the refit's;
+ * lambda_c is chosen on held-out positions for the ridge of what the refit leaves on [c ; 1] (a second stage
+ * that costs one factorization per penalty tried at 3d + 1, not at f + 3d + 1); then the two blocks are solved
+ * together at those penalties by the Schur complement of the [a ; 1] block. The projection gets the [a ; 1]
+ * block's weights and constant; `maps` is C ([3d][d] row-major).
+ */
+export async function solveContext(
+  s: Splits,
+  refit: SolvedVariant & { shifted: Matrix },
+  shiftA: Float32Array,
+  shiftContext: Float32Array,
+): Promise<SolvedVariant & { maps: Float32Array }> {
+  const { f, d } = s.fit;
+  const c = CONTEXT_PARTS * d;
+  const blocks = (e: ModuleEquations) => {
+    if (!e.context) throw new Error('internal: the capture has no context statistics');
+    return {
+      gA: matrix(f + 1, f + 1, e.refitG),
+      hA: matrix(f + 1, d, e.refitH),
+      gC: matrix(c + 1, c + 1, e.context.g),
+      hC: matrix(c + 1, d, e.context.h),
+      cross: matrix(c + 1, f + 1, e.context.cross),
+      tt: e.tt,
+    };
+  };
+  const fit = blocks(s.fit);
+  const held = blocks(s.held);
+  // [c;1]^T r and |r|^2 for r = t - [a;1] w1
+  const leftByA = async (e: typeof fit, w1: Matrix) => {
+    const explained = await gemm(e.cross, w1);
+    const h = matrix(
+      c + 1,
+      d,
+      Float64Array.from(e.hC.data, (v, i) => v - explained.data[i]),
+    );
+    return { h, rr: e.tt - 2 * dotOf(w1.data, e.hA.data) + dotOf(w1.data, (await gemm(e.gA, w1)).data) };
+  };
+  const left = await leftByA(fit, refit.shifted);
+  const heldLeft = await leftByA(held, refit.shifted);
+  const staged = await ridge({ g: fit.gC, h: left.h, gHeld: held.gC, hHeld: heldLeft.h, yyHeld: heldLeft.rr }, { unpenalized: [c] });
+  // together: [A B; B^T C] [w1; w2] = [hA; hC] with A = G_a + lambda_a, C = G_c + lambda_c (c without its
+  // constant, which the [a ; 1] block has), B = cross^T; w2 = S^-1 (hC - B^T A^-1 hA), S = C - B^T A^-1 B
+  const factorA = await cholesky(penalized(fit.gA, refit.lambda, f), 'the refit block');
+  const crossC = block(fit.cross, 0, 0, c, f + 1);
+  const aInvB = await choleskySolve(factorA, transpose(crossC));
+  const aInvH = await choleskySolve(factorA, fit.hA);
+  const schur = penalized(block(fit.gC, 0, 0, c, c), staged.lambda, c);
+  const bab = await gemm(crossC, aInvB);
+  for (let i = 0; i < schur.data.length; i++) schur.data[i] -= bab.data[i];
+  const rhs = block(fit.hC, 0, 0, c, d);
+  const bah = await gemm(crossC, aInvH);
+  for (let i = 0; i < rhs.data.length; i++) rhs.data[i] -= bah.data[i];
+  const w2 = await choleskySolve(await cholesky(schur, 'the context block'), rhs);
+  const w1 = minus(aInvH, await gemm(aInvB, w2));
+  // held-out |t - [a;1] w1 - c w2|^2
+  const r = await leftByA(held, w1);
+  const error = r.rr - 2 * dotOf(w2.data, r.h.data.subarray(0, c * d)) + dotOf(w2.data, (await gemm(block(held.gC, 0, 0, c, c), w2)).data);
+  const projection = Float64Array.from(w1.data);
+  unshift(projection, f, d, shiftA);
+  // the maps were fitted on c - shift: their constant moves into the bias
+  const maps = Float64Array.from(w2.data);
+  const bias = Float64Array.from(projection.subarray(f * d));
+  for (let i = 0; i < c; i++) for (let j = 0; j < d; j++) bias[j] -= shiftContext[i] * maps[i * d + j];
+  return {
+    weight: Float32Array.from(projection.subarray(0, f * d)),
+    bias: Float32Array.from(bias),
+    maps: Float32Array.from(maps),
+    lambda: staged.lambda,
+    unexplained: error / s.held.targetVariance(),
+  };
+}
+
+/** g + lambda I over the first n features (the rest, the constant, unpenalized). */
+function penalized(g: Matrix, lambda: number, n: number): Matrix {
+  const out = matrix(g.rows, g.cols, g.data.slice());
+  for (let i = 0; i < n; i++) out.data[i * g.cols + i] += lambda;
+  return out;
+}
+
+function minus(x: Matrix, y: Matrix): Matrix {
+  return matrix(
+    x.rows,
+    x.cols,
+    Float64Array.from(x.data, (v, i) => v - y.data[i]),
+  );
+}
+
+function dotOf(x: Float64Array, y: Float64Array): number {
+  let total = 0;
+  for (let i = 0; i < x.length; i++) total += x[i] * y[i];
+  return total;
 }
 
 /** The map (T, t0) of inc, fitted by ridge (and reduced to `rank`), folded into `down`. */
