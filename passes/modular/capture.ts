@@ -122,7 +122,7 @@ export function captureModule(model: Model, end: number, init: ModuleInit, optio
     named(b, keep, MODULE_CAPTURED[4], tensorType(DataType.FLOAT, ['batch', 'seq'])),
   ];
   const context = options.context
-    ? named(b, contextFeatures(b, ops, h, keep), MODULE_CAPTURED_CONTEXT, rows(CONTEXT_PARTS * d))
+    ? named(b, contextFeatures(b, ops, h, keep, d), MODULE_CAPTURED_CONTEXT, rows(CONTEXT_PARTS * d))
     : undefined;
   model.graph.outputs = context ? [...outputs, context] : outputs;
   eliminateDeadCode(model.graph);

@@ -35,10 +35,11 @@ export const CONTEXT_PARTS = 3;
 export type ContextKeep = BiasKeep | 'all';
 
 /** c(t) as [batch, seq, 3d], from h [batch, seq, d] and keep [batch, seq] (1 at real positions). */
-export function contextFeatures(b: GraphBuilder, ops: VersionedOps, h: Value, keep: Value): Value {
-  const hk = b.op.Mul(h, ops.unsqueeze(keep, [-1]));
-  const mean = meanOverReal(b, ops, hk, ops.unsqueeze(keep, [-1]));
-  return b.op.Concat(shifted(b, ops, hk, 'down'), shifted(b, ops, hk, 'up'), b.op.Expand(mean, b.op.Shape(h)), { axis: -1 });
+export function contextFeatures(b: GraphBuilder, ops: VersionedOps, h: Value, keep: Value, d: number): Value {
+  const real = ops.unsqueeze(keep, [-1]);
+  const hk = b.op.Mul(h, real);
+  const { previous, next } = neighbours(b, ops, hk, [0, d], [0, d]);
+  return b.op.Concat(previous, next, b.op.Expand(meanOverReal(b, ops, hk, real), b.op.Shape(h)), { axis: -1 });
 }
 
 /**
@@ -66,12 +67,8 @@ export function addContextMaps(
   const pair = new Float32Array(d * 2 * d);
   for (let i = 0; i < d; i++)
     for (let p = 0; p < 2; p++) pair.set(weights.subarray((p * d + i) * d, (p * d + i + 1) * d), i * 2 * d + p * d);
-  const neighbours = b.op.MatMul(hk, b.initializer('neighbour_maps', Tensor.fromArray('neighbour_maps', DataType.FLOAT, [d, 2 * d], pair)));
-  // padded by one position at each end: position t of the padded tensor is product t - 1
-  const padded = ops.padConstant(neighbours, b.int64s('pads', [0, 1, 0, 0, 1, 0]), b.scalar('zero', 0));
-  const axes = b.int64s('axes', [1, 2]);
-  const previous = b.op.Slice(padded, b.int64s('start', [0, 0]), b.int64s('end', [-2, d]), axes);
-  const next = b.op.Slice(padded, b.int64s('start', [2, d]), b.int64s('end', [Number.MAX_SAFE_INTEGER, 2 * d]), axes);
+  const products = b.op.MatMul(hk, b.initializer('neighbour_maps', Tensor.fromArray('neighbour_maps', DataType.FLOAT, [d, 2 * d], pair)));
+  const { previous, next } = neighbours(b, ops, products, [0, d], [d, 2 * d]);
   const meanMap = Tensor.fromArray('mean_map', DataType.FLOAT, [d, d], weights.subarray(2 * d * d));
   const mean = b.op.MatMul(meanOverReal(b, ops, hk, real), b.initializer('mean_map', meanMap));
   const context = b.op.Add(b.op.Add(previous, next), mean);
@@ -97,14 +94,24 @@ function keepOf(b: GraphBuilder, ops: VersionedOps, module: Model, h: Value, rul
   return keepFromBias(b, bias, rule);
 }
 
-/** x [batch, seq, w] moved one position along seq: `down` puts x(t-1) at t, `up` x(t+1); 0 comes in. */
-function shifted(b: GraphBuilder, ops: VersionedOps, x: Value, direction: 'down' | 'up'): Value {
-  const kept =
-    direction === 'down'
-      ? ops.slice(x, b.int64s('start', [0]), b.int64s('end', [-1]), 1)
-      : ops.slice(x, b.int64s('start', [1]), b.int64s('end', [Number.MAX_SAFE_INTEGER]), 1);
-  const pads = direction === 'down' ? [0, 1, 0, 0, 0, 0] : [0, 0, 0, 0, 1, 0];
-  return ops.padConstant(kept, b.int64s('pads', pads), b.scalar('zero', 0));
+/**
+ * From x [batch, seq, w]: x(t-1) in columns `previous` and x(t+1) in columns `next`, at every t (0 past the
+ * ends). x is padded by one position at each end of seq (position t of the padded tensor is x(t-1)) and
+ * sliced twice.
+ */
+function neighbours(
+  b: GraphBuilder,
+  ops: VersionedOps,
+  x: Value,
+  previous: [number, number],
+  next: [number, number],
+): { previous: Value; next: Value } {
+  const padded = ops.padConstant(x, b.int64s('pads', [0, 1, 0, 0, 1, 0]), b.scalar('zero', 0));
+  const axes = b.int64s('axes', [1, 2]);
+  return {
+    previous: b.op.Slice(padded, b.int64s('start', [0, previous[0]]), b.int64s('end', [-2, previous[1]]), axes),
+    next: b.op.Slice(padded, b.int64s('start', [2, next[0]]), b.int64s('end', [Number.MAX_SAFE_INTEGER, next[1]]), axes),
+  };
 }
 
 /** The mean over real positions of xk [batch, seq, w] (already 0 elsewhere), as [batch, 1, w]; keep [batch, seq, 1]. */

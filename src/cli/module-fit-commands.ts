@@ -13,7 +13,7 @@ import { checkModuleContract, type Module } from '../../passes/modular/contract.
 import type { ModuleRequest } from '../../passes/modular/index.js';
 import { spanName } from '../../passes/modular/span.js';
 import { describeInputs } from '../analysis/inputs.js';
-import { fitModules, type ModuleFitResult, type SpanRequest } from '../decide/fit-modules.js';
+import { CONTEXT_NOT_ASKED, fitModules, type ModuleFitResult, type SpanRequest } from '../decide/fit-modules.js';
 import { option, VcompileError } from '../errors.js';
 import type { Model } from '../ir/model.js';
 import { encodeModel, saveModel } from '../onnx/file.js';
@@ -169,7 +169,7 @@ export function formatModuleFit(r: ModuleFitResult, written: string[]): string {
       lines.push(
         `${spanName(s.start, s.end)}: context maps add ${s.context.macs.perPosition.toLocaleString('en-US')} MACs per position and ${s.context.macs.perSequence.toLocaleString('en-US')} per sequence to the module's layer`,
       );
-    else if ('skipped' in s.context && s.context.skipped !== 'not asked for')
+    else if ('skipped' in s.context && s.context.skipped !== CONTEXT_NOT_ASKED)
       lines.push(`${spanName(s.start, s.end)}: no context maps: ${s.context.skipped}`);
   }
   for (const s of r.spans.filter((s) => s.addedBias))

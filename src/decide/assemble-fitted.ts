@@ -56,10 +56,10 @@ export async function assembleFitted(
   const { spans: all, skipped, analysis } = candidateSpans(model);
   const describe = `modules fitted for its 2- and 3-layer spans (${all.map((s) => `${s.start}-${s.end}`).join(', ')})`;
   // the placements, from unfitted stand-ins of the same cost: which spans to fit
+  const d = analysis.hidden!;
   const standIns = all.map((s) => {
     const label = `fitted L${s.start}-${s.end}`;
     const { module, values } = extractModule(model, s.start, s.start, analysis, { replaces: s.end - s.start + 1, label });
-    const d = analysis.hidden!;
     if (options.context !== false)
       addContextMaps(module, values, fitSite(analysis, s.start, label), new Float32Array(CONTEXT_PARTS * d * d), 'all');
     return { file: label, module: contract(module, label), start: s.start, end: s.end, startFrom: 'metadata' as const };

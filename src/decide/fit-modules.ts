@@ -10,7 +10,7 @@
 //   map    ridge of t on [inc ; 1]: a d x d map T and offset t0 on the projection's output, folded into it
 //          (W' = W T, b' = b T + t0); `rank` makes T reduced-rank;
 //   refit  ridge of t on [a ; 1]: the projection's weight and bias refitted directly;
-//   context  refit, then ridge of what it leaves on the context features [h(t-1) ; h(t+1) ; mean(h) ; 1]
+//   context  ridge of t on [a ; 1 ; c], c the context features [h(t-1) ; h(t+1) ; mean(h)]
 //          (passes/modular/context.ts): some of the dropped layers' position mixing, for 2d² more MACs
 //          per position (a sixth of a BERT layer's); not fitted with `context: false`, nor where the
 //          module cannot read its real positions off attention_bias (the report says why).
@@ -90,6 +90,8 @@ export interface ModuleFitProgress {
 }
 
 export const VARIANTS = ['init', 'map', 'refit', 'context'] as const;
+/** SpanFit.context's `skipped` when the fit was asked for no context maps */
+export const CONTEXT_NOT_ASKED = 'not asked for';
 export type Variant = (typeof VARIANTS)[number];
 
 export interface SpanFit {
@@ -317,7 +319,7 @@ class Fitter {
    * of them without one), or why it cannot (then the context variant is not fitted).
    */
   private contextKeep(span: SpanRequest, what: Label): { keep: ContextKeep } | { skipped: string } {
-    if (this.options.context === false) return { skipped: 'not asked for' };
+    if (this.options.context === false) return { skipped: CONTEXT_NOT_ASKED };
     if (this.analysis.layers.slice(span.start, span.end + 1).some((l) => l.selfAttention.causal))
       return { skipped: 'causal self-attention: the maps would read the next position' };
     const described = describeSpan(this.analysis, span.start, span.end, this.constants, what);

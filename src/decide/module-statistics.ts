@@ -27,7 +27,7 @@ import { NameAuthority } from '../ir/names.js';
 import { VersionedOps } from '../ir/ops.js';
 import type { Tensor } from '../ir/tensor.js';
 import { DataType, tensorType } from '../ir/types.js';
-import { block } from './gemm.js';
+import { block, dot, product } from './gemm.js';
 import { cholesky, choleskySolve, gemm, type Matrix, matrix, reducedRank, ridge, transpose } from './linalg.js';
 import { valuesOf } from './statistics.js';
 
@@ -261,15 +261,10 @@ export async function solveContext(
   const fit = blocks(s.fit);
   const held = blocks(s.held);
   // [c;1]^T r and |r|^2 for r = t - [a;1] w1
-  const leftByA = async (e: typeof fit, w1: Matrix) => {
-    const explained = await gemm(e.cross, w1);
-    const h = matrix(
-      c + 1,
-      d,
-      Float64Array.from(e.hC.data, (v, i) => v - explained.data[i]),
-    );
-    return { h, rr: e.tt - 2 * dotOf(w1.data, e.hA.data) + dotOf(w1.data, (await gemm(e.gA, w1)).data) };
-  };
+  const leftByA = async (e: typeof fit, w1: Matrix) => ({
+    h: await product(e.cross, w1, {}, e.hC),
+    rr: e.tt - 2 * dotOf(w1, e.hA) + dotOf(w1, await gemm(e.gA, w1)),
+  });
   const left = await leftByA(fit, refit.shifted);
   const heldLeft = await leftByA(held, refit.shifted);
   const staged = await ridge({ g: fit.gC, h: left.h, gHeld: held.gC, hHeld: heldLeft.h, yyHeld: heldLeft.rr }, { unpenalized: [c] });
@@ -279,27 +274,24 @@ export async function solveContext(
   const crossC = block(fit.cross, 0, 0, c, f + 1);
   const aInvB = await choleskySolve(factorA, transpose(crossC));
   const aInvH = await choleskySolve(factorA, fit.hA);
-  const schur = penalized(block(fit.gC, 0, 0, c, c), staged.lambda, c);
-  const bab = await gemm(crossC, aInvB);
-  for (let i = 0; i < schur.data.length; i++) schur.data[i] -= bab.data[i];
-  const rhs = block(fit.hC, 0, 0, c, d);
-  const bah = await gemm(crossC, aInvH);
-  for (let i = 0; i < rhs.data.length; i++) rhs.data[i] -= bah.data[i];
+  const schur = await product(crossC, aInvB, {}, penalized(block(fit.gC, 0, 0, c, c), staged.lambda, c));
+  const rhs = await product(crossC, aInvH, {}, block(fit.hC, 0, 0, c, d));
   const w2 = await choleskySolve(await cholesky(schur, 'the context block'), rhs);
-  const w1 = minus(aInvH, await gemm(aInvB, w2));
+  const w1 = await product(aInvB, w2, {}, aInvH);
   // held-out |t - [a;1] w1 - c w2|^2
   const r = await leftByA(held, w1);
-  const error = r.rr - 2 * dotOf(w2.data, r.h.data.subarray(0, c * d)) + dotOf(w2.data, (await gemm(block(held.gC, 0, 0, c, c), w2)).data);
+  const error = r.rr - 2 * dotOf(w2, block(r.h, 0, 0, c, d)) + dotOf(w2, await gemm(block(held.gC, 0, 0, c, c), w2));
   const projection = Float64Array.from(w1.data);
   unshift(projection, f, d, shiftA);
-  // the maps were fitted on c - shift: their constant moves into the bias
-  const maps = Float64Array.from(w2.data);
-  const bias = Float64Array.from(projection.subarray(f * d));
-  for (let i = 0; i < c; i++) for (let j = 0; j < d; j++) bias[j] -= shiftContext[i] * maps[i * d + j];
+  // the maps were fitted on c - shift: as rows above the projection's bias, unshift moves their constant into it
+  const maps = new Float64Array((c + 1) * d);
+  maps.set(w2.data);
+  maps.set(projection.subarray(f * d), c * d);
+  unshift(maps, c, d, shiftContext);
   return {
     weight: Float32Array.from(projection.subarray(0, f * d)),
-    bias: Float32Array.from(bias),
-    maps: Float32Array.from(maps),
+    bias: Float32Array.from(maps.subarray(c * d)),
+    maps: Float32Array.from(maps.subarray(0, c * d)),
     lambda: staged.lambda,
     unexplained: error / s.held.targetVariance(),
   };
@@ -312,18 +304,9 @@ function penalized(g: Matrix, lambda: number, n: number): Matrix {
   return out;
 }
 
-function minus(x: Matrix, y: Matrix): Matrix {
-  return matrix(
-    x.rows,
-    x.cols,
-    Float64Array.from(x.data, (v, i) => v - y.data[i]),
-  );
-}
-
-function dotOf(x: Float64Array, y: Float64Array): number {
-  let total = 0;
-  for (let i = 0; i < x.length; i++) total += x[i] * y[i];
-  return total;
+/** The sum of products of two matrices' elements (tr(x^T y)). */
+function dotOf(x: Matrix, y: Matrix): number {
+  return dot(x.data, 0, y.data, 0, x.data.length);
 }
 
 /** The map (T, t0) of inc, fitted by ridge (and reduced to `rank`), folded into `down`. */
