@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { buildMeanPlugin, buildVariatorPlugin, initVariatorWeights } from '../passes/plugin/builtin.js';
 import type { Plugin } from '../passes/plugin/contract.js';
 import { streamlineCandidates, streamlinePlugin } from '../passes/plugin/streamline.js';
+import { inferShapes } from '../src/analysis/shapes.js';
 import { checkPlugin, loadPlugin } from '../src/compile/load.js';
 import { ModelBuilder } from '../src/ir/builder.js';
 import type { Graph } from '../src/ir/graph.js';
@@ -68,10 +69,16 @@ describe("a PyTorch export of Variator's plugin", () => {
       // merge, the adapter's input product as two, the adapter's output product
       expect(count(plugin.model.graph, 'MatMul')).toBe(3);
       expect(count(graph, 'MatMul')).toBe(4);
-      // inner's half is multiplied right after inner is unsqueezed, then repeated (a second Expand)
+      // inner's half is multiplied right after inner is unsqueezed
       const hoisted = graph.nodes.filter((n) => n.opType === 'MatMul' && n.inputs[0]?.producer?.inputs[0] === streamlined.innerInput);
       expect(hoisted.map((n) => n.inputs[0]!.producer!.opType)).toEqual(['Unsqueeze']);
-      expect(count(graph, 'Expand')).toBe(count(plugin.model.graph, 'Expand') + 1);
+      // no repeat is written out: both repeated terms are added to their groups by broadcasting, and the
+      // adapter's two biases are added to the short rows, [batch, groups, 1, width]
+      expect(count(plugin.model.graph, 'Expand')).toBe(1);
+      expect(count(graph, 'Expand')).toBe(0);
+      const shapes = inferShapes(graph);
+      const biasAdds = graph.nodes.filter((n) => n.opType === 'Add' && n.inputs.some((v) => /adapter_(in|out)\.bias/.test(v?.name ?? '')));
+      expect(biasAdds.map((n) => shapes.rank(n.outputs[0]))).toEqual([4, 4]);
       expect(graph.nodes.some((n) => n.opType === 'Concat' && n.outputs[0]!.uses().some((u) => u.node.opType === 'MatMul'))).toBe(false);
       // the weights are the plugin's own, cut in rows: as many parameters
       expect(floatParams(streamlined)).toBe(floatParams(plugin));
@@ -91,8 +98,12 @@ describe('plugins with nothing to streamline are returned as they are', () => {
         const plugin = loadPlugin(`${source}:${scope}`, { hidden: 8, opset: 14 });
         expect(streamlinePlugin(plugin)).toBe(plugin);
       }
-      expect(streamlineCandidates(buildMeanPlugin(shape).graph)).toEqual({ split: [], hoist: [] });
-      expect(streamlineCandidates(buildVariatorPlugin(shape, initVariatorWeights(2, 8)).graph)).toEqual({ split: [], hoist: [] });
+      expect(streamlineCandidates(buildMeanPlugin(shape).graph)).toEqual({ split: [], hoist: [], group: [] });
+      expect(streamlineCandidates(buildVariatorPlugin(shape, initVariatorWeights(2, 8)).graph)).toEqual({
+        split: [],
+        hoist: [],
+        group: [],
+      });
     });
   }
 
@@ -139,6 +150,79 @@ describe('products that are not provably the same stay as they are', () => {
       return b.op.MatMul(b.op.Reshape(grouped, b.int64s('shape', [0, -1, d])), weight(b, d));
     });
     expect(streamlineCandidates(repeated).hoist).toHaveLength(1);
+  });
+});
+
+describe('a repeat added at full length is added to its groups', () => {
+  const [k, d] = [3, 4];
+  type V = ReturnType<ModelBuilder['input']>;
+  /** A plugin with the mean as its compress and `restore(repeat(inner), hidden)` as its restore. */
+  function repeatPlugin(restore: (b: ModelBuilder, repeated: V, hidden: V) => V): Plugin {
+    const b = new ModelBuilder(14);
+    const hidden = b.input('hidden', tensorType(DataType.FLOAT, [2, 'seq', d]));
+    const inner = b.input('inner', tensorType(DataType.FLOAT, [2, 'groups', d]));
+    const compressed = b.op.ReduceMean(b.op.Reshape(hidden, b.int64s('grouped', [0, -1, k, d])), { axes: [2], keepdims: 0 });
+    const expanded = b.op.Expand(b.op.Unsqueeze(inner, b.int64s('axes', [2])), b.int64s('repeat', [1, 1, k, 1]));
+    const repeated = b.op.Reshape(expanded, b.int64s('merged', [0, -1, d]));
+    b.output(compressed, 'compressed', tensorType(DataType.FLOAT, [2, 'groups', d]));
+    b.output(restore(b, repeated, hidden), 'restored', tensorType(DataType.FLOAT, [2, 'seq', d]));
+    b.model.metadataProps = [
+      ['vcompile.ratio', String(k)],
+      ['vcompile.scope', 'ffn'],
+    ];
+    return checkPlugin(b.model, 'repeat.onnx', encodeModel(b.model));
+  }
+  const product = (b: ModelBuilder, hidden: V) =>
+    b.op.MatMul(
+      hidden,
+      b.floats(
+        'w',
+        [d, d],
+        Float32Array.from({ length: d * d }, (_, i) => (i % 5) - 2),
+      ),
+    );
+  const constant = (b: ModelBuilder, dims: number[]) =>
+    b.floats(
+      'c',
+      dims,
+      Float32Array.from({ length: dims.reduce((p, n) => p * n, 1) }, (_, i) => 0.25 * i + 1),
+    );
+
+  async function expectSameFunction(plugin: Plugin, streamlined: Plugin) {
+    assertValid(streamlined.model, 'streamline');
+    const [before, after] = [await runPlugin(plugin, 2, 12, d), await runPlugin(streamlined, 2, 12, d)];
+    expect(maxAbs(after.compressed, before.compressed)).toBe(0);
+    expect(maxAbs(after.restored, before.restored)).toBeLessThan(1e-5);
+  }
+
+  it('with a bias on the last axis moved onto the short rows, before or after the sum', async () => {
+    const before = repeatPlugin((b, repeated, hidden) => b.op.Add(repeated, b.op.Add(product(b, hidden), constant(b, [d]))));
+    const after = repeatPlugin((b, repeated, hidden) => b.op.Add(b.op.Add(product(b, hidden), repeated), constant(b, [1, 1, d])));
+    for (const plugin of [before, after]) {
+      const streamlined = streamlinePlugin(plugin);
+      const graph = streamlined.model.graph;
+      expect(count(graph, 'Expand')).toBe(0);
+      const shapes = inferShapes(graph);
+      const biasAdd = graph.nodes.filter((n) => n.opType === 'Add' && n.inputs.some((v) => v?.name.startsWith('c')));
+      expect(biasAdd.map((n) => shapes.shape(n.outputs[0])?.map(String))).toEqual([['2', 'groups', '1', String(d)]]);
+      await expectSameFunction(plugin, streamlined);
+    }
+  });
+
+  it('a bias that varies along another axis stays on the full-length rows', async () => {
+    const plugin = repeatPlugin((b, repeated, hidden) => b.op.Add(repeated, b.op.Add(product(b, hidden), constant(b, [2, 1, 1]))));
+    const streamlined = streamlinePlugin(plugin);
+    const shapes = inferShapes(streamlined.model.graph);
+    const biasAdd = streamlined.model.graph.nodes.filter((n) => n.opType === 'Add' && n.inputs.some((v) => v?.name.startsWith('c')));
+    expect(biasAdd.map((n) => shapes.rank(n.outputs[0]))).toEqual([3]);
+    expect(count(streamlined.model.graph, 'Expand')).toBe(0);
+    await expectSameFunction(plugin, streamlined);
+  });
+
+  it('a term that broadcasts against the repeat leaves the repeat written out', () => {
+    const plugin = repeatPlugin((b, repeated) => b.op.Add(repeated, constant(b, [1, 1, d])));
+    expect(streamlineCandidates(plugin.model.graph).group).toEqual([]);
+    expect(streamlinePlugin(plugin)).toBe(plugin);
   });
 });
 

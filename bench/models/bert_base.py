@@ -3,6 +3,7 @@
     /usr/bin/python3 bench/models/bert_base.py OUT.onnx [--layers 12] [--hidden 768]
         [--heads 12] [--ffn 3072] [--opset 14]
         [--plugin-scope ffn|attention|layer --ratio K [--bottleneck 64] [--plugin-out PLUGIN.onnx]]
+        [--fixed BATCHxSEQ]
 
 Same module code as the committed BERT fixtures (fixtures/models.py), at full
 size: about 340 MB with the defaults. The output is a benchmark input, not a
@@ -18,9 +19,14 @@ one plugin (same weights), as `vcompile MODEL --plugin P.onnx` applies it, and
     vcompile PLAIN.onnx --plugin PLUGIN.onnx -o COMPILED.onnx
 
 should compute what OUT computes.
+
+--fixed 8x256 exports with batch and sequence fixed at those sizes (no
+dynamic axes): a model deployed at one padded length, where the compiler can
+prove the length a multiple of k. The plugin file stays dynamic.
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,7 +60,14 @@ def parse_args():
                         help="the plugin's restore bottleneck width")
     parser.add_argument("--plugin-out", type=Path, metavar="PLUGIN.onnx",
                         help="also write the plugin alone, as a vcompile plugin file")
+    parser.add_argument("--fixed", metavar="BATCHxSEQ",
+                        help="fix batch and sequence at these sizes instead of exporting them dynamic")
     args = parser.parse_args()
+    if args.fixed is not None:
+        match = re.fullmatch(r"([1-9][0-9]*)x([1-9][0-9]*)", args.fixed)
+        if match is None:
+            parser.error(f"--fixed {args.fixed}: expected BATCHxSEQ, e.g. 8x256")
+        args.fixed = (int(match.group(1)), int(match.group(2)))
     if (args.plugin_scope is None) != (args.ratio is None):
         parser.error("--plugin-scope and --ratio go together")
     if args.ratio is not None and args.ratio < 1:
@@ -86,12 +99,13 @@ def build(args):
 
 
 def export(model, args):
-    # Small example shapes keep tracing cheap; batch and seq are dynamic anyway.
-    input_ids = torch.randint(0, args.vocab, (2, 8), dtype=torch.long)
-    attention_mask = torch.ones(2, 8, dtype=torch.long)
+    # Small example shapes keep tracing cheap when batch and seq are dynamic anyway.
+    shape = args.fixed or (2, 8)
+    input_ids = torch.randint(0, args.vocab, shape, dtype=torch.long)
+    attention_mask = torch.ones(*shape, dtype=torch.long)
     dynamic = {"batch": 0, "seq": 1}
-    axes = {name: {axis: dim for dim, axis in dynamic.items()}
-            for name in ("input_ids", "attention_mask", "last_hidden_state")}
+    axes = None if args.fixed else {name: {axis: dim for dim, axis in dynamic.items()}
+                                    for name in ("input_ids", "attention_mask", "last_hidden_state")}
     with torch.no_grad():
         torch.onnx.export(model, (input_ids, attention_mask), str(args.out),
                           input_names=["input_ids", "attention_mask"],

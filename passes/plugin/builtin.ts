@@ -109,22 +109,22 @@ export function buildVariatorPlugin(shape: PluginShape, weights: VariatorWeights
     },
     (b, ops, io) => {
       // [repeat(inner) ; hidden] W_in = repeat(inner W_u) + hidden W_x (W_u, W_x: W_in's two halves of rows):
-      // no concatenation, and the repeated half is multiplied before it is repeated, on k times fewer rows
+      // no concatenation, the repeated half multiplied before it is repeated, on k times fewer rows, and
+      // added to its group by broadcasting with the bias, which is constant along the group
       const adapterIn = transpose(weights.adapterInWeight, bottleneck, 2 * d);
       const fromRestored = b.floats('adapter_in_from_restored', [d, bottleneck], adapterIn.subarray(0, d * bottleneck));
       const fromHidden = b.floats('adapter_in_from_hidden', [d, bottleneck], adapterIn.subarray(d * bottleneck));
-      const down = b.op.Add(
-        b.op.Add(
-          repeatGroups(b, ops, b.op.MatMul(io.inner, fromRestored), { ...shape, hidden: bottleneck }),
-          b.op.MatMul(io.hidden, fromHidden),
-        ),
-        b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias),
+      const shortDown = b.op.Add(b.op.MatMul(io.inner, fromRestored), b.floats('adapter_in_bias', [bottleneck], weights.adapterInBias));
+      const down = addRepeated(b, ops, b.op.MatMul(io.hidden, fromHidden), shortDown, { ...shape, hidden: bottleneck });
+      const up = b.op.MatMul(
+        b.op.Tanh(down),
+        b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck)),
       );
-      const up = b.op.Add(
-        b.op.MatMul(b.op.Tanh(down), b.floats('adapter_out_weight_t', [bottleneck, d], transpose(weights.adapterOutWeight, d, bottleneck))),
-        b.floats('adapter_out_bias', [d], weights.adapterOutBias),
-      );
-      return b.op.Add(baseRestore(b, ops, io, shape), up);
+      // the restore's repeat and the adapter's output bias, both constant along a group, added once per group
+      const outBias = b.floats('adapter_out_bias', [d], weights.adapterOutBias);
+      return shape.scope === 'layer'
+        ? addRepeated(b, ops, b.op.Add(io.hidden, up), b.op.Add(b.op.Sub(io.inner, io.compressed), outBias), shape)
+        : addRepeated(b, ops, up, b.op.Add(io.inner, outBias), shape);
     },
   );
 }

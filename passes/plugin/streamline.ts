@@ -8,11 +8,15 @@
 //   hoist  MatMul(rows(Expand(x)), W) -> rows'(Expand'(MatMul(x, W))), where rows are Unsqueeze, Expand and
 //          Reshape nodes that move or repeat whole rows (the last axis untouched): the product runs on the
 //          rows before they are repeated, k times fewer, and the repeat copies m columns instead of d
-// `split` reassociates a float sum (over the concatenation's width, now in pieces), so results agree with
-// the original up to rounding (about 1e-7 relative); `hoist` computes the same rows. The plugin's own
-// model is not changed: the rewrites are made on a copy, and a plugin with nothing to rewrite is returned
-// as it is.
-import { inferShapes, type ShapeTable } from '../../src/analysis/shapes.js';
+//   group  Add(Reshape(Expand(s)), y), the Expand writing each row of s [b, g, 1, w] out k times, becomes
+//          Reshape(Add(s, Reshape(y, [b, g, k, w])), shape(y)): each row of s is added to its group of k
+//          by broadcasting, the repeat never written out; a constant bias on the last axis added to y (or
+//          to the sum) moves onto s, added to its g rows instead of the g*k
+// `split` and the moved bias reassociate a float sum, so results agree with the original up to rounding
+// (about 1e-7 relative); `hoist` and `group` compute the same numbers. The plugin's own model is not
+// changed: the rewrites are made on a copy, and a plugin with nothing to rewrite is returned as it is.
+import { inferShapes, ShapeTable } from '../../src/analysis/shapes.js';
+import { sameDim } from '../../src/analysis/symbolic.js';
 import { GraphBuilder, ModelBuilder } from '../../src/ir/builder.js';
 import { type Graph, type Node, replaceAllUses, type Value } from '../../src/ir/graph.js';
 import { NameAuthority } from '../../src/ir/names.js';
@@ -26,14 +30,14 @@ import type { Plugin } from './contract.js';
 export function streamlinePlugin(plugin: Plugin): Plugin {
   const opset = plugin.model.opsetVersion('') ?? 0;
   if (opset < MIN_OPSET || plugin.model.functions.length > 0) return plugin;
-  const shapes = inferShapes(plugin.model.graph);
+  const shapes = contractShapes(plugin);
   const nodes = plugin.model.graph.nodes;
-  if (!nodes.some((n) => splittable(n, shapes) || hoistable(n, shapes))) return plugin;
+  if (!nodes.some((n) => splittable(n, shapes) || hoistable(n, shapes) || groupSum(n, shapes))) return plugin;
   const copy = copyPlugin(plugin, opset);
   const graph = copy.model.graph;
   const b = new GraphBuilder(graph, NameAuthority.forModel(copy.model), { prefix: 'streamlined/' });
   const ops = new VersionedOps(b, opset);
-  const copied = inferShapes(graph);
+  const copied = contractShapes(copy);
   for (const node of [...graph.nodes]) {
     const split = splittable(node, copied);
     if (split) replaceAllUses(node.outputs[0]!, splitProduct(b, split));
@@ -43,9 +47,39 @@ export function streamlinePlugin(plugin: Plugin): Plugin {
     const hoist = hoistable(node, copied);
     if (hoist) replaceAllUses(node.outputs[0]!, hoistProduct(b, ops, node, hoist, copied));
   }
+  // the hoisted repeats are new nodes: their shapes are inferred again, in order
+  toposort(graph);
+  const hoisted = contractShapes(copy);
+  const outputs = new Map<Value, Value>();
+  for (const node of [...graph.nodes]) {
+    const sum = groupSum(node, hoisted);
+    if (!sum) continue;
+    const grouped = addByGroups(b, ops, sum);
+    if (sum.output.isGraphOutput) outputs.set(sum.output, grouped);
+    replaceAllUses(sum.output, grouped);
+  }
   eliminateDeadCode(graph);
   toposort(graph);
-  return copy;
+  // a replaced output keeps its name and declared type (its old value is gone)
+  for (const [old, grouped] of outputs) [grouped.name, grouped.type] = [old.name, old.type];
+  const output = (v: Value) => outputs.get(v) ?? v;
+  return { ...copy, compressed: output(copy.compressed), restored: output(copy.restored) };
+}
+
+/**
+ * The plugin's shapes with its contract stated: hidden is as long as inner times k (the pass pads it so),
+ * which its declared types, two unrelated lengths, do not say.
+ */
+function contractShapes(plugin: Plugin): ShapeTable {
+  const graph = plugin.model.graph;
+  const declared = inferShapes(graph);
+  const hidden = declared.shape(plugin.hiddenInput);
+  const groups = declared.dim(plugin.innerInput, 1);
+  if (hidden?.length !== 3 || !groups) return declared;
+  const table = new ShapeTable();
+  const shape = [hidden[0], groups.mul(plugin.ratio), hidden[2]];
+  table.set(plugin.hiddenInput, { ...declared.get(plugin.hiddenInput), shape });
+  return inferShapes(graph, table);
 }
 
 /** A copy of the plugin's model (weights shared, not copied) and its contract values in the copy. */
@@ -197,11 +231,91 @@ function lastDimAs(b: GraphBuilder, ops: VersionedOps, shape: Value, last: numbe
   return b.op.Concat(leading, b.int64s('last_dim', [last]), { axis: 0 });
 }
 
+/** `Add(repeat, full)` (either order), repeat = Reshape(Expand(short)) writing short's rows out k times. */
+interface GroupSum {
+  /** [b, g, 1, w] */
+  short: Value;
+  /** [b, g * k, w] */
+  full: Value;
+  ratio: number;
+  width: number;
+  /** a constant bias on the last axis, added to `full` or to the sum in the original, moved onto `short` */
+  bias?: Value;
+  /** the value the rewrite replaces: the Add's output, or the bias Add's after it */
+  output: Value;
+}
+
+function groupSum(node: Node, shapes: ShapeTable): GroupSum | undefined {
+  if (!isOp(node, 'Add')) return undefined;
+  for (const [i, repeated] of node.inputs.entries()) {
+    const repeat = groupRepeat(repeated, shapes);
+    const other = node.inputs[1 - i];
+    if (!repeat || !other || !sameShape(other, repeated!, shapes)) continue;
+    const { width } = repeat;
+    const sum = { ...repeat, full: other, output: node.outputs[0]! };
+    // a bias added to `other` alone, or to the sum alone, is added to the short rows instead
+    const inner = other.producer;
+    const innerBias = inner && other.useCount === 1 && !other.isGraphOutput ? lastAxisBias(inner, width) : undefined;
+    if (innerBias && sameShape(innerBias.other, other, shapes)) return { ...sum, full: innerBias.other, bias: innerBias.bias };
+    const [use, ...more] = node.outputs[0]!.uses();
+    const outerBias = use && more.length === 0 && !node.outputs[0]!.isGraphOutput ? lastAxisBias(use.node, width) : undefined;
+    if (outerBias) return { ...sum, bias: outerBias.bias, output: use!.node.outputs[0]! };
+    return sum;
+  }
+  return undefined;
+}
+
+/**
+ * s, k and w when `value` is `Reshape(Expand(s))` writing each row of s [b, g, 1, w] out k times in place
+ * as [b, g * k, w] (k > 1, w known): Expand's output is [b, g, k, w] and the Reshape merges g and k.
+ */
+function groupRepeat(value: Value | null | undefined, shapes: ShapeTable): { short: Value; ratio: number; width: number } | undefined {
+  const reshape = value?.producer;
+  const expanded = reshape?.inputs[0];
+  const expand = expanded?.producer;
+  if (!reshape || !isOp(reshape, 'Reshape') || !expand || !isOp(expand, 'Expand')) return undefined;
+  const [source, out, merged] = [shapes.shape(expand.inputs[0]), shapes.shape(expanded), shapes.shape(value)];
+  if (source?.length !== 4 || out?.length !== 4 || merged?.length !== 3) return undefined;
+  const ratio = out[2]?.constant;
+  const width = out[3]?.constant;
+  if (!ratio || ratio < 2 || !width || source[2]?.constant !== 1 || source[3]?.constant !== width) return undefined;
+  if (!sameDim(source[0], out[0]) || !sameDim(source[1], out[1]) || !sameDim(merged[0], out[0])) return undefined;
+  if (!out[1] || !sameDim(merged[1], out[1].mul(ratio)) || merged[2]?.constant !== width) return undefined;
+  return { short: expand.inputs[0]!, ratio, width };
+}
+
+/** For `Add(x, c)` (either order), c a float constant that broadcasts along the last axis only: c and x. */
+function lastAxisBias(node: Node, width: number): { bias: Value; other: Value } | undefined {
+  if (!isOp(node, 'Add')) return undefined;
+  for (const [i, bias] of node.inputs.entries()) {
+    const tensor = bias?.constTensor();
+    const other = node.inputs[1 - i];
+    if (!tensor || !other || tensor.dataType !== DataType.FLOAT || tensor.dims.length > 3) continue;
+    const last = tensor.dims[tensor.dims.length - 1] ?? 1;
+    if ((last === width || last === 1) && tensor.dims.slice(0, -1).every((d) => d === 1)) return { bias: bias!, other };
+  }
+  return undefined;
+}
+
+function sameShape(a: Value, b: Value, shapes: ShapeTable): boolean {
+  const [x, y] = [shapes.shape(a), shapes.shape(b)];
+  return !!x && !!y && x.length === y.length && x.every((d, i) => sameDim(d, y[i]));
+}
+
+/** Reshape(Add(short + bias, Reshape(full, [b, g, k, w])), shape(full)), shapes read off the tensors (no -1). */
+function addByGroups(b: GraphBuilder, ops: VersionedOps, { short, full, ratio, width, bias }: GroupSum): Value {
+  const batchAndGroups = ops.slice(b.op.Shape(short), b.int64s('start', [0]), b.int64s('end', [2]), 0);
+  const groupedShape = b.op.Concat(batchAndGroups, b.int64s('group_dims', [ratio, width]), { axis: 0 });
+  const rows = bias ? b.op.Add(short, bias) : short;
+  return b.op.Reshape(b.op.Add(b.op.Reshape(full, groupedShape), rows), b.op.Shape(full));
+}
+
 /** Exposed for tests: the graph's nodes that `streamlinePlugin` would rewrite. */
-export function streamlineCandidates(graph: Graph): { split: Node[]; hoist: Node[] } {
+export function streamlineCandidates(graph: Graph): { split: Node[]; hoist: Node[]; group: Node[] } {
   const shapes = inferShapes(graph);
   return {
     split: graph.nodes.filter((n) => splittable(n, shapes)),
     hoist: graph.nodes.filter((n) => hoistable(n, shapes)),
+    group: graph.nodes.filter((n) => groupSum(n, shapes)),
   };
 }

@@ -28,6 +28,10 @@ export class ShapeTable {
     this.infos.set(v, info);
   }
 
+  has(v: Value): boolean {
+    return this.infos.has(v);
+  }
+
   shape(v: Value | null | undefined): SymDim[] | undefined {
     return this.get(v).shape;
   }
@@ -57,9 +61,13 @@ export class ShapeTable {
   }
 }
 
-/** Infer every value's type in `graph` (nodes must be in topological order, as the verifier requires). */
+/**
+ * Infer every value's type in `graph` (nodes must be in topological order, as the verifier requires). A graph
+ * input already in `table` keeps its entry: a caller may know more than the declared type (two inputs'
+ * lengths related by a contract).
+ */
 export function inferShapes(graph: Graph, table = new ShapeTable()): ShapeTable {
-  for (const v of graph.inputs) table.set(v, declared(v));
+  for (const v of graph.inputs) if (!table.has(v)) table.set(v, declared(v));
   for (const v of graph.initializers) table.set(v, fromTensorValue(v) ?? declared(v));
   for (const node of graph.nodes) {
     let outs: (ValueInfo | undefined)[] = [];
