@@ -60,8 +60,11 @@ export function buildMeanPlugin(shape: PluginShape): Model {
 function meanCompress(shape: PluginShape): Compress {
   const { ratio: k, hidden: d } = shape;
   return (b, ops, { hidden, keep }) => {
-    const kept = b.op.Mul(hidden, ops.unsqueeze(keep!, [2]));
-    const sums = ops.reduce('ReduceSum', b.op.Reshape(kept, b.int64s('group_shape', [0, -1, k, d])), [2], false);
+    // each group's sum of real positions as one product [1, k] x [k, d] per group: keep weighs the positions
+    // as it reads them, so the masked copy of hidden a Mul and a ReduceSum would write is never made
+    const weights = b.op.Reshape(keep!, b.int64s('keep_row_shape', [0, -1, 1, k]));
+    const groups = b.op.Reshape(hidden, b.int64s('group_shape', [0, -1, k, d]));
+    const sums = b.op.Reshape(b.op.MatMul(weights, groups), b.int64s('sum_shape', [0, -1, d]));
     const counts = ops.reduce('ReduceSum', b.op.Reshape(keep!, b.int64s('keep_group_shape', [0, -1, k])), [2], true);
     // a group without a real position sums to 0, and stays 0
     return b.op.Div(sums, b.op.Max(counts, b.scalar('min_count', MIN_COUNT)));

@@ -12,8 +12,11 @@
 //          Reshape(Add(s, Reshape(y, [b, g, k, w])), shape(y)): each row of s is added to its group of k
 //          by broadcasting, the repeat never written out; a constant bias on the last axis added to y (or
 //          to the sum) moves onto s, added to its g rows instead of the g*k
-// `split` and the moved bias reassociate a float sum, so results agree with the original up to rounding
-// (about 1e-7 relative); `hoist` and `group` compute the same numbers. The plugin's own model is not
+//   weigh  ReduceSum(Mul(w, x), axes [2]), w [b, g, k, 1] weighing the k rows of each group of x [b, g, k, d]
+//          (Variator's merge), becomes MatMul(w as [b, g, 1, k], x): one product per group, the weighted
+//          copy of x never written out
+// `split`, the moved bias and `weigh` reassociate a float sum, so results agree with the original up to
+// rounding (about 1e-7 relative); `hoist` and `group` compute the same numbers. The plugin's own model is not
 // changed: the rewrites are made on a copy, and a plugin with nothing to rewrite is returned as it is.
 import { inferShapes, ShapeTable } from '../../src/analysis/shapes.js';
 import { sameDim } from '../../src/analysis/symbolic.js';
@@ -32,7 +35,7 @@ export function streamlinePlugin(plugin: Plugin): Plugin {
   if (opset < MIN_OPSET || plugin.model.functions.length > 0) return plugin;
   const shapes = contractShapes(plugin);
   const nodes = plugin.model.graph.nodes;
-  if (!nodes.some((n) => splittable(n, shapes) || hoistable(n, shapes) || groupSum(n, shapes))) return plugin;
+  if (!nodes.some((n) => splittable(n, shapes) || hoistable(n, shapes) || groupSum(n, shapes) || weighedSum(n, shapes))) return plugin;
   const copy = copyPlugin(plugin, opset);
   const graph = copy.model.graph;
   const b = new GraphBuilder(graph, NameAuthority.forModel(copy.model), { prefix: 'streamlined/' });
@@ -51,12 +54,15 @@ export function streamlinePlugin(plugin: Plugin): Plugin {
   toposort(graph);
   const hoisted = contractShapes(copy);
   const outputs = new Map<Value, Value>();
+  const replace = (old: Value, value: Value) => {
+    if (old.isGraphOutput) outputs.set(old, value);
+    replaceAllUses(old, value);
+  };
   for (const node of [...graph.nodes]) {
     const sum = groupSum(node, hoisted);
-    if (!sum) continue;
-    const grouped = addByGroups(b, ops, sum);
-    if (sum.output.isGraphOutput) outputs.set(sum.output, grouped);
-    replaceAllUses(sum.output, grouped);
+    if (sum) replace(sum.output, addByGroups(b, ops, sum));
+    const weighed = weighedSum(node, hoisted);
+    if (weighed) replace(node.outputs[0]!, weighedProduct(b, ops, node, weighed));
   }
   eliminateDeadCode(graph);
   toposort(graph);
@@ -310,12 +316,48 @@ function addByGroups(b: GraphBuilder, ops: VersionedOps, { short, full, ratio, w
   return b.op.Reshape(b.op.Add(b.op.Reshape(full, groupedShape), rows), b.op.Shape(full));
 }
 
+/** For `ReduceSum(Mul(w, x), axes [2])`, w [b, g, k, 1] and x [b, g, k, d] (k known), the Mul read only here: w, x, k. */
+interface WeighedSum {
+  /** [b, g, k, 1] */
+  weights: Value;
+  /** [b, g, k, d] */
+  rows: Value;
+  ratio: number;
+  width: number;
+}
+
+function weighedSum(node: Node, shapes: ShapeTable): WeighedSum | undefined {
+  const product = node.inputs[0];
+  const mul = product?.producer;
+  if (!isOp(node, 'ReduceSum') || !mul || !isOp(mul, 'Mul') || product!.useCount !== 1 || product!.isGraphOutput) return undefined;
+  const axes = node.inputs[1] ? shapes.ints(node.inputs[1]) : node.attrInts('axes', []);
+  if (axes?.length !== 1 || (axes[0] !== 2 && axes[0] !== -2) || node.attrInt('noop_with_empty_axes', 0) !== 0) return undefined;
+  for (const [i, weights] of mul.inputs.entries()) {
+    const rows = mul.inputs[1 - i];
+    const [w, x] = [shapes.shape(weights), shapes.shape(rows)];
+    const [ratio, width] = [x?.[2]?.constant, x?.[3]?.constant];
+    if (w?.length !== 4 || x?.length !== 4 || !ratio || !width || w[3]?.constant !== 1) continue;
+    if ([0, 1, 2].every((axis) => sameDim(w[axis], x[axis]))) return { weights: weights!, rows: rows!, ratio, width };
+  }
+  return undefined;
+}
+
+/** MatMul(w as [b, g, 1, k], x): [b, g, 1, d], as [b, g, d] unless the ReduceSum keeps its dims. */
+function weighedProduct(b: GraphBuilder, ops: VersionedOps, reduce: Node, { weights, rows, ratio, width }: WeighedSum): Value {
+  const batchAndGroups = ops.slice(b.op.Shape(weights), b.int64s('start', [0]), b.int64s('end', [2]), 0);
+  const rowShape = b.op.Concat(batchAndGroups, b.int64s('weight_row', [1, ratio]), { axis: 0 });
+  const sums = b.op.MatMul(b.op.Reshape(weights, rowShape), rows);
+  if (reduce.attrInt('keepdims', 1)) return sums;
+  return b.op.Reshape(sums, b.op.Concat(batchAndGroups, b.int64s('sum_width', [width]), { axis: 0 }));
+}
+
 /** Exposed for tests: the graph's nodes that `streamlinePlugin` would rewrite. */
-export function streamlineCandidates(graph: Graph): { split: Node[]; hoist: Node[]; group: Node[] } {
+export function streamlineCandidates(graph: Graph): { split: Node[]; hoist: Node[]; group: Node[]; weigh: Node[] } {
   const shapes = inferShapes(graph);
   return {
     split: graph.nodes.filter((n) => splittable(n, shapes)),
     hoist: graph.nodes.filter((n) => hoistable(n, shapes)),
     group: graph.nodes.filter((n) => groupSum(n, shapes)),
+    weigh: graph.nodes.filter((n) => weighedSum(n, shapes)),
   };
 }
