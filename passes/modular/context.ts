@@ -24,7 +24,7 @@ import { VersionedOps } from '../../src/ir/ops.js';
 import { Tensor } from '../../src/ir/tensor.js';
 import { toposort } from '../../src/ir/transforms.js';
 import { DataType } from '../../src/ir/types.js';
-import { type BiasKeep, keepFromBias } from '../plugin/keep.js';
+import { type BiasKeep, keepFromBias, keepOf } from '../plugin/keep.js';
 import { ATTENTION_BIAS } from './contract.js';
 import type { FitSite } from './fitted.js';
 
@@ -61,7 +61,7 @@ export function addContextMaps(
   if (!add || !h) throw new Error('internal: the module does not compute the feed-forward residual');
   const b = new Builder(module.graph, NameAuthority.forModel(module), { prefix: 'vcompile/context/' });
   const ops = new VersionedOps(b, module.opsetVersion('') ?? 17);
-  const real = keepOf(b, ops, module, h, keep);
+  const real = moduleKeep(b, ops, module, h, keep);
   const hk = b.op.Mul(h, real);
   // [d, 2d]: C_prev's columns, then C_next's, so that one product serves both neighbours
   const pair = new Float32Array(d * 2 * d);
@@ -83,12 +83,9 @@ export function contextMacs(d: number): { perPosition: number; perSequence: numb
   return { perPosition: 2 * d * d, perSequence: d * d };
 }
 
-/** keep [batch, seq, 1] in the module: from attention_bias by `rule`, or ones shaped like h. */
-function keepOf(b: GraphBuilder, ops: VersionedOps, module: Model, h: Value, rule: ContextKeep): Value {
-  if (rule === 'all') {
-    const batchAndSeq = ops.slice(b.op.Shape(h), b.int64s('start', [0]), b.int64s('end', [2]), 0);
-    return b.op.Expand(b.floats('one', [1, 1, 1], [1]), b.op.Concat(batchAndSeq, b.int64s('last', [1]), { axis: 0 }));
-  }
+/** keep [batch, seq, 1] in the module: from attention_bias by `rule`, or ones shaped like h (no mask). */
+function moduleKeep(b: GraphBuilder, ops: VersionedOps, module: Model, h: Value, rule: ContextKeep): Value {
+  if (rule === 'all') return ops.unsqueeze(keepOf(b, ops, undefined, h), [-1]);
   const bias = module.graph.inputs.find((v) => v.name === ATTENTION_BIAS);
   if (!bias) throw new Error(`internal: context maps read real positions off ${ATTENTION_BIAS}, which the module does not take`);
   return keepFromBias(b, bias, rule);

@@ -21,6 +21,7 @@ import type { Model } from '../../src/ir/model.js';
 import { VersionedOps } from '../../src/ir/ops.js';
 import { DataType, tensorType } from '../../src/ir/types.js';
 import { Rng } from '../../src/random.js';
+import { addToGroups } from './sequence.js';
 import { buildUnits, type Units } from './units.js';
 
 export type Scope = 'ffn' | 'attention' | 'layer';
@@ -259,15 +260,9 @@ function baseRestore(b: GraphBuilder, ops: VersionedOps, io: RestoreInputs, shap
   return addRepeated(b, ops, io.hidden, b.op.Sub(io.inner, io.compressed), shape);
 }
 
-/**
- * full + repeat(short): [b, n, w] + [b, n/k, w] -> [b, n, w], each vector of short added to the k positions
- * of its group by broadcasting over [b, n/k, k, w], so the repeat is never written out (the same sums as
- * adding the repeated copy, bit for bit, with one full-length pass fewer).
- */
+/** full [b, n, w] + repeat(short [b, n/k, w]), short's vectors added to their groups by broadcasting. */
 function addRepeated(b: GraphBuilder, ops: VersionedOps, full: Value, short: Value, shape: PluginShape): Value {
-  const grouped = b.op.Reshape(full, b.int64s('grouped_shape', [0, -1, shape.ratio, shape.hidden]));
-  const sum = b.op.Add(grouped, ops.unsqueeze(short, [2]));
-  return b.op.Reshape(sum, b.int64s('ungrouped_shape', [0, -1, shape.hidden]));
+  return addToGroups(b, ops, full, ops.unsqueeze(short, [2]), shape.ratio, shape.hidden);
 }
 
 /** [b, n/k, d] -> [b, n, d], each vector repeated k times in place. */

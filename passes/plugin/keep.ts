@@ -19,6 +19,7 @@ import type { GraphBuilder } from '../../src/ir/builder.js';
 import type { Value } from '../../src/ir/graph.js';
 import type { VersionedOps } from '../../src/ir/ops.js';
 import { DataType } from '../../src/ir/types.js';
+import { leadingDims } from './sequence.js';
 
 export interface PaddingMask {
   /** the graph input, [batch, seq] */
@@ -55,8 +56,7 @@ export function findPaddingMask(attention: AttentionBlock, hidden: Value, ctx: C
 /** keep [batch, seq] as float: the mask's real positions as 1, or all ones (from `hidden`'s shape) without a mask. */
 export function keepOf(b: GraphBuilder, ops: VersionedOps, mask: PaddingMask | undefined, hidden: Value): Value {
   if (!mask) {
-    const batchAndSeq = ops.slice(b.op.Shape(hidden), b.int64s('start', [0]), b.int64s('end', [2]), 0);
-    return b.op.Expand(b.floats('one', [1, 1], [1]), batchAndSeq);
+    return b.op.Expand(b.floats('one', [1, 1], [1]), leadingDims(b, ops, hidden, 2));
   }
   const nonzero = mask.elemType === DataType.BOOL ? mask.input : b.op.Cast(mask.input, { to: DataType.BOOL });
   return b.op.Cast(mask.realWhen === 'nonzero' ? nonzero : b.op.Not(nonzero), { to: DataType.FLOAT });

@@ -175,6 +175,21 @@ export function poolGroupsOverReal(
   return spec.elemType !== DataType.FLOAT ? b.op.Cast(pooled, { to: spec.elemType }) : pooled;
 }
 
+/** The first `count` dims of x's shape, int64 [count]. */
+export function leadingDims(b: GraphBuilder, ops: VersionedOps, x: Value, count: number): Value {
+  return ops.slice(b.op.Shape(x), b.int64s('start', [0]), b.int64s('end', [count]), 0);
+}
+
+/**
+ * full + each row of `rows` repeated over its group: full [b, g * k, w] viewed as [b, g, k, w] plus rows
+ * [b, g, 1, w] by broadcasting, then viewed back. The repeat is never written out; the sums are those of
+ * adding a repeated copy, bit for bit. Shapes are read off the tensors (no -1: empty tensors reshape too).
+ */
+export function addToGroups(b: GraphBuilder, ops: VersionedOps, full: Value, rows: Value, k: number, width: number): Value {
+  const grouped = b.op.Concat(leadingDims(b, ops, rows, 2), b.int64s('group_dims', [k, width]), { axis: 0 });
+  return b.op.Reshape(b.op.Add(b.op.Reshape(full, grouped), rows), b.op.Shape(full));
+}
+
 /** Shape(x) with dim `axis` split into [-1, k]. */
 function groupedShape(b: GraphBuilder, ops: VersionedOps, x: Value, axis: number, rank: number, k: number): Value {
   const shape = b.op.Shape(x);

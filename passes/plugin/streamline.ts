@@ -28,6 +28,7 @@ import { Tensor } from '../../src/ir/tensor.js';
 import { eliminateDeadCode, spliceGraph, toposort } from '../../src/ir/transforms.js';
 import { DataType } from '../../src/ir/types.js';
 import type { Plugin } from './contract.js';
+import { addToGroups, leadingDims } from './sequence.js';
 
 /** `plugin` with its products split and hoisted where that is exact (a copy), or `plugin` itself when none is. */
 export function streamlinePlugin(plugin: Plugin): Plugin {
@@ -308,12 +309,9 @@ function sameShape(a: Value, b: Value, shapes: ShapeTable): boolean {
   return !!x && !!y && x.length === y.length && x.every((d, i) => sameDim(d, y[i]));
 }
 
-/** Reshape(Add(short + bias, Reshape(full, [b, g, k, w])), shape(full)), shapes read off the tensors (no -1). */
+/** full with short (+ bias) added to its groups (sequence.ts, addToGroups). */
 function addByGroups(b: GraphBuilder, ops: VersionedOps, { short, full, ratio, width, bias }: GroupSum): Value {
-  const batchAndGroups = ops.slice(b.op.Shape(short), b.int64s('start', [0]), b.int64s('end', [2]), 0);
-  const groupedShape = b.op.Concat(batchAndGroups, b.int64s('group_dims', [ratio, width]), { axis: 0 });
-  const rows = bias ? b.op.Add(short, bias) : short;
-  return b.op.Reshape(b.op.Add(b.op.Reshape(full, groupedShape), rows), b.op.Shape(full));
+  return addToGroups(b, ops, full, bias ? b.op.Add(short, bias) : short, ratio, width);
 }
 
 /** For `ReduceSum(Mul(w, x), axes [2])`, w [b, g, k, 1] and x [b, g, k, d] (k known), the Mul read only here: w, x, k. */
@@ -344,7 +342,7 @@ function weighedSum(node: Node, shapes: ShapeTable): WeighedSum | undefined {
 
 /** MatMul(w as [b, g, 1, k], x): [b, g, 1, d], as [b, g, d] unless the ReduceSum keeps its dims. */
 function weighedProduct(b: GraphBuilder, ops: VersionedOps, reduce: Node, { weights, rows, ratio, width }: WeighedSum): Value {
-  const batchAndGroups = ops.slice(b.op.Shape(weights), b.int64s('start', [0]), b.int64s('end', [2]), 0);
+  const batchAndGroups = leadingDims(b, ops, weights, 2);
   const rowShape = b.op.Concat(batchAndGroups, b.int64s('weight_row', [1, ratio]), { axis: 0 });
   const sums = b.op.MatMul(b.op.Reshape(weights, rowShape), rows);
   if (reduce.attrInt('keepdims', 1)) return sums;
